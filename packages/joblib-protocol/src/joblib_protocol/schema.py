@@ -1,0 +1,49 @@
+"""JSON Schemas of every wire model, for implementations in other languages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from joblib_protocol.events import CLIENT_EVENTS, SERVER_EVENTS
+from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
+from joblib_protocol.pages import PaginatedResponse
+from joblib_protocol.problems import ProblemDetail
+from joblib_protocol.tasks import (
+    TaskClaimRequest,
+    TaskClaimResponse,
+    TaskResponse,
+    TaskSubmitRequest,
+    TaskUpdateRequest,
+)
+from joblib_protocol.workers import WorkerResponse, WorkerSummary
+
+REST_MODELS: tuple[type[BaseModel], ...] = (
+    JobRegisterRequest,
+    JobResponse,
+    JobSummary,
+    WorkerResponse,
+    WorkerSummary,
+    TaskSubmitRequest,
+    TaskResponse,
+    TaskClaimRequest,
+    TaskClaimResponse,
+    TaskUpdateRequest,
+    PaginatedResponse[JobSummary],
+    PaginatedResponse[WorkerSummary],
+    PaginatedResponse[TaskResponse],
+    ProblemDetail,
+)
+
+
+def json_schemas() -> dict[str, Any]:
+    """Return `{"rest": {model: schema}, "events": {event name: schema}}`."""
+    rest = {
+        model.__name__: model.model_json_schema(by_alias=True) for model in REST_MODELS
+    }
+    events = {
+        event.event_name(): event.model_json_schema(by_alias=True)
+        for event in (*SERVER_EVENTS, *CLIENT_EVENTS)
+    }
+    return {"rest": rest, "events": events}

@@ -1,0 +1,101 @@
+"""Task states, the transition table, and the task REST models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+)
+"""States a task never leaves."""
+
+VALID_TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.CLAIMED, TaskStatus.CANCELLED}),
+    TaskStatus.CLAIMED: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+"""For each state, the states a task may move to next."""
+
+
+def is_valid_transition(current: TaskStatus | str, new: TaskStatus | str) -> bool:
+    """Tell whether a task in state `current` may move to state `new`."""
+    try:
+        return TaskStatus(new) in VALID_TRANSITIONS[TaskStatus(current)]
+    except ValueError:
+        return False
+
+
+def is_terminal(status: TaskStatus | str) -> bool:
+    """Tell whether `status` is one a task never leaves."""
+    return status in TERMINAL_STATUSES
+
+
+class TaskSubmitRequest(BaseModel):
+    """Body of `POST /rooms/{room_id}/tasks/{full_name}`."""
+
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskResponse(BaseModel):
+    """A task as the REST API shows it."""
+
+    id: UUID
+    job_name: str
+    room_id: str
+    status: TaskStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    worker_id: UUID | None = None
+    error: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue_position: int | None = None
+
+
+class TaskClaimRequest(BaseModel):
+    """Body of `POST /tasks/claim`."""
+
+    worker_id: UUID
+    # Ours: saves the worker a PATCH round trip per task.
+    start: bool = Field(
+        default=False,
+        description="Move the claimed task straight to running in the same request.",
+    )
+
+
+class TaskClaimResponse(BaseModel):
+    """Answer of `POST /tasks/claim`: the claimed task, or null when none waits."""
+
+    task: TaskResponse | None = None
+
+
+class TaskUpdateRequest(BaseModel):
+    """Body of `PATCH /tasks/{task_id}`."""
+
+    status: TaskStatus
+    error: str | None = None

@@ -1,0 +1,5 @@
+"""Server of joblib."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
