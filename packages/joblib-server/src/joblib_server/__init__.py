@@ -1,5 +1,57 @@
-"""Server of joblib."""
+"""Server of joblib: routes, tables, Socket.IO glue, worker cleanup and the sweeper."""
+
+from joblib_server.app import API_PREFIX, create_app
+from joblib_server.auth import (
+    AuthBackend,
+    Identity,
+    TokenAuth,
+    TokenStore,
+    bearer_token,
+)
+from joblib_server.database import Database, create_engine
+from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
+from joblib_server.errors import JobLibError, ProblemError
+from joblib_server.jobs import soft_delete_orphan_jobs
+from joblib_server.runtime import JobLib
+from joblib_server.settings import Settings
+from joblib_server.sweeper import run_sweeper, sweep_once
+from joblib_server.tables import Job, Task, Worker, WorkerJobLink
+from joblib_server.tasks import cleanup_stuck_internal_tasks
+from joblib_server.workers import (
+    cleanup_stale_workers,
+    cleanup_worker,
+    cleanup_worker_by_id,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "API_PREFIX",
+    "AuthBackend",
+    "Database",
+    "Emitter",
+    "Identity",
+    "Job",
+    "JobLib",
+    "JobLibError",
+    "NullEmitter",
+    "ProblemError",
+    "RecordingEmitter",
+    "Settings",
+    "Task",
+    "TokenAuth",
+    "TokenStore",
+    "Worker",
+    "WorkerJobLink",
+    "__version__",
+    "bearer_token",
+    "cleanup_stale_workers",
+    "cleanup_stuck_internal_tasks",
+    "cleanup_worker",
+    "cleanup_worker_by_id",
+    "create_app",
+    "create_engine",
+    "run_sweeper",
+    "soft_delete_orphan_jobs",
+    "sweep_once",
+]

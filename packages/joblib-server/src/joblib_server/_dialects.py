@@ -1,0 +1,103 @@
+"""Every piece of SQL that differs between SQLite and PostgreSQL, in one place.
+
+SQLite has one writer at a time: write transactions start with `BEGIN IMMEDIATE`,
+so a claim's read-then-update cannot interleave with another writer, and nothing
+needs row locks. PostgreSQL has many writers: a claim locks the chosen row with
+`FOR UPDATE SKIP LOCKED`, so concurrent claimers pass over each other's rows instead
+of queueing on them, and upserts rely on `ON CONFLICT`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from joblib_protocol import TaskStatus
+from joblib_server.tables import Task, WorkerJobLink
+
+StatementT = TypeVar("StatementT")
+
+_task = Task.__table__  # type: ignore[attr-defined]
+_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL flavour of one database engine."""
+
+    name: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is SQLite (single writer, no row locks)."""
+        return self.name == "sqlite"
+
+    def insert_ignoring_conflicts(
+        self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
+    ) -> Any:
+        """Return an INSERT that does nothing when the row already exists."""
+        insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
+        return (
+            insert(table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=list(conflict_columns))
+        )
+
+    def locked(self, statement: StatementT, *, skip_locked: bool = False) -> StatementT:
+        """Lock the selected rows for this transaction (a no-op on SQLite)."""
+        if self.is_sqlite:
+            return statement
+        return statement.with_for_update(skip_locked=skip_locked)  # type: ignore[attr-defined]
+
+    def claim(self, worker_id: uuid.UUID, now: datetime, *, start: bool) -> Any:
+        """One statement that claims the worker's oldest pending task, or nothing."""
+        oldest = (
+            sa.select(_task.c.id)
+            .join(_link, _link.c.job_id == _task.c.job_id)
+            .where(_link.c.worker_id == worker_id, _task.c.status == "pending")
+            .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
+            .limit(1)
+        )
+        if not self.is_sqlite:
+            oldest = oldest.with_for_update(of=_task, skip_locked=True)
+        values: dict[str, Any] = {
+            "status": TaskStatus.RUNNING if start else TaskStatus.CLAIMED,
+            "worker_id": worker_id,
+        }
+        if start:
+            values["started_at"] = now
+        return (
+            sa.update(_task)
+            .where(_task.c.id == oldest.scalar_subquery())
+            .where(_task.c.status == "pending")
+            .values(**values)
+            .returning(*_task.c)
+        )
+
+
+SQLITE = Dialect("sqlite")
+POSTGRESQL = Dialect("postgresql")
+
+
+def dialect_for(engine: AsyncEngine) -> Dialect:
+    """Return the dialect of `engine` (SQLite or PostgreSQL)."""
+    return _by_name(engine.dialect.name)
+
+
+def dialect_of(session: AsyncSession) -> Dialect:
+    """Return the dialect of the database `session` talks to."""
+    return _by_name(session.get_bind().dialect.name)
+
+
+def _by_name(name: str) -> Dialect:
+    if name == "sqlite":
+        return SQLITE
+    if name == "postgresql":
+        return POSTGRESQL
+    raise ValueError(f"unsupported database {name!r}: use SQLite or PostgreSQL")

@@ -1,0 +1,50 @@
+"""The standalone server: the same parts a host mounts, plus Socket.IO and tokens."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from joblib_server.auth import AuthBackend
+from joblib_server.database import Database
+from joblib_server.problems import EXCEPTION_HANDLERS
+from joblib_server.runtime import JobLib
+from joblib_server.settings import Settings
+
+logger = logging.getLogger("joblib_server")
+
+API_PREFIX = "/v1/joblib"
+
+
+def create_app(
+    settings: Settings,
+    auth: AuthBackend,
+    *,
+    database: Database | None = None,
+    realtime: bool = True,
+) -> Any:
+    """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`."""
+    database = database or Database.from_url(settings.database_url)
+    joblib = JobLib(database=database, auth=auth, settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with joblib.lifespan():
+            yield
+
+    app = Starlette(
+        routes=[Mount(API_PREFIX, app=joblib.asgi_app())],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.joblib = joblib
+    if not realtime:
+        return app
+    from joblib_server.realtime import attach_standalone
+
+    return attach_standalone(app, joblib)

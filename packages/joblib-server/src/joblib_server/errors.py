@@ -1,0 +1,62 @@
+"""The server's exception family: each carries the problem type it answers with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from joblib_protocol import (
+    Forbidden,
+    InvalidTaskTransition,
+    JobNotFound,
+    ProblemDetail,
+    ProblemType,
+    TaskNotFound,
+    WorkerNotFound,
+)
+
+
+class JobLibError(Exception):
+    """Base of every error joblib-server raises on purpose."""
+
+
+class ProblemError(JobLibError):
+    """An error the client caused; it becomes an RFC 9457 answer."""
+
+    def __init__(
+        self, problem: type[ProblemType], detail: str, **extensions: Any
+    ) -> None:
+        super().__init__(detail)
+        self.problem = problem
+        self.detail = detail
+        self.extensions = extensions
+
+    def document(self) -> ProblemDetail:
+        """The problem document to send."""
+        return self.problem.document(self.detail, **self.extensions)
+
+
+def job_not_found(full_name: str, room_id: str) -> ProblemError:
+    """The job is unknown, soft-deleted, or not visible from the room."""
+    return ProblemError(
+        JobNotFound, f"no job {full_name!r} visible from room {room_id!r}"
+    )
+
+
+def worker_not_found(worker_id: object) -> ProblemError:
+    """No worker has that id."""
+    return ProblemError(WorkerNotFound, f"no worker {worker_id}")
+
+
+def task_not_found(task_id: object) -> ProblemError:
+    """No task has that id."""
+    return ProblemError(TaskNotFound, f"no task {task_id}")
+
+
+def forbidden(detail: str) -> ProblemError:
+    """The caller may not touch this resource."""
+    return ProblemError(Forbidden, detail)
+
+
+def invalid_transition(current: str, new: str) -> ProblemError:
+    """The task cannot move from `current` to `new`."""
+    return ProblemError(InvalidTaskTransition, f"a {current} task cannot become {new}")

@@ -1,0 +1,279 @@
+"""Operations on jobs: register, look up, list, and soft-delete the orphans."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from joblib_protocol import (
+    GLOBAL_ROOM,
+    INTERNAL_ROOM,
+    RESERVED_ROOMS,
+    TERMINAL_STATUSES,
+    Emission,
+    InvalidCategory,
+    InvalidJobName,
+    InvalidRoomId,
+    JobFullName,
+    JobRegisterRequest,
+    JobResponse,
+    JobSummary,
+    SchemaConflict,
+    validate_job_name,
+    validate_room_id,
+)
+from joblib_server._dialects import dialect_of
+from joblib_server.auth import Identity
+from joblib_server.errors import (
+    ProblemError,
+    forbidden,
+    job_not_found,
+    worker_not_found,
+)
+from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
+from joblib_server.views import job_response, job_summary, jobs_invalidate
+
+
+def check_room_id(room_id: str) -> str:
+    """Return `room_id` if valid, else raise the `invalid-room-id` problem."""
+    try:
+        return validate_room_id(room_id)
+    except ValueError as exc:
+        raise ProblemError(InvalidRoomId, str(exc)) from None
+
+
+def visible_rooms(room_id: str) -> tuple[str, ...]:
+    """The job rooms whose jobs can be seen and used from `room_id`."""
+    if room_id == GLOBAL_ROOM:
+        return (GLOBAL_ROOM,)
+    return tuple(dict.fromkeys((room_id, GLOBAL_ROOM, INTERNAL_ROOM)))
+
+
+@dataclass
+class Registration:
+    """What `register_job` did."""
+
+    job: JobResponse
+    created: bool
+    emissions: set[Emission]
+
+
+async def register_job(
+    session: AsyncSession,
+    identity: Identity,
+    room_id: str,
+    request: JobRegisterRequest,
+    allowed_categories: Sequence[str],
+) -> Registration:
+    """Register (or revive) a job and link the worker that serves it."""
+    dialect = dialect_of(session)
+    check_room_id(room_id)
+    if room_id in RESERVED_ROOMS and not identity.is_admin:
+        raise forbidden(f"only admins may register jobs in {room_id}")
+    if request.category not in allowed_categories:
+        raise ProblemError(
+            InvalidCategory,
+            f"category {request.category!r} is not one of {list(allowed_categories)}",
+        )
+    try:
+        validate_job_name(request.name)
+    except ValueError as exc:
+        raise ProblemError(InvalidJobName, str(exc)) from None
+
+    if request.worker_id is None:
+        worker = Worker(owner_id=identity.id)
+        session.add(worker)
+        await session.flush()
+    else:
+        found = await session.get(Worker, request.worker_id)
+        # Another identity's worker is reported as unknown, not as forbidden.
+        if found is None or found.owner_id != identity.id:
+            raise worker_not_found(request.worker_id)
+        worker = found
+
+    inserted = await session.execute(
+        dialect.insert_ignoring_conflicts(
+            Job.__table__,  # type: ignore[attr-defined]
+            {
+                "id": uuid.uuid4(),
+                "room_id": room_id,
+                "category": request.category,
+                "name": request.name,
+                "schema": request.schema_,
+                "deleted": False,
+                "task_seq": 0,
+                "created_at": utcnow(),
+            },
+            "room_id",
+            "category",
+            "name",
+        )
+    )
+    created = inserted.rowcount == 1  # type: ignore[attr-defined]
+    job = (
+        await session.execute(
+            dialect.locked(
+                select(Job).where(
+                    Job.room_id == room_id,
+                    Job.category == request.category,
+                    Job.name == request.name,
+                )
+            ).execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if job.deleted:
+        job.deleted = False
+        job.schema_ = request.schema_
+        created = True
+    elif not created and job.schema_ != request.schema_:
+        raise ProblemError(
+            SchemaConflict,
+            f"job {job.full_name!r} is registered with a different schema",
+        )
+
+    linked = await session.execute(
+        dialect.insert_ignoring_conflicts(
+            WorkerJobLink.__table__,  # type: ignore[attr-defined]
+            {"worker_id": worker.id, "job_id": job.id},
+            "worker_id",
+            "job_id",
+        )
+    )
+    emissions: set[Emission] = set()
+    if created or linked.rowcount == 1:  # type: ignore[attr-defined]
+        emissions.add(jobs_invalidate(job.room_id))
+    workers = await job_workers(session, [job.id])
+    return Registration(
+        job=job_response(job, workers.get(job.id, []), worker.id),
+        created=created,
+        emissions=emissions,
+    )
+
+
+async def job_workers(
+    session: AsyncSession, job_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """The ids of the workers serving each of `job_ids`."""
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(WorkerJobLink.job_id, WorkerJobLink.worker_id)
+        .where(col(WorkerJobLink.job_id).in_(ids))
+        .order_by(col(WorkerJobLink.worker_id))
+    )
+    result: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for job_id, worker_id in rows:
+        result.setdefault(job_id, []).append(worker_id)
+    return result
+
+
+async def find_job(
+    session: AsyncSession,
+    room_id: str,
+    full_name: str,
+    *,
+    include_deleted: bool = False,
+) -> Job:
+    """The job `full_name` as seen from `room_id`, or the `job-not-found` problem."""
+    check_room_id(room_id)
+    try:
+        name = JobFullName.parse(full_name)
+    except ValueError:
+        raise job_not_found(full_name, room_id) from None
+    if name.room_id not in visible_rooms(room_id):
+        raise job_not_found(full_name, room_id)
+    job = (
+        await session.execute(
+            select(Job).where(
+                Job.room_id == name.room_id,
+                Job.category == name.category,
+                Job.name == name.name,
+            )
+        )
+    ).scalar_one_or_none()
+    if job is None or (job.deleted and not include_deleted):
+        raise job_not_found(full_name, room_id)
+    return job
+
+
+async def get_job(session: AsyncSession, room_id: str, full_name: str) -> JobResponse:
+    """A live job as seen from a room."""
+    job = await find_job(session, room_id, full_name)
+    workers = await job_workers(session, [job.id])
+    return job_response(job, workers.get(job.id, []))
+
+
+async def list_jobs(
+    session: AsyncSession, room_id: str, limit: int, offset: int
+) -> tuple[list[JobSummary], int]:
+    """A page of the live jobs visible from a room, newest first, and their count."""
+    check_room_id(room_id)
+    where = (col(Job.room_id).in_(visible_rooms(room_id)), col(Job.deleted).is_(False))
+    total = (
+        await session.execute(select(sa.func.count()).select_from(Job).where(*where))
+    ).scalar_one()
+    jobs = (
+        (
+            await session.execute(
+                select(Job)
+                .where(*where)
+                .order_by(col(Job.created_at).desc(), col(Job.id).desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    workers = await job_workers(session, [job.id for job in jobs])
+    return [job_summary(job, workers.get(job.id, [])) for job in jobs], total
+
+
+async def soft_delete_orphan_jobs(
+    session: AsyncSession, job_ids: Iterable[uuid.UUID]
+) -> set[Emission]:
+    """Hide the jobs among `job_ids` that no worker serves and no open task needs."""
+    dialect = dialect_of(session)
+    emissions: set[Emission] = set()
+    for job_id in sorted(set(job_ids)):
+        # Lock first, check after: on PostgreSQL the checks below then run in a
+        # fresh snapshot and see a task or link committed while we waited.
+        job = (
+            await session.execute(
+                dialect.locked(select(Job).where(Job.id == job_id)).execution_options(
+                    populate_existing=True
+                )
+            )
+        ).scalar_one_or_none()
+        if job is None or job.deleted:
+            continue
+        has_worker = (
+            await session.execute(
+                select(WorkerJobLink.job_id)
+                .where(WorkerJobLink.job_id == job_id)
+                .limit(1)
+            )
+        ).first()
+        if has_worker is not None:
+            continue
+        open_task = (
+            await session.execute(
+                select(Task.id)
+                .where(
+                    Task.job_id == job_id,
+                    col(Task.status).not_in([s.value for s in TERMINAL_STATUSES]),
+                )
+                .limit(1)
+            )
+        ).first()
+        if open_task is not None:
+            continue
+        job.deleted = True
+        emissions.add(jobs_invalidate(job.room_id))
+    return emissions

@@ -1,0 +1,308 @@
+"""Socket.IO glue: the emitter, connection auth, and the worker room handlers.
+
+Incoming events are handled here; outgoing ones leave through `SocketIOEmitter`.
+Event names and payloads come from `joblib_protocol` only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from pydantic import ValidationError
+from sqlmodel import select
+
+from joblib_protocol import (
+    Emission,
+    Forbidden,
+    JobFullName,
+    JoinJobRoom,
+    JoinRoom,
+    LeaveJobRoom,
+    LeaveRoom,
+    ProblemType,
+    ValidationFailed,
+    WorkerNotFound,
+    job_channel,
+    room_channel,
+    validate_room_id,
+)
+from joblib_server.auth import Identity
+from joblib_server.emitter import ordered
+from joblib_server.tables import Job, Worker, WorkerJobLink
+from joblib_server.workers import cleanup_worker_by_id
+
+if TYPE_CHECKING:
+    from joblib_server.runtime import JobLib
+
+logger = logging.getLogger("joblib_server.realtime")
+
+RoomHook = Callable[[Identity, str], Awaitable[bool]]
+
+
+class SocketIOEmitter:
+    """Sends emissions through a python-socketio `AsyncServer` (Redis-backed or not)."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self.sio = sio
+
+    async def emit(self, emissions: Iterable[Emission]) -> None:
+        """Send each distinct emission once, a task's events in lifecycle order."""
+        for emission in ordered(emissions):
+            await self.sio.emit(
+                emission.event.event_name(),
+                emission.event.payload(),
+                room=emission.room,
+            )
+
+
+@dataclass
+class Connection:
+    """What the server knows about one socket: who it is and which workers it runs."""
+
+    identity: Identity
+    workers: set[uuid.UUID] = field(default_factory=set)
+
+
+def _headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    asgi_scope = environ.get("asgi.scope")
+    if asgi_scope is not None:
+        for key, value in asgi_scope.get("headers", []):
+            headers[key.decode("latin-1").lower()] = value.decode("latin-1")
+        return headers
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = value
+    return headers
+
+
+def _refusal(problem: type[ProblemType], detail: str) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": problem.document(detail).model_dump(exclude_none=True),
+    }
+
+
+_OK: dict[str, Any] = {"ok": True}
+
+
+class Realtime:
+    """joblib's Socket.IO handlers, for the standalone app or a host's own server.
+
+    `attach()` registers every handler on the server in one call. A host that keeps
+    its own `connect`/`disconnect` handlers calls `authenticate()` (or `accept()`)
+    from its connect handler and `cleanup_connection()` from its disconnect handler.
+    """
+
+    def __init__(
+        self,
+        joblib: JobLib,
+        sio: socketio.AsyncServer,
+        *,
+        may_observe: RoomHook | None = None,
+    ) -> None:
+        self.joblib = joblib
+        self.sio = sio
+        self.may_observe = may_observe
+        self.connections: dict[str, Connection] = {}
+
+    def attach(self, *, connection_handlers: bool = True) -> Realtime:
+        """Register the handlers; `connection_handlers=False` keeps the host's own."""
+        if connection_handlers:
+            self.sio.on("connect", self._on_connect)
+            self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on(JoinJobRoom.event_name(), self.join_job_room)
+        self.sio.on(LeaveJobRoom.event_name(), self.leave_job_room)
+        self.sio.on(JoinRoom.event_name(), self.join_room)
+        self.sio.on(LeaveRoom.event_name(), self.leave_room)
+        return self
+
+    # connection lifecycle
+
+    async def authenticate(
+        self, sid: str, environ: Mapping[str, Any], auth: Any
+    ) -> Identity:
+        """Identify a handshake with the REST auth backend, or refuse the connection."""
+        payload = auth if isinstance(auth, Mapping) else None
+        identity = await self.joblib.auth.authenticate(_headers(environ), payload)
+        if identity is None:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "unauthorized: send `Authorization: Bearer <token>` "
+                "or auth={'token': ...}"
+            )
+        self.accept(sid, identity)
+        return identity
+
+    def accept(self, sid: str, identity: Identity) -> None:
+        """Remember the identity of a connection a host authenticated itself."""
+        self.connections[sid] = Connection(identity)
+
+    async def _on_connect(
+        self, sid: str, environ: Mapping[str, Any], auth: Any
+    ) -> None:
+        await self.authenticate(sid, environ, auth)
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        await self.cleanup_connection(sid)
+
+    async def cleanup_connection(self, sid: str) -> None:
+        """Clean up every worker this connection joined for; safe to call twice."""
+        connection = self.connections.pop(sid, None)
+        if connection is None:
+            return
+        for worker_id in sorted(connection.workers):
+            try:
+                emissions = await self.joblib.write(
+                    functools.partial(cleanup_worker_by_id, worker_id=worker_id)
+                )
+            except Exception:
+                logger.exception(
+                    "cleaning up worker %s after disconnect failed", worker_id
+                )
+                continue
+            if emissions:
+                logger.info("worker %s disconnected; cleaned up", worker_id)
+            await self.joblib.publish(emissions)
+
+    # worker rooms
+
+    async def _check_worker(
+        self, sid: str, data: Any, model: type[JoinJobRoom] | type[LeaveJobRoom]
+    ) -> tuple[JoinJobRoom | LeaveJobRoom, uuid.UUID] | dict[str, Any]:
+        connection = self.connections.get(sid)
+        if connection is None:
+            return _refusal(Forbidden, "this connection is not authenticated")
+        try:
+            event = model.model_validate(data)
+            worker_id = uuid.UUID(event.worker_id)
+            name = JobFullName.parse(event.job_name)
+        except (ValidationError, ValueError) as exc:
+            return _refusal(ValidationFailed, str(exc))
+        async with self.joblib.database.read() as session:
+            owner = (
+                await session.execute(
+                    select(Worker.owner_id).where(Worker.id == worker_id)
+                )
+            ).scalar_one_or_none()
+            if owner is None or owner != connection.identity.id:
+                return _refusal(WorkerNotFound, f"no worker {worker_id} of yours")
+            if isinstance(event, JoinJobRoom):
+                linked = (
+                    await session.execute(
+                        select(WorkerJobLink.worker_id)
+                        .join(Job, Job.id == WorkerJobLink.job_id)  # type: ignore[arg-type]
+                        .where(
+                            WorkerJobLink.worker_id == worker_id,
+                            Job.room_id == name.room_id,
+                            Job.category == name.category,
+                            Job.name == name.name,
+                        )
+                    )
+                ).first()
+                if linked is None:
+                    return _refusal(
+                        Forbidden, f"worker {worker_id} does not serve {event.job_name}"
+                    )
+        return event, worker_id
+
+    async def join_job_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns."""
+        checked = await self._check_worker(sid, data, JoinJobRoom)
+        if isinstance(checked, dict):
+            return checked
+        event, worker_id = checked
+        await self.sio.enter_room(sid, job_channel(event.job_name))
+        self.connections[sid].workers.add(worker_id)
+        return _OK
+
+    async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`leave_job_room`: leave `jobs:{job_name}`."""
+        checked = await self._check_worker(sid, data, LeaveJobRoom)
+        if isinstance(checked, dict):
+            return checked
+        event, _worker_id = checked
+        await self.sio.leave_room(sid, job_channel(event.job_name))
+        return _OK
+
+    # observers
+
+    async def subscribe(self, sid: str, room_id: str) -> None:
+        """Put a connection in `room:{room_id}` to receive the room's events."""
+        await self.sio.enter_room(sid, room_channel(validate_room_id(room_id)))
+
+    async def join_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`join_room` (ours): observe a room, if the host's hook allows it."""
+        connection = self.connections.get(sid)
+        if connection is None:
+            return _refusal(Forbidden, "this connection is not authenticated")
+        try:
+            room_id = validate_room_id(JoinRoom.model_validate(data).room_id)
+        except (ValidationError, ValueError) as exc:
+            return _refusal(ValidationFailed, str(exc))
+        if self.may_observe is not None and not await self.may_observe(
+            connection.identity, room_id
+        ):
+            return _refusal(Forbidden, f"you may not observe room {room_id!r}")
+        await self.subscribe(sid, room_id)
+        return _OK
+
+    async def leave_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`leave_room` (ours): stop observing a room."""
+        try:
+            room_id = LeaveRoom.model_validate(data).room_id
+        except ValidationError as exc:
+            return _refusal(ValidationFailed, str(exc))
+        await self.sio.leave_room(sid, room_channel(room_id))
+        return _OK
+
+
+def create_socketio_server(
+    ping_interval: float,
+    ping_timeout: float,
+    redis_url: str | None = None,
+    **kwargs: Any,
+) -> socketio.AsyncServer:
+    """An ASGI `AsyncServer`; with `redis_url`, emissions reach every server process."""
+    manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+    kwargs.setdefault("cors_allowed_origins", [])
+    return socketio.AsyncServer(
+        async_mode="asgi",
+        client_manager=manager,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        **kwargs,
+    )
+
+
+def attach_joblib(
+    sio: socketio.AsyncServer,
+    joblib: JobLib,
+    *,
+    may_observe: RoomHook | None = None,
+    connection_handlers: bool = True,
+) -> Realtime:
+    """One call for a host: emit joblib's events through `sio` and handle its events."""
+    joblib.emitter = SocketIOEmitter(sio)
+    return Realtime(joblib, sio, may_observe=may_observe).attach(
+        connection_handlers=connection_handlers
+    )
+
+
+def attach_standalone(app: Any, joblib: JobLib) -> socketio.ASGIApp:
+    """Wrap the standalone app so Socket.IO answers at `/socket.io`."""
+    settings = joblib.settings
+    sio = create_socketio_server(
+        settings.socketio_ping_interval_seconds,
+        settings.socketio_ping_timeout_seconds,
+        settings.redis_url,
+    )
+    realtime = attach_joblib(sio, joblib)
+    app.state.sio = sio
+    app.state.realtime = realtime
+    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")

@@ -1,0 +1,152 @@
+"""The database tables: jobs, workers, their links, and tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> Any:
+        """Store as UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite keeps no zone: store naive UTC so text comparisons stay ordered.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> Any:
+        """Read back timezone-aware."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Job(SQLModel, table=True):
+    """A named capability with the JSON Schema of its parameters."""
+
+    __tablename__ = "joblib_job"
+    __table_args__ = (
+        sa.UniqueConstraint("room_id", "category", "name", name="uq_joblib_job_name"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    room_id: str = Field(sa_type=sa.String(255))
+    category: str = Field(sa_type=sa.String(255))
+    name: str = Field(sa_type=sa.String(255))
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column("schema", sa.JSON, nullable=False)
+    )
+    deleted: bool = Field(default=False)
+    # Per-job counter handed to each submitted task; queue positions derive from it.
+    task_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+
+    @property
+    def full_name(self) -> str:
+        """The job's wire name `<room_id>:<category>:<name>`."""
+        return f"{self.room_id}:{self.category}:{self.name}"
+
+
+class Worker(SQLModel, table=True):
+    """One running worker process, owned by an identity."""
+
+    __tablename__ = "joblib_worker"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: str = Field(sa_type=sa.String(255), index=True)
+    last_heartbeat: datetime = Field(
+        default_factory=utcnow,
+        sa_column=sa.Column(UTCDateTime(), nullable=False, index=True),
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+
+
+class WorkerJobLink(SQLModel, table=True):
+    """A worker serves a job."""
+
+    __tablename__ = "joblib_worker_job"
+
+    worker_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid,
+            sa.ForeignKey("joblib_worker.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    job_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid,
+            sa.ForeignKey("joblib_job.id", ondelete="CASCADE"),
+            primary_key=True,
+            index=True,
+        )
+    )
+
+
+class Task(SQLModel, table=True):
+    """One request to run a job with a payload, submitted in a room."""
+
+    __tablename__ = "joblib_task"
+    __table_args__ = (
+        # The claim and queue-position queries read only pending rows.
+        sa.Index(
+            "ix_joblib_task_pending",
+            "job_id",
+            "created_at",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        ),
+        sa.Index("ix_joblib_task_job_seq", "job_id", "status", "seq"),
+        sa.Index("ix_joblib_task_room", "room_id", "created_at"),
+        sa.Index("ix_joblib_task_worker", "worker_id", "status"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    job_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("joblib_job.id"), nullable=False)
+    )
+    room_id: str = Field(sa_type=sa.String(255))
+    submitted_by: str = Field(sa_type=sa.String(255))
+    status: str = Field(default="pending", sa_type=sa.String(16))
+    payload: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    # Position of the task in its job's submission order (see queue positions).
+    seq: int = Field(default=0, sa_type=sa.BigInteger)
+    # Deliberately not a foreign key: a failed task keeps the id of the worker that
+    # ran it after that worker row is deleted.
+    worker_id: uuid.UUID | None = Field(default=None, sa_type=sa.Uuid)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    started_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    completed_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )

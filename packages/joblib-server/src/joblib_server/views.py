@@ -1,0 +1,79 @@
+"""Rows to protocol models, and the emissions that describe a row's change."""
+
+from __future__ import annotations
+
+import uuid
+
+from joblib_protocol import (
+    Emission,
+    JobResponse,
+    JobsInvalidate,
+    JobSummary,
+    TaskResponse,
+    TaskStatus,
+    TaskStatusEvent,
+    room_channel,
+)
+from joblib_server.tables import Job, Task
+
+
+def task_response(task: Task, job: Job, queue_position: int | None) -> TaskResponse:
+    """The REST shape of a task."""
+    return TaskResponse(
+        id=task.id,
+        job_name=job.full_name,
+        room_id=task.room_id,
+        status=TaskStatus(task.status),
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        worker_id=task.worker_id,
+        error=task.error,
+        payload=task.payload,
+        queue_position=queue_position if task.status == TaskStatus.PENDING else None,
+    )
+
+
+def task_emission(task: Task, job: Job, queue_position: int | None = None) -> Emission:
+    """The `task_status_event` telling the task's room about its current state."""
+    event = TaskStatusEvent(
+        id=str(task.id),
+        name=job.full_name,
+        room_id=task.room_id,
+        status=TaskStatus(task.status),
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        queue_position=queue_position if task.status == TaskStatus.PENDING else None,
+        worker_id=str(task.worker_id) if task.worker_id else None,
+        error=task.error,
+    )
+    return Emission(event, room_channel(task.room_id))
+
+
+def jobs_invalidate(room_id: str) -> Emission:
+    """The `jobs_invalidate` telling a room to fetch its job list again."""
+    return Emission(JobsInvalidate(), room_channel(room_id))
+
+
+def job_response(
+    job: Job, workers: list[uuid.UUID], worker_id: uuid.UUID | None = None
+) -> JobResponse:
+    """The REST shape of a job."""
+    return JobResponse(
+        id=job.id,
+        room_id=job.room_id,
+        category=job.category,
+        name=job.name,
+        full_name=job.full_name,
+        schema_=job.schema_,
+        workers=workers,
+        worker_id=worker_id,
+    )
+
+
+def job_summary(job: Job, workers: list[uuid.UUID]) -> JobSummary:
+    """The listed shape of a job."""
+    return JobSummary(
+        full_name=job.full_name, category=job.category, name=job.name, workers=workers
+    )

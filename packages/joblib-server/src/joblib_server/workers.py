@@ -1,0 +1,204 @@
+"""Operations on workers: create, heartbeat, list, and clean up when one goes away."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from joblib_protocol import Emission, TaskStatus, WorkerSummary
+from joblib_server._dialects import dialect_of
+from joblib_server.auth import Identity
+from joblib_server.errors import forbidden, worker_not_found
+from joblib_server.jobs import check_room_id, soft_delete_orphan_jobs, visible_rooms
+from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
+from joblib_server.views import jobs_invalidate, task_emission
+
+WORKER_DISCONNECTED = "Worker disconnected"
+
+
+async def create_worker(session: AsyncSession, identity: Identity) -> Worker:
+    """Create a worker owned by `identity`."""
+    worker = Worker(owner_id=identity.id)
+    session.add(worker)
+    await session.flush()
+    return worker
+
+
+async def owned_worker(
+    session: AsyncSession,
+    worker_id: uuid.UUID,
+    identity: Identity,
+    *,
+    admin_may: bool = False,
+) -> Worker:
+    """Load and lock a worker the caller owns (or, with `admin_may`, any as admin)."""
+    dialect = dialect_of(session)
+    worker = (
+        await session.execute(
+            dialect.locked(select(Worker).where(Worker.id == worker_id))
+        )
+    ).scalar_one_or_none()
+    if worker is None:
+        raise worker_not_found(worker_id)
+    if worker.owner_id != identity.id and not (admin_may and identity.is_admin):
+        raise forbidden(f"worker {worker_id} belongs to another identity")
+    return worker
+
+
+async def heartbeat(
+    session: AsyncSession, worker_id: uuid.UUID, identity: Identity
+) -> Worker:
+    """Record that the worker is alive."""
+    worker = await owned_worker(session, worker_id, identity)
+    worker.last_heartbeat = utcnow()
+    await session.flush()
+    return worker
+
+
+async def list_workers(
+    session: AsyncSession, limit: int, offset: int, room_id: str | None = None
+) -> tuple[list[WorkerSummary], int]:
+    """A page of workers, newest first; with `room_id`, those serving its jobs."""
+    job_count = (
+        select(sa.func.count())
+        .select_from(WorkerJobLink)
+        .where(WorkerJobLink.worker_id == Worker.id)
+        .scalar_subquery()
+    )
+    where = []
+    if room_id is not None:
+        check_room_id(room_id)
+        serving = (
+            select(WorkerJobLink.worker_id)
+            .join(Job, col(Job.id) == WorkerJobLink.job_id)
+            .where(
+                col(Job.room_id).in_(visible_rooms(room_id)),
+                col(Job.deleted).is_(False),
+            )
+        )
+        where.append(col(Worker.id).in_(serving))
+    total = (
+        await session.execute(select(sa.func.count()).select_from(Worker).where(*where))
+    ).scalar_one()
+    rows = await session.execute(
+        select(Worker.id, Worker.last_heartbeat, job_count)
+        .where(*where)
+        .order_by(col(Worker.created_at).desc(), col(Worker.id).desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    items = [
+        WorkerSummary(id=wid, last_heartbeat=beat, job_count=count)
+        for wid, beat, count in rows
+    ]
+    return items, total
+
+
+async def delete_worker(
+    session: AsyncSession, worker_id: uuid.UUID, identity: Identity
+) -> set[Emission]:
+    """Remove a worker as its owner or an admin (`DELETE /workers/{id}`)."""
+    worker = await owned_worker(session, worker_id, identity, admin_may=True)
+    return await cleanup_worker(session, worker)
+
+
+async def cleanup_worker(
+    session: AsyncSession,
+    worker: Worker,
+    *,
+    error: str = WORKER_DISCONNECTED,
+) -> set[Emission]:
+    """Fail the worker's in-flight tasks, remove it, and hide the jobs left orphaned.
+
+    Runs in the caller's transaction and does not commit: the caller commits and
+    then emits the returned emissions.
+    """
+    dialect = dialect_of(session)
+    now = utcnow()
+    emissions: set[Emission] = set()
+    in_flight = await session.execute(
+        dialect.locked(
+            select(Task, Job)
+            .join(Job, col(Job.id) == Task.job_id)
+            .where(
+                Task.worker_id == worker.id,
+                col(Task.status).in_(
+                    [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
+                ),
+            )
+            .order_by(col(Task.created_at))
+        ).execution_options(populate_existing=True)
+    )
+    affected_jobs: set[uuid.UUID] = set()
+    for task, job in in_flight:
+        task.status = TaskStatus.FAILED.value
+        task.error = error
+        task.completed_at = now
+        emissions.add(task_emission(task, job))
+        affected_jobs.add(job.id)
+
+    linked = await session.execute(
+        select(Job.id, Job.room_id)
+        .join(WorkerJobLink, col(WorkerJobLink.job_id) == Job.id)
+        .where(WorkerJobLink.worker_id == worker.id)
+    )
+    for job_id, room_id in linked:
+        affected_jobs.add(job_id)
+        emissions.add(jobs_invalidate(room_id))
+
+    await session.execute(
+        sa.delete(WorkerJobLink).where(col(WorkerJobLink.worker_id) == worker.id)
+    )
+    await session.execute(sa.delete(Worker).where(col(Worker.id) == worker.id))
+    await session.flush()
+    emissions |= await soft_delete_orphan_jobs(session, affected_jobs)
+    return emissions
+
+
+async def cleanup_worker_by_id(
+    session: AsyncSession, worker_id: uuid.UUID
+) -> set[Emission]:
+    """Clean up a worker by id; a worker already gone is a no-op."""
+    dialect = dialect_of(session)
+    worker = (
+        await session.execute(
+            dialect.locked(select(Worker).where(Worker.id == worker_id))
+        )
+    ).scalar_one_or_none()
+    if worker is None:
+        return set()
+    return await cleanup_worker(session, worker)
+
+
+async def cleanup_stale_workers(
+    session: AsyncSession,
+    timeout_seconds: float,
+    now: datetime | None = None,
+) -> set[Emission]:
+    """Clean up every worker whose last heartbeat is older than the timeout."""
+    dialect = dialect_of(session)
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout_seconds)
+    # SKIP LOCKED: another server process sweeping at the same moment takes
+    # the rows we do not, instead of both cleaning up the same worker.
+    stale = (
+        (
+            await session.execute(
+                dialect.locked(
+                    select(Worker)
+                    .where(col(Worker.last_heartbeat) < cutoff)
+                    .order_by(col(Worker.last_heartbeat)),
+                    skip_locked=True,
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    emissions: set[Emission] = set()
+    for worker in stale:
+        emissions |= await cleanup_worker(session, worker)
+    return emissions
