@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -93,6 +93,13 @@ class Database:
     async def create_tables(self) -> None:
         """Create joblib's tables where they do not exist yet."""
         async with self.engine.begin() as connection:
+            if not self.dialect.is_sqlite:
+                # Several server processes may start at once on a new database.
+                await connection.execute(
+                    text(
+                        "SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))"
+                    )
+                )
             await connection.run_sync(SQLModel.metadata.create_all)
 
     @asynccontextmanager
