@@ -224,3 +224,24 @@ def test_rest_only_worker_is_swept_after_the_timeout(
     _, failed = peer.wait_for(lambda e: _status_of(e, task_id, "failed"), 10)
     assert failed["error"] == "Worker disconnected"
     _assert_worker_cleaned(live_server, room, job["worker_id"])
+
+
+def test_reconnected_worker_survives_its_old_socket(
+    live_server: LiveServer, database_url: str
+) -> None:
+    room = _room()
+    with connect_peer(live_server.url, token=ALICE) as new_socket:
+        with connect_peer(live_server.url, token=ALICE) as old_socket:
+            worker_id = _register_and_join(live_server, old_socket, room, "Phoenix")
+            answer = new_socket.call(
+                "join_job_room",
+                {"job_name": f"{room}:{JOB}:Phoenix", "worker_id": worker_id},
+            )
+            assert answer == {"ok": True}
+        time.sleep(0.3)
+        # The old socket is gone, but the worker lives on through the new one.
+        assert count_rows(database_url, "joblib_worker") == 1
+    deadline = time.monotonic() + 5
+    while count_rows(database_url, "joblib_worker") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count_rows(database_url, "joblib_worker") == 0

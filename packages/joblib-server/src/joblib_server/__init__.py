@@ -12,6 +12,12 @@ from joblib_server.database import Database, create_engine
 from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
 from joblib_server.errors import JobLibError, ProblemError
 from joblib_server.jobs import soft_delete_orphan_jobs
+from joblib_server.realtime import (
+    Realtime,
+    SocketIOEmitter,
+    attach_joblib,
+    create_socketio_server,
+)
 from joblib_server.runtime import JobLib
 from joblib_server.settings import Settings
 from joblib_server.sweeper import run_sweeper, sweep_once
@@ -36,14 +42,17 @@ __all__ = [
     "JobLibError",
     "NullEmitter",
     "ProblemError",
+    "Realtime",
     "RecordingEmitter",
     "Settings",
+    "SocketIOEmitter",
     "Task",
     "TokenAuth",
     "TokenStore",
     "Worker",
     "WorkerJobLink",
     "__version__",
+    "attach_joblib",
     "bearer_token",
     "cleanup_stale_workers",
     "cleanup_stuck_internal_tasks",
@@ -51,6 +60,7 @@ __all__ = [
     "cleanup_worker_by_id",
     "create_app",
     "create_engine",
+    "create_socketio_server",
     "run_sweeper",
     "soft_delete_orphan_jobs",
     "sweep_once",

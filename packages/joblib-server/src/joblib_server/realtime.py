@@ -156,7 +156,14 @@ class Realtime:
         connection = self.connections.pop(sid, None)
         if connection is None:
             return
-        for worker_id in sorted(connection.workers):
+        still_connected = {
+            worker_id
+            for other in self.connections.values()
+            for worker_id in other.workers
+        }
+        for worker_id in sorted(connection.workers - still_connected):
+            # A worker that reconnected joins from its new socket before the old
+            # one is found dead; only the last of its sockets cleans it up.
             try:
                 emissions = await self.joblib.write(
                     functools.partial(cleanup_worker_by_id, worker_id=worker_id)
