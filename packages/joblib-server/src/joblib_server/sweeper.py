@@ -35,7 +35,10 @@ async def run_sweeper(database: Database, settings: Settings, publish: Publish) 
     """Sweep every interval until cancelled; a failed sweep is logged, not fatal."""
     while True:
         try:
-            emissions = await sweep_once(database, settings)
+            # A sweep cut off mid-transaction by shutdown leaves aiosqlite's
+            # connection half-closed and the event loop hanging: finish it first.
+            with anyio.CancelScope(shield=True):
+                emissions = await sweep_once(database, settings)
         except Exception:
             logger.exception("sweep failed; trying again next interval")
         else:

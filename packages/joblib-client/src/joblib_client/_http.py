@@ -1,0 +1,207 @@
+"""The REST transport: joblib's routes over any object with an `httpx.Client`."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Protocol
+from urllib.parse import quote
+from uuid import UUID
+
+import httpx
+
+from joblib_client.exceptions import JobLibError, TransportError, error_for_problem
+from joblib_protocol import (
+    JobRegisterRequest,
+    JobResponse,
+    ProblemDetail,
+    TaskClaimResponse,
+    TaskResponse,
+    TaskStatus,
+    WorkerResponse,
+)
+
+API_PREFIX = "/v1/joblib"
+
+_ERROR_TEXT_LIMIT = 500
+
+
+class Api(Protocol):
+    """What the manager needs to reach the REST API: a host's API object fits.
+
+    `base_url` is the server's root (the `/v1/joblib` prefix is added here);
+    `get_headers()` gives the headers that authenticate a request.
+    """
+
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client requests go through."""
+        ...
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL."""
+        ...
+
+    def get_headers(self) -> dict[str, str]:
+        """Return the headers that authenticate a request."""
+        ...
+
+
+class ApiClient:
+    """A ready-made `Api`: a server URL, a bearer token and an `httpx.Client`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.http = http if http is not None else httpx.Client(timeout=timeout)
+
+    def get_headers(self) -> dict[str, str]:
+        """Return the `Authorization` header for the token, if any."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.http.close()
+
+
+def error_from_response(response: httpx.Response) -> JobLibError:
+    """Turn an error answer into the matching exception, problem document or not."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and "type" in body and "status" in body:
+        return error_for_problem(body)
+    # Not one of ours (a proxy, an old server): keep the status and some text.
+    return error_for_problem(
+        ProblemDetail(
+            type="about:blank",
+            title=response.reason_phrase or "Error",
+            status=response.status_code,
+            detail=response.text[:_ERROR_TEXT_LIMIT] or None,
+        )
+    )
+
+
+def _segment(value: str) -> str:
+    # Room ids and full names keep '@' and ':' readable; anything else is escaped.
+    return quote(value, safe="@:")
+
+
+class Rest:
+    """The `/v1/joblib` routes a worker uses, answering protocol models."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; raise the client's exception for any error answer."""
+        http = self.api.http
+        url = f"{self.api.base_url.rstrip('/')}{API_PREFIX}{path}"
+        all_headers = {**self.api.get_headers(), **(headers or {})}
+        try:
+            if read_timeout is None:
+                response = http.request(method, url, json=json, headers=all_headers)
+            else:
+                # A per-request timeout through build_request: some clients (the
+                # Starlette TestClient) warn when `request()` is given one.
+                timeout = _with_read_timeout(http.timeout, read_timeout)
+                response = http.send(
+                    http.build_request(
+                        method, url, json=json, headers=all_headers, timeout=timeout
+                    )
+                )
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {url} failed: {exc!r}") from exc
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    def create_worker(self) -> WorkerResponse:
+        """`POST /workers`."""
+        response = self.request("POST", "/workers")
+        return WorkerResponse.model_validate_json(response.content)
+
+    def heartbeat(self, worker_id: UUID) -> WorkerResponse:
+        """`PATCH /workers/{worker_id}`."""
+        response = self.request("PATCH", f"/workers/{worker_id}")
+        return WorkerResponse.model_validate_json(response.content)
+
+    def delete_worker(self, worker_id: UUID) -> None:
+        """`DELETE /workers/{worker_id}`."""
+        self.request("DELETE", f"/workers/{worker_id}")
+
+    def register_job(self, room_id: str, request: JobRegisterRequest) -> JobResponse:
+        """`PUT /rooms/{room_id}/jobs`."""
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        response = self.request("PUT", f"/rooms/{_segment(room_id)}/jobs", json=body)
+        return JobResponse.model_validate_json(response.content)
+
+    def submit_task(
+        self, room_id: str, full_name: str, payload: dict[str, Any]
+    ) -> TaskResponse:
+        """`POST /rooms/{room_id}/tasks/{full_name}`."""
+        path = f"/rooms/{_segment(room_id)}/tasks/{_segment(full_name)}"
+        response = self.request("POST", path, json={"payload": payload})
+        return TaskResponse.model_validate_json(response.content)
+
+    def claim_task(self, worker_id: UUID, *, start: bool) -> TaskResponse | None:
+        """`POST /tasks/claim`; with `start`, the task comes back already running."""
+        body = {"worker_id": str(worker_id), "start": start}
+        response = self.request("POST", "/tasks/claim", json=body)
+        return TaskClaimResponse.model_validate_json(response.content).task
+
+    def update_task(
+        self, task_id: UUID, status: TaskStatus, error: str | None = None
+    ) -> TaskResponse:
+        """`PATCH /tasks/{task_id}`."""
+        body: dict[str, Any] = {"status": status.value}
+        if error is not None:
+            body["error"] = error
+        response = self.request("PATCH", f"/tasks/{task_id}", json=body)
+        return TaskResponse.model_validate_json(response.content)
+
+    def get_task(
+        self, task_id: UUID, *, wait: float | None = None
+    ) -> tuple[TaskResponse, bool]:
+        """`GET /tasks/{task_id}`, long-polling up to `wait` seconds when given.
+
+        Also answers whether the server applied the wait, so callers polling a
+        server without long-poll support know to pause between requests.
+        """
+        if wait is None or wait <= 0:
+            response = self.request("GET", f"/tasks/{task_id}")
+        else:
+            seconds = max(1, math.ceil(wait))
+            response = self.request(
+                "GET",
+                f"/tasks/{task_id}",
+                headers={"Prefer": f"wait={seconds}"},
+                read_timeout=seconds + 10.0,
+            )
+        applied = "preference-applied" in response.headers
+        return TaskResponse.model_validate_json(response.content), applied
+
+
+def _with_read_timeout(timeout: httpx.Timeout, read: float) -> httpx.Timeout:
+    # A client without a read timeout already waits long enough.
+    longer = None if timeout.read is None else max(timeout.read, read)
+    return httpx.Timeout(
+        connect=timeout.connect, read=longer, write=timeout.write, pool=timeout.pool
+    )

@@ -1,0 +1,227 @@
+"""The client's exception family: one base, one class per problem type of the API.
+
+The server answers every error with an RFC 9457 problem document; `error_for_problem`
+turns one back into the matching exception, so callers catch `JobLibError` once, or
+a precise class such as `SchemaConflictError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import ValidationError as PydanticValidationError
+
+from joblib_protocol import (
+    Forbidden,
+    InternalError,
+    InternalJobNotConfigured,
+    InvalidCategory,
+    InvalidJobName,
+    InvalidRoomId,
+    InvalidTaskTransition,
+    JobNotFound,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProblemDetail,
+    ProblemType,
+    SchemaConflict,
+    TaskNotFound,
+    Unauthorized,
+    ValidationFailed,
+    WorkerNotFound,
+    problem_type_for,
+)
+
+
+class JobLibError(Exception):
+    """Base of every error joblib-client raises.
+
+    `problem` is the server's problem document, when there is one; `type`, `status`
+    and `detail` are its members (None for errors that never reached the server).
+    """
+
+    problem_type: ClassVar[type[ProblemType] | None] = None
+
+    def __init__(
+        self, detail: str | None = None, *, problem: ProblemDetail | None = None
+    ) -> None:
+        self.problem = problem
+        self.type: str | None = problem.type if problem else None
+        self.status: int | None = problem.status if problem else None
+        self.detail: str | None = detail if detail is not None else _detail(problem)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.problem is None:
+            return self.detail or type(self).__name__
+        text = f"{self.problem.status} {self.problem.title}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def _detail(problem: ProblemDetail | None) -> str | None:
+    return problem.detail if problem is not None else None
+
+
+class TransportError(JobLibError):
+    """The server could not be reached, or the socket gave no answer."""
+
+
+class WaitTimeoutError(JobLibError, TimeoutError):
+    """A task did not reach a terminal state within the time given to `wait()`."""
+
+
+class BadRequestError(JobLibError):
+    """The server refused the request as malformed (400)."""
+
+
+class InvalidCategoryError(BadRequestError):
+    """The category is not one of the server's configured categories."""
+
+    problem_type = InvalidCategory
+
+
+class InvalidJobNameError(BadRequestError):
+    """The job name is empty or holds ':' or control characters."""
+
+    problem_type = InvalidJobName
+
+
+class InvalidRoomIdError(BadRequestError):
+    """The room id is empty or holds '@' or ':'."""
+
+    problem_type = InvalidRoomId
+
+
+class UnauthorizedError(JobLibError):
+    """The request carries no valid token (401)."""
+
+    problem_type = Unauthorized
+
+
+class ForbiddenError(JobLibError):
+    """The token is valid but may not touch this resource (403)."""
+
+    problem_type = Forbidden
+
+
+class NotFoundError(JobLibError):
+    """The resource does not exist (404)."""
+
+    problem_type: ClassVar[type[ProblemType] | None] = NotFound
+
+
+class JobNotFoundError(NotFoundError):
+    """No live job of that name is visible from the room."""
+
+    problem_type = JobNotFound
+
+
+class WorkerNotFoundError(NotFoundError):
+    """The server knows no worker of that id (it may have been cleaned up)."""
+
+    problem_type = WorkerNotFound
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task has that id."""
+
+    problem_type = TaskNotFound
+
+
+class MethodNotAllowedError(JobLibError):
+    """The route exists but not for that method (405)."""
+
+    problem_type = MethodNotAllowed
+
+
+class ConflictError(JobLibError):
+    """The request conflicts with the current state on the server (409)."""
+
+
+class SchemaConflictError(ConflictError):
+    """The job is already registered with a different parameter schema."""
+
+    problem_type = SchemaConflict
+
+
+class InvalidTaskTransitionError(ConflictError):
+    """The task cannot move from its current state to the one asked for."""
+
+    problem_type = InvalidTaskTransition
+
+
+class PayloadTooLargeError(JobLibError):
+    """The request body is over the server's size limit (413)."""
+
+    problem_type = PayloadTooLarge
+
+
+class ValidationFailedError(JobLibError):
+    """The server rejected the body as invalid (422); `errors` lists the fields."""
+
+    problem_type = ValidationFailed
+
+    @property
+    def errors(self) -> list[Any]:
+        """Return the field errors of the problem document."""
+        extra = self.problem.model_extra if self.problem is not None else None
+        errors = (extra or {}).get("errors")
+        return list(errors) if isinstance(errors, list) else []
+
+
+class ServerError(JobLibError):
+    """The server failed (5xx)."""
+
+    problem_type: ClassVar[type[ProblemType] | None] = InternalError
+
+
+class InternalJobNotConfiguredError(ServerError):
+    """An `@internal` job was asked for, but the server runs no such job (503)."""
+
+    problem_type = InternalJobNotConfigured
+
+
+def _subclasses(cls: type[JobLibError]) -> list[type[JobLibError]]:
+    found: list[type[JobLibError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
+_BY_PROBLEM: dict[type[ProblemType], type[JobLibError]] = {
+    cls.problem_type: cls for cls in _subclasses(JobLibError) if cls.problem_type
+}
+
+_BY_STATUS: dict[int, type[JobLibError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: ValidationFailedError,
+}
+
+
+def error_class_for(type_uri: str, status: int) -> type[JobLibError]:
+    """Return the exception class for a problem `type` URI, else for its status."""
+    problem_type = problem_type_for(type_uri)
+    if problem_type is not None and problem_type in _BY_PROBLEM:
+        return _BY_PROBLEM[problem_type]
+    if status >= 500:
+        return ServerError
+    return _BY_STATUS.get(status, JobLibError)
+
+
+def error_for_problem(problem: ProblemDetail | Mapping[str, Any]) -> JobLibError:
+    """Build the exception matching a problem document (a model or its JSON)."""
+    if not isinstance(problem, ProblemDetail):
+        try:
+            problem = ProblemDetail.model_validate(problem)
+        except PydanticValidationError:
+            return JobLibError(f"the server answered with a malformed error: {problem}")
+    return error_class_for(problem.type, problem.status)(problem=problem)

@@ -1,0 +1,564 @@
+"""`JobManager`: a worker's jobs, its tasks, its heartbeat, and a clean goodbye."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, overload
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from joblib_client._heartbeat import Ticker
+from joblib_client._http import Api, ApiClient, Rest
+from joblib_client._socket import EventSource, SocketClient, Tsio
+from joblib_client.exceptions import (
+    ForbiddenError,
+    InvalidTaskTransitionError,
+    JobLibError,
+    NotFoundError,
+    ServerError,
+    TransportError,
+    WaitTimeoutError,
+    WorkerNotFoundError,
+    error_for_problem,
+)
+from joblib_client.extension import (
+    Extension,
+    check_extension,
+    job_full_name,
+    job_schema,
+)
+from joblib_client.task import ClaimedTask
+from joblib_protocol import (
+    GLOBAL_ROOM,
+    Event,
+    JobRegisterRequest,
+    JoinJobRoom,
+    LeaveJobRoom,
+    TaskAvailable,
+    TaskResponse,
+    TaskStatus,
+    is_terminal,
+)
+
+logger = logging.getLogger("joblib_client")
+
+ExtensionT = TypeVar("ExtensionT", bound=Extension)
+
+LONG_POLL_SECONDS = 30.0
+"""How long one `wait()` request asks the server to hold its answer."""
+
+_STOP_CHECK_SECONDS = 0.2
+"""How often a sleeping `listen()` looks at its stop events."""
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Registration:
+    cls: type[Extension]
+    room_id: str
+
+
+class JobManager:
+    """A worker: registers extensions as jobs, claims and runs their tasks.
+
+    `api` reaches the REST API (any object with `http`, `base_url` and
+    `get_headers()`); `tsio`, when given, sends the socket events (any object with
+    `emit(event)`). If `tsio` can also deliver events (`on(name, handler)`), a
+    submitted task wakes `listen()` at once and the rooms are joined again after
+    every reconnection. Use it as a context manager, or call `disconnect()`.
+    """
+
+    def __init__(
+        self,
+        api: Api,
+        tsio: Tsio | None = None,
+        *,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        self._api = api
+        self._rest = Rest(api)
+        self._tsio = tsio
+        self._lock = threading.RLock()
+        self._jobs: dict[str, _Registration] = {}
+        self._worker_id: UUID | None = None
+        self._last_heartbeat: datetime | None = None
+        self._heartbeat = (
+            Ticker(heartbeat_interval, self._beat, "joblib heartbeat")
+            if heartbeat_interval
+            else None
+        )
+        self._wakeup = threading.Event()
+        self._listeners: set[threading.Event] = set()
+        self._owned: list[_Closeable] = []
+        if isinstance(tsio, EventSource):
+            tsio.on("connect", self._on_connect)
+            tsio.on(TaskAvailable.event_name(), self._on_task_available)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        socket: bool = True,
+        heartbeat_interval: float | None = 20.0,
+        timeout: float = 10.0,
+    ) -> JobManager:
+        """Build a manager with its own HTTP client and socket, closed on exit."""
+        api = ApiClient(url, token, timeout=timeout)
+        sock = SocketClient(url, token, connect_timeout=timeout) if socket else None
+        manager = cls(api, sock, heartbeat_interval=heartbeat_interval)
+        manager._owned = [c for c in (sock, api) if c is not None]
+        if sock is not None:
+            try:
+                sock.connect()
+            except BaseException:
+                manager.close()
+                raise
+        return manager
+
+    # what the manager is made of
+
+    @property
+    def api(self) -> Api:
+        """The REST API object requests go through."""
+        return self._api
+
+    @property
+    def tsio(self) -> Tsio | None:
+        """The socket events go through, if any."""
+        return self._tsio
+
+    @property
+    def worker_id(self) -> UUID | None:
+        """The server's id of this worker; None until the first registration."""
+        return self._worker_id
+
+    @property
+    def last_heartbeat(self) -> datetime | None:
+        """When the server last recorded a heartbeat of this worker, as it said."""
+        return self._last_heartbeat
+
+    # a mapping of full job names to extension classes
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._jobs))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __getitem__(self, name: str) -> type[Extension]:
+        return self._jobs[name].cls
+
+    # registration
+
+    @overload
+    def register(
+        self, cls: type[ExtensionT], *, room: str | None = None
+    ) -> type[ExtensionT]: ...
+
+    @overload
+    def register(
+        self, cls: None = None, *, room: str | None = None
+    ) -> Callable[[type[ExtensionT]], type[ExtensionT]]: ...
+
+    def register(
+        self, cls: type[ExtensionT] | None = None, *, room: str | None = None
+    ) -> type[ExtensionT] | Callable[[type[ExtensionT]], type[ExtensionT]]:
+        """Register an extension as a job in `room` (default `@global`).
+
+        Works as `register(Cls)`, `@register` and `@register(room="...")`. The
+        first registration creates the worker; later ones reuse it.
+        """
+        if cls is None:
+
+            def decorator(inner: type[ExtensionT]) -> type[ExtensionT]:
+                return self.register(inner, room=room)
+
+            return decorator
+        self._register(check_extension(cls), room or GLOBAL_ROOM)
+        return cls
+
+    def _register(
+        self, cls: type[Extension], room_id: str, *, new_worker: bool = False
+    ) -> str:
+        with self._lock:
+            worker_id = None if new_worker else self._worker_id
+            request = JobRegisterRequest.model_validate(
+                {
+                    "category": str(cls.category),
+                    "name": cls.__name__,
+                    "schema": job_schema(cls),
+                    "worker_id": worker_id,
+                }
+            )
+            job = self._rest.register_job(room_id, request)
+            if worker_id is None:
+                if job.worker_id is None:
+                    raise JobLibError("the server did not say which worker it created")
+                self._set_worker(job.worker_id, None)
+            self._jobs[job.full_name] = _Registration(cls, room_id)
+            try:
+                self._join(job.full_name)
+            except TransportError as exc:
+                # The socket is down; its reconnection joins every job again.
+                logger.warning("could not join %s yet: %s", job.full_name, exc)
+            return job.full_name
+
+    def create_worker(self) -> UUID:
+        """Create this manager's worker now (`POST /workers`), unless it has one."""
+        with self._lock:
+            if self._worker_id is not None:
+                return self._worker_id
+            return self._new_worker()
+
+    def _new_worker(self) -> UUID:
+        worker = self._rest.create_worker()
+        self._set_worker(worker.id, worker.last_heartbeat)
+        return worker.id
+
+    def _set_worker(self, worker_id: UUID, last_heartbeat: datetime | None) -> None:
+        self._worker_id = worker_id
+        self._last_heartbeat = last_heartbeat
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+
+    def _require_worker(self) -> UUID:
+        worker_id = self._worker_id
+        if worker_id is None:
+            raise JobLibError("no worker: register a job or call create_worker()")
+        return worker_id
+
+    # heartbeat
+
+    def heartbeat(self) -> datetime:
+        """Tell the server this worker is alive; return the recorded time."""
+        worker = self._rest.heartbeat(self._require_worker())
+        self._last_heartbeat = worker.last_heartbeat
+        return worker.last_heartbeat
+
+    def _beat(self) -> None:
+        worker_id = self._worker_id
+        if worker_id is None:
+            return
+        try:
+            self.heartbeat()
+        except WorkerNotFoundError:
+            self._recover(worker_id)
+
+    # tasks
+
+    def claim(self, *, start: bool = True) -> ClaimedTask | None:
+        """Claim the oldest pending task of this worker's jobs; None when none waits.
+
+        With `start` (the default) the task comes back already running, saving a
+        request; a server without that extension hands it back claimed, and
+        `run()` starts it. A task whose payload does not fit its extension is
+        failed with the validation error, and the next one is claimed.
+        """
+        while True:
+            response = self._rest.claim_task(self._require_worker(), start=start)
+            if response is None:
+                return None
+            task = self._claimed(response)
+            if task is not None:
+                return task
+
+    def _claimed(self, response: TaskResponse) -> ClaimedTask | None:
+        registration = self._jobs.get(response.job_name)
+        if registration is None:
+            error = f"this worker no longer serves {response.job_name}"
+        else:
+            try:
+                extension = registration.cls.model_validate(response.payload)
+            except ValidationError as exc:
+                error = f"invalid payload for {response.job_name}: {exc}"
+            else:
+                return ClaimedTask(
+                    id=response.id,
+                    job_name=response.job_name,
+                    room_id=response.room_id,
+                    extension=extension,
+                    status=response.status,
+                )
+        logger.warning("failing task %s: %s", response.id, error)
+        self._rest.update_task(response.id, TaskStatus.FAILED, error)
+        return None
+
+    def start(self, task: ClaimedTask) -> None:
+        """Mark a claimed task running; a task already running is left alone."""
+        if task.status == TaskStatus.CLAIMED:
+            self._report(task, TaskStatus.RUNNING)
+
+    def complete(self, task: ClaimedTask) -> None:
+        """Mark a task completed."""
+        self._report(task, TaskStatus.COMPLETED)
+
+    def fail(self, task: ClaimedTask, error: str) -> None:
+        """Mark a task failed with the error text shown to whoever submitted it."""
+        self._report(task, TaskStatus.FAILED, error)
+
+    def _report(
+        self, task: ClaimedTask, status: TaskStatus, error: str | None = None
+    ) -> None:
+        task.status = self._rest.update_task(task.id, status, error).status
+
+    def run(self, task: ClaimedTask, **kwargs: Any) -> TaskStatus:
+        """Run the task's extension and report completed, or failed with the error.
+
+        `kwargs` are passed to `Extension.run()`. Returns the final status; a task
+        cancelled meanwhile on the server keeps its cancelled state.
+        """
+        try:
+            self.start(task)
+        except InvalidTaskTransitionError as exc:
+            return self._ended_elsewhere(task, exc)
+        error: str | None = None
+        try:
+            task.extension.run(**kwargs)
+        except Exception as exc:
+            # The job's code may raise anything; its message is the task's error.
+            logger.exception("task %s (%s) failed", task.id, task.job_name)
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            if error is None:
+                self.complete(task)
+            else:
+                self.fail(task, error)
+        except InvalidTaskTransitionError as exc:
+            return self._ended_elsewhere(task, exc)
+        return task.status
+
+    def _ended_elsewhere(self, task: ClaimedTask, exc: JobLibError) -> TaskStatus:
+        logger.warning("task %s ended elsewhere (cancelled?): %s", task.id, exc)
+        task.status = self._rest.get_task(task.id)[0].status
+        return task.status
+
+    def listen(
+        self,
+        stop_event: threading.Event | None = None,
+        polling_interval: float = 2.0,
+    ) -> Iterator[ClaimedTask]:
+        """Yield claimed tasks until `stop_event` is set or the manager disconnects.
+
+        Between empty claims it waits `polling_interval` seconds, or less when the
+        socket announces a task for one of its jobs. Transient server errors are
+        logged and retried; a worker the server forgot is registered again.
+        """
+        stop = threading.Event()
+        with self._lock:
+            self._listeners.add(stop)
+        try:
+            while not _any_set(stop, stop_event):
+                # Cleared before the claim, so an announcement arriving during
+                # the claim still cuts the following wait short.
+                self._wakeup.clear()
+                try:
+                    task = self._claim_or_recover()
+                except (TransportError, ServerError) as exc:
+                    if _any_set(stop, stop_event):
+                        return
+                    logger.warning("claiming failed, will retry: %s", exc)
+                    task = None
+                except JobLibError:
+                    if _any_set(stop, stop_event):
+                        return
+                    raise
+                if task is not None:
+                    yield task
+                else:
+                    self._sleep(polling_interval, stop, stop_event)
+        finally:
+            with self._lock:
+                self._listeners.discard(stop)
+
+    def _claim_or_recover(self) -> ClaimedTask | None:
+        worker_id = self._require_worker()
+        try:
+            return self.claim()
+        except WorkerNotFoundError:
+            if not self._recover(worker_id):
+                raise
+            return self.claim()
+
+    def _sleep(
+        self,
+        seconds: float,
+        stop: threading.Event,
+        stop_event: threading.Event | None,
+    ) -> None:
+        deadline = time.monotonic() + seconds
+        while not _any_set(stop, stop_event):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wakeup.wait(min(remaining, _STOP_CHECK_SECONDS)):
+                return
+
+    # submitting
+
+    def submit(
+        self, extension: Extension, room: str, *, job_room: str = GLOBAL_ROOM
+    ) -> UUID:
+        """Submit a task running `extension` in `room`; return the task's id."""
+        cls = check_extension(type(extension))
+        full_name = job_full_name(cls, job_room)
+        payload = extension.model_dump(mode="json")
+        return self._rest.submit_task(room, full_name, payload).id
+
+    def wait(self, task_id: UUID | str, timeout: float | None = None) -> TaskResponse:
+        """Wait until the task is completed, failed or cancelled, and return it.
+
+        Long-polls `GET /tasks/{id}` with `Prefer: wait=N`; raises
+        `WaitTimeoutError` when `timeout` seconds pass first.
+        """
+        task_id = UUID(str(task_id))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = LONG_POLL_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            task, applied = self._rest.get_task(task_id, wait=wait)
+            if is_terminal(task.status):
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"task {task_id} is still {task.status.value} after {timeout} s"
+                )
+            if not applied:
+                # The server ignores `Prefer: wait`; do not poll it in a tight loop.
+                time.sleep(min(1.0, max(wait, 0.0)))
+
+    # leaving
+
+    def disconnect(self) -> None:
+        """Leave every job room, remove the worker on the server, clear local state.
+
+        Stops the heartbeat and any `listen()` first. Safe to call twice, with no
+        worker, or when the server already removed the worker; when the server
+        cannot be reached the failure is logged and the local state still cleared.
+        """
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        with self._lock:
+            for stop in self._listeners:
+                stop.set()
+            self._wakeup.set()
+            worker_id, names = self._worker_id, list(self._jobs)
+            self._worker_id = None
+            self._last_heartbeat = None
+            self._jobs.clear()
+        if worker_id is None:
+            return
+        if self._tsio is not None:
+            for name in names:
+                try:
+                    self._emit(LeaveJobRoom(job_name=name, worker_id=str(worker_id)))
+                except Exception as exc:
+                    logger.warning("could not leave the room of %s: %s", name, exc)
+        try:
+            self._rest.delete_worker(worker_id)
+        except NotFoundError:
+            logger.debug("worker %s was already removed", worker_id)
+        except JobLibError as exc:
+            logger.error("could not remove worker %s: %s", worker_id, exc)
+
+    def close(self) -> None:
+        """Disconnect, then close the HTTP client and socket `connect()` made."""
+        try:
+            self.disconnect()
+        finally:
+            owned, self._owned = self._owned, []
+            for closeable in owned:
+                closeable.close()
+
+    def __enter__(self) -> JobManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # the socket
+
+    def _emit(self, event: Event) -> None:
+        assert self._tsio is not None
+        ack = self._tsio.emit(event)
+        if isinstance(ack, Mapping) and ack.get("ok") is False:
+            raise error_for_problem(ack.get("error") or {})
+
+    def _join(self, full_name: str) -> None:
+        if self._tsio is not None:
+            worker_id = str(self._require_worker())
+            self._emit(JoinJobRoom(job_name=full_name, worker_id=worker_id))
+
+    def _on_task_available(self, data: Any = None) -> None:
+        try:
+            event = TaskAvailable.model_validate(data)
+        except ValidationError:
+            logger.debug("ignoring a malformed task_available: %r", data)
+            return
+        if event.job_name in self._jobs:
+            self._wakeup.set()
+
+    def _on_connect(self) -> None:
+        """Join every job's room again: the server forgot them with the old socket."""
+        with self._lock:
+            worker_id = self._worker_id
+            if worker_id is None:
+                return
+            try:
+                for name in list(self._jobs):
+                    self._join(name)
+            except (WorkerNotFoundError, ForbiddenError) as exc:
+                logger.info("rejoining as worker %s refused: %s", worker_id, exc)
+                self._recover(worker_id)
+            except TransportError as exc:
+                # Dropped again already; the next reconnection tries again.
+                logger.warning("rejoining the job rooms failed: %s", exc)
+                return
+        # Tasks may have been submitted while the socket was down.
+        self._wakeup.set()
+
+    def _recover(self, stale: UUID) -> bool:
+        """Register every job again under a new worker, after the server lost `stale`.
+
+        Returns False when there is nothing to recover (the manager disconnected).
+        """
+        with self._lock:
+            if self._worker_id != stale:
+                return self._worker_id is not None
+            logger.warning(
+                "the server no longer knows worker %s; registering again", stale
+            )
+            registrations = list(self._jobs.values())
+            if not registrations:
+                self._new_worker()
+            # The first registration creates the new worker, the others join it.
+            for index, registration in enumerate(registrations):
+                self._register(
+                    registration.cls, registration.room_id, new_worker=index == 0
+                )
+            return True
+
+
+def _any_set(*events: threading.Event | None) -> bool:
+    return any(event is not None and event.is_set() for event in events)

@@ -1,0 +1,20 @@
+"""A task this worker claimed, with the extension built from its payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from joblib_client.extension import Extension
+from joblib_protocol import TaskStatus
+
+
+@dataclass
+class ClaimedTask:
+    """A claimed task: `status` follows what the manager reported to the server."""
+
+    id: UUID
+    job_name: str
+    room_id: str
+    extension: Extension
+    status: TaskStatus

@@ -1,0 +1,162 @@
+"""Client test fixtures: the real server in-process, a live one, and test doubles.
+
+`server` runs the standalone app (REST only) in a Starlette `TestClient`, which is
+an `httpx.Client`, so managers reach it through a plain api object.
+`RecordingTsio` is our own stand-in for the socket seam: it records what the
+manager emits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 for its TestClient; joblib-client speaks httpx,
+    # and the TestClient must be an `httpx.Client` to stand in for a host's API.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+from joblib_client import ClaimedTask, JobManager, Tsio
+from joblib_protocol import Event
+from joblib_server import Settings, TokenAuth, create_app
+from tests.conftest import ADMIN, TOKENS, LiveServer
+
+
+@dataclass
+class InProcessApi:
+    """The api object a host would pass: an httpx client, a root URL, a token."""
+
+    http: httpx.Client
+    token: str | None = ADMIN
+    base_url: str = "http://testserver"
+
+    def get_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+@dataclass
+class RecordingTsio:
+    """Records the events a manager emits, in order."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+@pytest.fixture
+def server(database_url: str, settings: Settings) -> Iterator[TestClient]:
+    """The real app on the test database, in-process, its lifespan entered."""
+    app = create_app(
+        settings.model_copy(update={"database_url": database_url}),
+        TokenAuth(TOKENS),
+        realtime=False,
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ManagerFactory = Callable[..., JobManager]
+
+
+@pytest.fixture
+def make_manager(server: TestClient) -> Iterator[ManagerFactory]:
+    """Build managers on the in-process server; each is disconnected at the end."""
+    managers: list[JobManager] = []
+
+    def factory(
+        token: str = ADMIN, tsio: Tsio | None = None, **kwargs: Any
+    ) -> JobManager:
+        manager = JobManager(InProcessApi(server, token), tsio, **kwargs)
+        managers.append(manager)
+        return manager
+
+    yield factory
+    for manager in managers:
+        manager.disconnect()
+
+
+@pytest.fixture
+def make_live_manager(live_server: LiveServer) -> Iterator[ManagerFactory]:
+    """Build `JobManager.connect` managers on the live server; closed at the end."""
+    managers: list[JobManager] = []
+
+    def factory(token: str = ADMIN, **kwargs: Any) -> JobManager:
+        kwargs.setdefault("heartbeat_interval", None)
+        manager = JobManager.connect(live_server.url, token=token, **kwargs)
+        managers.append(manager)
+        return manager
+
+    yield factory
+    for manager in managers:
+        manager.close()
+
+
+class Listener:
+    """Runs `manager.listen()` in a thread, running each task and queueing it."""
+
+    def __init__(self, manager: JobManager, polling_interval: float) -> None:
+        self.manager = manager
+        self.polling_interval = polling_interval
+        self.stop = threading.Event()
+        self.tasks: queue.Queue[ClaimedTask] = queue.Queue()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for task in self.manager.listen(self.stop, self.polling_interval):
+                self.manager.run(task)
+                self.tasks.put(task)
+        except BaseException as exc:  # surfaced by the test, not lost in a thread
+            self.errors.append(exc)
+
+    def next_task(self, timeout: float) -> ClaimedTask:
+        return self.tasks.get(timeout=timeout)
+
+    def __enter__(self) -> Listener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "listen() did not stop"
+        assert not self.errors, self.errors
+
+
+class RequestCounter:
+    """An httpx event hook counting the requests a client sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> None:
+        self.requests.append(request)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+@pytest.fixture
+def count_requests(server: TestClient) -> RequestCounter:
+    """Count every request sent through the in-process server's client."""
+    counter = RequestCounter()
+    server.event_hooks["request"].append(counter)
+    return counter

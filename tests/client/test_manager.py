@@ -1,0 +1,160 @@
+"""JobManager: registration, the mapping of jobs, workers and heartbeats."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pytest
+from starlette.testclient import TestClient
+
+from joblib_client import Extension, ForbiddenError, JobLibError, JobManager
+from joblib_protocol import JoinJobRoom
+from tests.client.conftest import ManagerFactory, RecordingTsio, auth
+from tests.client.extensions import PrivateJob, Rotate, Select
+from tests.conftest import ADMIN, ALICE
+
+
+def test_register_emits_one_join_with_full_name_and_worker(
+    make_manager: ManagerFactory,
+) -> None:
+    tsio = RecordingTsio()
+    manager = make_manager(ADMIN, tsio)
+    assert manager.worker_id is None
+
+    assert manager.register(Rotate) is Rotate
+
+    assert tsio.events == [
+        JoinJobRoom(
+            job_name="@global:modifiers:Rotate", worker_id=str(manager.worker_id)
+        )
+    ]
+
+
+def test_two_registrations_join_in_order_as_one_worker(
+    make_manager: ManagerFactory, server: TestClient
+) -> None:
+    tsio = RecordingTsio()
+    manager = make_manager(ADMIN, tsio)
+    manager.register(Rotate)
+    manager.register(Select)
+
+    joins = tsio.of(JoinJobRoom)
+    assert [join.job_name for join in joins] == [
+        "@global:modifiers:Rotate",
+        "@global:selections:Select",
+    ]
+    assert {join.worker_id for join in joins} == {str(manager.worker_id)}
+    workers = server.get("/v1/joblib/workers", headers=auth(ADMIN)).json()
+    assert workers["total"] == 1
+    assert workers["items"][0]["job_count"] == 2
+
+
+def test_register_in_a_room(make_manager: ManagerFactory) -> None:
+    tsio = RecordingTsio()
+    manager = make_manager(ALICE, tsio)
+
+    manager.register(PrivateJob, room="my_room")
+
+    assert [join.job_name for join in tsio.of(JoinJobRoom)] == [
+        "my_room:modifiers:PrivateJob"
+    ]
+
+
+def test_register_in_global_needs_an_admin(make_manager: ManagerFactory) -> None:
+    manager = make_manager(ALICE)
+    with pytest.raises(ForbiddenError) as caught:
+        manager.register(Rotate)
+    assert caught.value.status == 403
+    assert len(manager) == 0
+    assert manager.worker_id is None
+
+
+def test_register_as_decorator_with_and_without_arguments(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(ADMIN)
+
+    @manager.register
+    class Plain(Rotate):
+        pass
+
+    @manager.register(room="my_room")
+    class Roomy(Rotate):
+        pass
+
+    assert list(manager) == ["@global:modifiers:Plain", "my_room:modifiers:Roomy"]
+
+
+def test_register_refuses_what_is_not_an_extension(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(ADMIN)
+    with pytest.raises(TypeError):
+        manager.register(int)
+    with pytest.raises(TypeError, match="category"):
+        manager.register(Extension)
+
+
+def test_mapping_of_full_names_to_extensions(make_manager: ManagerFactory) -> None:
+    manager = make_manager(ADMIN)
+    manager.register(Rotate)
+    manager.register(Select)
+
+    assert len(manager) == 2
+    assert list(manager) == ["@global:modifiers:Rotate", "@global:selections:Select"]
+    assert "@global:modifiers:Rotate" in manager
+    assert "@global:modifiers:Missing" not in manager
+    assert manager["@global:selections:Select"] is Select
+    with pytest.raises(KeyError):
+        manager["@global:modifiers:Missing"]
+
+
+def test_create_worker_explicitly_then_register_reuses_it(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(ADMIN)
+    worker_id = manager.create_worker()
+    assert manager.worker_id == worker_id
+    assert manager.create_worker() == worker_id
+
+    manager.register(Rotate)
+
+    assert manager.worker_id == worker_id
+
+
+def test_heartbeat_needs_a_worker_and_reports_the_time(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(ADMIN)
+    with pytest.raises(JobLibError, match="no worker"):
+        manager.heartbeat()
+    manager.register(Rotate)
+
+    beat = manager.heartbeat()
+
+    assert isinstance(beat, datetime)
+    assert manager.last_heartbeat == beat
+
+
+def _server_heartbeat(server: TestClient, manager: JobManager) -> datetime:
+    items = server.get("/v1/joblib/workers", headers=auth(ADMIN)).json()["items"]
+    (worker,) = [item for item in items if item["id"] == str(manager.worker_id)]
+    return datetime.fromisoformat(worker["last_heartbeat"])
+
+
+def test_heartbeat_thread_keeps_the_worker_fresh(
+    make_manager: ManagerFactory, server: TestClient
+) -> None:
+    manager = make_manager(ADMIN, heartbeat_interval=0.05)
+    manager.register(Rotate)
+    registered = _server_heartbeat(server, manager)
+
+    deadline = time.monotonic() + 10
+    while manager.last_heartbeat is None or manager.last_heartbeat <= registered:
+        assert time.monotonic() < deadline, "no heartbeat was sent"
+        time.sleep(0.02)
+
+    assert _server_heartbeat(server, manager) >= manager.last_heartbeat
+    manager.disconnect()
+    assert manager.last_heartbeat is None

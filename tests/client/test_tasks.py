@@ -1,0 +1,201 @@
+"""Claiming, running and reporting tasks; listen(), submit() and wait()."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from starlette.testclient import TestClient
+
+from joblib_client import (
+    InvalidTaskTransitionError,
+    JobManager,
+    JobNotFoundError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+    WorkerNotFoundError,
+)
+from joblib_protocol import TaskStatus
+from tests.client.conftest import Listener, ManagerFactory, RequestCounter, auth
+from tests.client.extensions import Explode, Rotate
+from tests.conftest import ADMIN, ALICE
+
+
+@pytest.fixture
+def worker(make_manager: ManagerFactory) -> JobManager:
+    manager = make_manager(ADMIN)
+    manager.register(Rotate)
+    manager.register(Explode)
+    return manager
+
+
+@pytest.fixture
+def submitter(make_manager: ManagerFactory) -> JobManager:
+    return make_manager(ALICE)
+
+
+def test_claim_answers_none_when_nothing_waits(worker) -> None:
+    assert worker.claim() is None
+
+
+def test_claim_builds_the_extension_and_starts_the_task(worker, submitter) -> None:
+    task_id = submitter.submit(Rotate(angle=90), "room1")
+
+    task = worker.claim()
+
+    assert task is not None
+    assert (task.id, task.job_name, task.room_id) == (
+        task_id,
+        "@global:modifiers:Rotate",
+        "room1",
+    )
+    assert task.extension == Rotate(angle=90)
+    assert task.status == TaskStatus.RUNNING
+
+
+def test_claim_without_start_then_start(worker, submitter) -> None:
+    submitter.submit(Rotate(), "room1")
+    task = worker.claim(start=False)
+    assert task is not None
+    assert task.status == TaskStatus.CLAIMED
+
+    worker.start(task)
+
+    assert task.status == TaskStatus.RUNNING
+
+
+def test_run_completes_and_passes_keyword_arguments(worker, submitter) -> None:
+    task_id = submitter.submit(Rotate(angle=45), "room1")
+    task = worker.claim(start=False)
+    seen: list[float] = []
+
+    assert worker.run(task, seen=seen) == TaskStatus.COMPLETED
+
+    assert seen == [45]
+    assert submitter.wait(task_id, timeout=5).status == TaskStatus.COMPLETED
+
+
+def test_run_reports_the_error_of_a_failing_extension(worker, submitter) -> None:
+    task_id = submitter.submit(Explode(), "room1")
+    task = worker.claim()
+
+    assert worker.run(task) == TaskStatus.FAILED
+
+    shown = submitter.wait(task_id, timeout=5)
+    assert shown.status == TaskStatus.FAILED
+    assert shown.error == "ValueError: boom"
+
+
+def test_run_keeps_a_cancelled_task_cancelled(worker, submitter, server) -> None:
+    task_id = submitter.submit(Rotate(), "room1")
+    task = worker.claim()
+    cancelled = server.patch(
+        f"/v1/joblib/tasks/{task_id}", json={"status": "cancelled"}, headers=auth(ALICE)
+    )
+    assert cancelled.status_code == 200, cancelled.text
+
+    assert worker.run(task) == TaskStatus.CANCELLED
+
+
+def test_a_payload_that_does_not_fit_fails_the_task(
+    worker, submitter, server: TestClient
+) -> None:
+    answer = server.post(
+        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Rotate",
+        json={"payload": {"angle": "not a number"}},
+        headers=auth(ALICE),
+    )
+    assert answer.status_code == 202, answer.text
+
+    assert worker.claim() is None
+
+    shown = submitter.wait(answer.json()["id"], timeout=5)
+    assert shown.status == TaskStatus.FAILED
+    assert "invalid payload" in (shown.error or "")
+
+
+def test_complete_twice_is_an_invalid_transition(worker, submitter) -> None:
+    submitter.submit(Rotate(), "room1")
+    task = worker.claim()
+    worker.complete(task)
+
+    with pytest.raises(InvalidTaskTransitionError) as caught:
+        worker.complete(task)
+    assert caught.value.status == 409
+
+
+def test_listen_run_complete_takes_at_most_three_requests_per_task(
+    worker, submitter, count_requests: RequestCounter
+) -> None:
+    ids = [submitter.submit(Rotate(angle=n), "room1") for n in range(3)]
+    stop = threading.Event()
+    done = []
+    count_requests.requests.clear()
+
+    for task in worker.listen(stop_event=stop, polling_interval=0.05):
+        worker.run(task)
+        done.append(task.id)
+        if len(done) == len(ids):
+            stop.set()
+
+    assert done == ids
+    # One claim that comes back running, one report: within the budget of three.
+    assert len(count_requests) == 2 * len(ids)
+
+
+def test_listen_polls_without_a_socket(worker, submitter) -> None:
+    with Listener(worker, polling_interval=0.05) as listener:
+        task_id = submitter.submit(Rotate(angle=7), "room1")
+        assert listener.next_task(timeout=10).id == task_id
+
+
+def test_listen_registers_again_when_the_server_forgot_the_worker(
+    worker, submitter, server: TestClient
+) -> None:
+    old = worker.worker_id
+    removed = server.delete(f"/v1/joblib/workers/{old}", headers=auth(ADMIN))
+    assert removed.status_code == 204
+    with pytest.raises(WorkerNotFoundError):
+        worker.claim()
+
+    with Listener(worker, polling_interval=0.05) as listener:
+        # Until the listener registered again, the job is gone with the worker.
+        while worker.worker_id == old:
+            assert listener.thread.is_alive()
+            listener.stop.wait(0.02)
+        task_id = submitter.submit(Rotate(), "room1")
+        assert listener.next_task(timeout=10).id == task_id
+
+    assert worker.worker_id not in (None, old)
+    assert sorted(worker) == ["@global:analysis:Explode", "@global:modifiers:Rotate"]
+
+
+def test_wait_times_out_on_a_pending_task(worker, submitter) -> None:
+    task_id = submitter.submit(Rotate(), "room1")
+    with pytest.raises(WaitTimeoutError, match="pending") as caught:
+        submitter.wait(task_id, timeout=1)
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_wait_answers_once_the_task_ends(worker, submitter) -> None:
+    task_id = submitter.submit(Rotate(), "room1")
+
+    def work() -> None:
+        task = worker.claim()
+        assert task is not None
+        worker.run(task)
+
+    thread = threading.Timer(0.3, work)
+    thread.start()
+    try:
+        assert submitter.wait(task_id, timeout=10).status == TaskStatus.COMPLETED
+    finally:
+        thread.join()
+
+
+def test_submit_and_wait_raise_not_found(submitter) -> None:
+    with pytest.raises(JobNotFoundError):
+        submitter.submit(Rotate(), "room1")
+    with pytest.raises(TaskNotFoundError):
+        submitter.wait(uuid.uuid4(), timeout=1)
