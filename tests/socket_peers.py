@@ -89,6 +89,10 @@ class WorkerProcess:
 
     def read(self, timeout: float = 20) -> dict[str, Any]:
         """The next JSON line the worker printed."""
+        return dict(json.loads(self.read_line(timeout)))
+
+    def read_line(self, timeout: float = 20) -> str:
+        """The next line the process printed."""
         result: list[str] = []
         reader = threading.Thread(
             target=lambda: result.append(self.process.stdout.readline()),  # type: ignore[union-attr]
@@ -98,9 +102,9 @@ class WorkerProcess:
         reader.join(timeout)
         if not result or not result[0]:
             raise AssertionError(
-                f"worker said nothing; exit code {self.process.poll()}"
+                f"the process said nothing; exit code {self.process.poll()}"
             )
-        return dict(json.loads(result[0]))
+        return result[0]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -137,7 +141,9 @@ def rest(api: str, token: str) -> httpx.Client:
 
 
 @contextmanager
-def server_process(port: int, env: dict[str, str]) -> Iterator[str]:
+def server_process(
+    port: int, env: dict[str, str], cwd: Path | None = None
+) -> Iterator[str]:
     """Run `joblib-server serve` in a process; yield its base URL once it answers."""
     import os
 
@@ -145,6 +151,7 @@ def server_process(port: int, env: dict[str, str]) -> Iterator[str]:
         [sys.executable, "-m", "joblib_server.cli", "serve", "--port", str(port),
          "--log-level", "warning"],
         env={**os.environ, **env},
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
