@@ -1,0 +1,214 @@
+"""Section 4, disconnect: how fast the server notices a worker is gone.
+
+kill -9: a worker process (`bench.killable_worker`, stock python-socketio client)
+holds a running task; it is killed with SIGKILL, and an observer socket in the room
+(`join_room`) times the `task_status_event` that reports the task failed.
+Graceful: a socket-connected worker with a running task sends `leave_job_room`,
+then `DELETE /workers/{id}`; timed until the DELETE answers 204 (the worker is gone;
+a heartbeat then answers 404), and until the observer sees its task failed. For
+kill -9 the task's `completed_at` also tells when the server began the cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.api import ROOM, JoblibApi, server_time
+from bench.client import BenchClient, summarize_ms
+from bench.config import Config
+from bench.server import REPO_ROOT, TOKEN, ServerProcess, joblib_on
+from bench.sio import AsyncSocket
+from bench.workers import Handoffs, SocketWorker
+
+SPAWN_TIMEOUT = 60.0
+EVENT_TIMEOUT = 10.0
+PARALLEL_SPAWNS = 4
+WORKER_DISCONNECTED = "Worker disconnected"
+
+
+class Observer:
+    """A socket in `room:{ROOM}` that hands over each task's failure event."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.socket = AsyncSocket(server.url, TOKEN)
+        self.failures = Handoffs()
+        self.socket.on("task_status_event", self._on_status)
+
+    def _on_status(self, event: dict[str, Any], arrival: float) -> None:
+        if event.get("status") == "failed":
+            self.failures.resolve(event["id"], (event, arrival))
+
+    async def open(self) -> None:
+        """Connect and join the room."""
+        await self.socket.connect()
+        answer = await self.socket.call("join_room", {"room_id": ROOM})
+        if answer != {"ok": True}:
+            raise RuntimeError(f"join_room refused: {answer!r}")
+
+    async def failed(
+        self, task_id: str, client: BenchClient
+    ) -> tuple[dict[str, Any], float] | None:
+        """The task's failure event and its arrival (perf_counter), or None."""
+        try:
+            event, arrival = await asyncio.wait_for(
+                self.failures.future(task_id), EVENT_TIMEOUT
+            )
+        except TimeoutError:
+            client.stats.error(f"no failure event for task {task_id}")
+            return None
+        if event.get("error") != WORKER_DISCONNECTED:
+            client.stats.error(f"task {task_id} failed with {event.get('error')!r}")
+        return event, arrival
+
+
+@dataclass
+class KillableWorker:
+    """A `bench.killable_worker` process holding one running task."""
+
+    process: asyncio.subprocess.Process
+    task_id: str = ""
+
+    async def line(self) -> dict[str, Any]:
+        """The next JSON line the process prints."""
+        assert self.process.stdout is not None
+        raw = await asyncio.wait_for(self.process.stdout.readline(), SPAWN_TIMEOUT)
+        if not raw:
+            raise RuntimeError("the killable worker exited early")
+        answer: dict[str, Any] = json.loads(raw)
+        return answer
+
+    async def reap(self) -> None:
+        """Kill (if alive) and wait for the process."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+
+
+async def _spawn(
+    server: ServerProcess, api: JoblibApi, index: int, gate: asyncio.Semaphore
+) -> KillableWorker:
+    async with gate:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.killable_worker",
+            server.url,
+            TOKEN,
+            ROOM,
+            f"kill-{index}",
+            cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = KillableWorker(process)
+        try:
+            job = (await worker.line())["job"]
+            await api.submit(job, {"kill": index})
+            worker.task_id = (await worker.line())["task_id"]
+        except BaseException:
+            await worker.reap()
+            raise
+        return worker
+
+
+async def measure_kill(
+    server: ServerProcess, client: BenchClient, observer: Observer, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Start `repeats` killable workers with a running task; kill -9 them one by one.
+
+    Returns the seconds from each kill to the failure event, and from each kill to
+    the task's `completed_at` (server clock: when the cleanup began).
+    """
+    api = JoblibApi(client.session())
+    gate = asyncio.Semaphore(PARALLEL_SPAWNS)
+    spawned = await asyncio.gather(
+        *(_spawn(server, api, index, gate) for index in range(repeats)),
+        return_exceptions=True,
+    )
+    workers = [w for w in spawned if isinstance(w, KillableWorker)]
+    for outcome in spawned:
+        if not isinstance(outcome, KillableWorker):
+            client.stats.error(f"killable worker: {outcome!r}")
+    to_event: list[float] = []
+    to_cleanup: list[float] = []
+    try:
+        for worker in workers:
+            killed, killed_wall = time.perf_counter(), time.time()
+            worker.process.kill()
+            seen = await observer.failed(worker.task_id, client)
+            if seen is not None:
+                event, arrival = seen
+                to_event.append(arrival - killed)
+                to_cleanup.append(server_time(event["completed_at"]) - killed_wall)
+            await worker.process.wait()
+    finally:
+        for worker in workers:
+            await worker.reap()
+    return to_event, to_cleanup
+
+
+async def measure_leave(
+    server: ServerProcess, client: BenchClient, observer: Observer, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Graceful leave: `leave_job_room` + `DELETE /workers/{id}` with a running task."""
+    submitter = JoblibApi(client.session())
+    gone: list[float] = []
+    failed: list[float] = []
+    for index in range(repeats):
+        worker = await SocketWorker.connect(client, f"leave-{index}", server.url)
+        try:
+            task = await submitter.submit(worker.full_name, {"leave": index})
+            running = await worker.api.claim(worker.id)
+            if task is None or running is None:
+                continue
+            started = time.perf_counter()
+            answer = await worker.socket.call(
+                "leave_job_room",
+                {"job_name": worker.full_name, "worker_id": worker.id},
+            )
+            deleted = await worker.api.delete_worker(worker.id)
+            gone.append(time.perf_counter() - started)
+            seen = await observer.failed(running["id"], client)
+            if seen is not None:
+                failed.append(seen[1] - started)
+            if answer != {"ok": True} or not deleted:
+                client.stats.error(f"leave: {answer!r}, deleted={deleted}")
+            if await worker.api.worker_exists(worker.id):
+                client.stats.error(f"worker {worker.id} still there after DELETE")
+        finally:
+            await worker.close()
+    return gone, failed
+
+
+async def run(database: str, config: Config) -> dict[str, Any]:
+    """kill -9 and graceful leave on a fresh server."""
+    async with (
+        joblib_on(database) as (server, _url),
+        BenchClient(server.url, TOKEN) as client,
+    ):
+        observer = Observer(server)
+        await observer.open()
+        try:
+            killed, cleanup = await measure_kill(
+                server, client, observer, config.kill_repeats
+            )
+            gone, failed = await measure_leave(
+                server, client, observer, config.leave_repeats
+            )
+        finally:
+            await observer.socket.close()
+        return {
+            "kill_to_failed_ms": summarize_ms(killed),
+            "kill_to_cleanup_start_ms": summarize_ms(cleanup),
+            "leave_to_gone_ms": summarize_ms(gone),
+            "leave_to_failed_event_ms": summarize_ms(failed),
+            "routes": client.stats.summary(),
+            "errors": client.stats.errors,
+            "error_samples": client.stats.error_samples,
+        }

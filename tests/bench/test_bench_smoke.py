@@ -1,0 +1,38 @@
+"""`python -m bench --quick` runs end to end on SQLite and reports no errors.
+
+A smoke test only: it checks that the benchmark works and emits its JSON line, never
+how fast anything is. The full benchmark stays out of the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = {"throughput", "latency", "disconnect", "backlog"}
+
+
+@pytest.mark.timeout(90)
+def test_quick_run_on_sqlite_reports_no_errors() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--json-only"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = finished.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{finished.stderr[-3000:]}"
+    result = json.loads(lines[-1])
+    assert result["errors"] == 0, json.dumps(result, indent=1)[-3000:]
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert set(result["databases"]) == {"sqlite"}
+    assert set(result["databases"]["sqlite"]) == SECTIONS
+    assert result["floor"]["errors"] == 0
+    assert result["targets"], "no target was evaluated"
