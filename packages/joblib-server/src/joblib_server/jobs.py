@@ -90,7 +90,13 @@ async def register_job(
         session.add(worker)
         await session.flush()
     else:
-        found = await session.get(Worker, request.worker_id)
+        # Locked: a worker deleted meanwhile must answer 404, not break the link's
+        # foreign key when we insert it below.
+        found = (
+            await session.execute(
+                dialect.locked(select(Worker).where(Worker.id == request.worker_id))
+            )
+        ).scalar_one_or_none()
         # Another identity's worker is reported as unknown, not as forbidden.
         if found is None or found.owner_id != identity.id:
             raise worker_not_found(request.worker_id)

@@ -29,8 +29,11 @@ from joblib_server.settings import Settings
 
 _REF = "#/components/schemas/{model}"
 
-# (method, path, summary, request body, success status, success model, error statuses)
-_OPERATIONS: list[tuple[str, str, str, Any, int, Any, tuple[int, ...]]] = [
+# (method, path, summary, request body, success status(es), success model, error
+# statuses); 401 and 422 go with every operation, 413 with every request body.
+_OPERATIONS: list[
+    tuple[str, str, str, Any, int | tuple[int, ...], Any, tuple[int, ...]]
+] = [
     ("post", "/workers", "Create a worker", None, 201, WorkerResponse, ()),
     (
         "get",
@@ -56,7 +59,7 @@ _OPERATIONS: list[tuple[str, str, str, Any, int, Any, tuple[int, ...]]] = [
         "/rooms/{room_id}/jobs",
         "Register a job (201 new, 200 already registered)",
         JobRegisterRequest,
-        201,
+        (201, 200),
         JobResponse,
         (400, 403, 404, 409),
     ),
@@ -228,11 +231,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             success["content"] = {
                 "application/json": {"schema": ref(answer, "serialization")}
             }
-        operation["responses"][str(status)] = success
+        for code in status if isinstance(status, tuple) else (status,):
+            operation["responses"][str(code)] = success
         problem = {
             PROBLEM_CONTENT_TYPE: {"schema": ref(ProblemDetail, "serialization")}
         }
-        for code in sorted({401, 422, *errors}):
+        too_large = (413,) if body is not None else ()
+        for code in sorted({401, 422, *too_large, *errors}):
             operation["responses"][str(code)] = {
                 "description": "problem document (RFC 9457)",
                 "content": problem,

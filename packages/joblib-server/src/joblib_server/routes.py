@@ -6,6 +6,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays and objects accepted in a request body."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _PREFER_WAIT = re.compile(
     r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE
@@ -60,6 +67,42 @@ def _invalid(where: str, msg: str) -> ProblemError:
     return ProblemError(
         ValidationFailed, f"{where}: {msg}", errors=[{"loc": [where], "msg": msg}]
     )
+
+
+def _route(path: str, *, name: str | None = None, **handlers: Endpoint) -> Route:
+    """One route per path, so a 405 answer's `Allow` names all of the path's methods."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers), name=name)
+
+
+def _unstorable(data: Any) -> str | None:
+    """Why parsed JSON could not be stored and sent back as JSON, or None if it can.
+
+    Python's JSON reader accepts what neither the databases nor the JSON writers
+    take: NaN and infinities, lone surrogates, and nesting deeper than pydantic
+    serializes (about 250 levels) or a client parses (200).
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return "strings must not hold lone surrogates"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "numbers must be finite (no NaN or Infinity)"
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
+    return None
 
 
 def _uuid(request: Request, name: str) -> uuid.UUID:
@@ -125,27 +168,24 @@ class RestApi:
     def routes(self) -> list[BaseRoute]:
         """Starlette routes, relative to the mount point (`/v1/joblib`)."""
         return [
-            Route("/workers", self.create_worker, methods=["POST"]),
-            Route("/workers", self.list_workers, methods=["GET"]),
-            Route("/workers/{worker_id}", self.heartbeat, methods=["PATCH"]),
-            Route("/workers/{worker_id}", self.delete_worker, methods=["DELETE"]),
-            Route("/rooms/{room_id}/jobs", self.register_job, methods=["PUT"]),
-            Route("/rooms/{room_id}/jobs", self.list_jobs, methods=["GET"]),
-            Route("/rooms/{room_id}/jobs/{full_name}", self.get_job, methods=["GET"]),
-            Route(
-                "/rooms/{room_id}/jobs/{full_name}/tasks",
-                self.list_job_tasks,
-                methods=["GET"],
+            _route("/workers", POST=self.create_worker, GET=self.list_workers),
+            _route(
+                "/workers/{worker_id}", PATCH=self.heartbeat, DELETE=self.delete_worker
             ),
-            Route("/rooms/{room_id}/workers", self.list_room_workers, methods=["GET"]),
-            Route("/rooms/{room_id}/tasks", self.list_room_tasks, methods=["GET"]),
-            Route(
-                "/rooms/{room_id}/tasks/{full_name}", self.submit_task, methods=["POST"]
+            _route("/rooms/{room_id}/jobs", PUT=self.register_job, GET=self.list_jobs),
+            _route("/rooms/{room_id}/jobs/{full_name}", GET=self.get_job),
+            _route("/rooms/{room_id}/jobs/{full_name}/tasks", GET=self.list_job_tasks),
+            _route("/rooms/{room_id}/workers", GET=self.list_room_workers),
+            _route("/rooms/{room_id}/tasks", GET=self.list_room_tasks),
+            _route("/rooms/{room_id}/tasks/{full_name}", POST=self.submit_task),
+            _route("/tasks/claim", POST=self.claim_task),
+            _route(
+                "/tasks/{task_id}",
+                name="get_task",
+                GET=self.get_task,
+                PATCH=self.update_task,
             ),
-            Route("/tasks/claim", self.claim_task, methods=["POST"]),
-            Route("/tasks/{task_id}", self.get_task, methods=["GET"], name="get_task"),
-            Route("/tasks/{task_id}", self.update_task, methods=["PATCH"]),
-            Route("/openapi.json", self.openapi, methods=["GET"]),
+            _route("/openapi.json", GET=self.openapi),
         ]
 
     async def identity(self, request: Request) -> Identity:
@@ -173,10 +213,18 @@ class RestApi:
         raw = b"".join(chunks)
         try:
             data: Any = json.loads(raw) if raw.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
+            # Also bad UTF-8 and integers too long to read: both are ValueErrors.
             raise _invalid("body", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _invalid(
+                "body", f"nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
         if not isinstance(data, dict):
             raise _invalid("body", "must be a JSON object")
+        unstorable = _unstorable(data)
+        if unstorable is not None:
+            raise _invalid("body", unstorable)
         try:
             return model.model_validate(data)
         except ValidationError as exc:

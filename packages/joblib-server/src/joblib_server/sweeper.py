@@ -39,10 +39,10 @@ async def run_sweeper(database: Database, settings: Settings, publish: Publish) 
             # connection half-closed and the event loop hanging: finish it first.
             with anyio.CancelScope(shield=True):
                 emissions = await sweep_once(database, settings)
-        except Exception:
-            logger.exception("sweep failed; trying again next interval")
-        else:
             if emissions:
                 logger.info("sweeper cleaned up; %d events", len(emissions))
+                # Inside the try: a publish that fails must not end the sweeper.
                 await publish(emissions)
+        except Exception:
+            logger.exception("sweep failed; trying again next interval")
         await anyio.sleep(settings.sweeper_interval_seconds)

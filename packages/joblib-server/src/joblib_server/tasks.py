@@ -224,11 +224,10 @@ async def update_task(
     if not is_valid_transition(task.status, new) or new == TaskStatus.CLAIMED:
         raise invalid_transition(task.status, new.value)
     if request.error is not None and not is_terminal(new):
-        raise ProblemError(
-            ValidationFailed,
-            "an error may only be given with a terminal status",
-            errors=[{"loc": ["body", "error"], "msg": "only with a terminal status"}],
-        )
+        raise _invalid_error("an error may only be given with a terminal status")
+    if request.error is not None and "\x00" in request.error:
+        # PostgreSQL text cannot hold NUL; SQLite could, but both must answer alike.
+        raise _invalid_error("an error must not contain NUL characters")
     now = utcnow()
     task.status = new.value
     if new == TaskStatus.RUNNING:
@@ -241,6 +240,12 @@ async def update_task(
     if is_terminal(new):
         emissions |= await soft_delete_orphan_jobs(session, [job.id])
     return TaskChange(task_response(task, job, None), emissions)
+
+
+def _invalid_error(msg: str) -> ProblemError:
+    return ProblemError(
+        ValidationFailed, msg, errors=[{"loc": ["body", "error"], "msg": msg}]
+    )
 
 
 async def get_task(session: AsyncSession, task_id: uuid.UUID) -> TaskResponse:
