@@ -45,6 +45,8 @@ def test_parse_gives_the_parts() -> None:
         "room:modifiers:Ro\ntate",
         "@other:modifiers:Rotate",
         "ro@om:modifiers:Rotate",
+        "room:modifiers:Ro/tate",
+        "ro/om:modifiers:Rotate",
     ],
 )
 def test_malformed_full_names_raise_value_error(bad: str) -> None:

@@ -13,6 +13,7 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from joblib_server import JobLib
+from tests.conftest import ClientFactory
 from tests.server.helpers import register, submit
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +157,11 @@ async def test_answers_match_the_document(
     check(await alice.patch(f"/tasks/{task['id']}", json={}), task_path)
     statuses = {status for _, _, status in conform.checked}
     assert statuses >= {200, 201, 202, 204, 400, 403, 404, 409, 413, 422}
+
+
+async def test_document_needs_an_identity_like_every_route(
+    make_client: ClientFactory,
+) -> None:
+    answer = await make_client(None).get("/openapi.json")
+    assert answer.status_code == 401
+    assert answer.headers["content-type"] == "application/problem+json"

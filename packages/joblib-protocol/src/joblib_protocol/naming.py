@@ -32,9 +32,9 @@ def validate_room_id(room_id: str) -> str:
         raise ValueError("room id must not be empty")
     if len(room_id) > MAX_PART_LENGTH:
         raise ValueError(f"room id is longer than {MAX_PART_LENGTH} characters")
-    if "@" in room_id or _SEPARATOR in room_id:
+    if "@" in room_id or _SEPARATOR in room_id or "/" in room_id:
         raise ValueError(
-            f"room id {room_id!r} must not contain '@' or ':' "
+            f"room id {room_id!r} must not contain '@', ':' or '/' "
             f"(only the reserved rooms {sorted(RESERVED_ROOMS)} start with '@')"
         )
     if _has_control_chars(room_id):
@@ -57,8 +57,9 @@ def validate_job_name(name: str) -> str:
         raise ValueError("name must not be empty")
     if len(name) > MAX_PART_LENGTH:
         raise ValueError(f"name is longer than {MAX_PART_LENGTH} characters")
-    if _SEPARATOR in name:
-        raise ValueError(f"name {name!r} must not contain ':'")
+    if _SEPARATOR in name or "/" in name:
+        # A '/' could never be reached: names travel in URL path segments.
+        raise ValueError(f"name {name!r} must not contain ':' or '/'")
     if _has_control_chars(name):
         raise ValueError("name must not contain control characters")
     return name

@@ -426,6 +426,7 @@ class RestApi:
 
     async def openapi(self, request: Request) -> Response:
         """`GET /openapi.json`: the OpenAPI description of these routes."""
+        await self.identity(request)
         from joblib_server.openapi import openapi_document
 
         return Response(
