@@ -1,10 +1,11 @@
 """Every piece of SQL that differs between SQLite and PostgreSQL, in one place.
 
-SQLite has one writer at a time: write transactions start with `BEGIN IMMEDIATE`,
-so a claim's read-then-update cannot interleave with another writer, and nothing
-needs row locks. PostgreSQL has many writers: a claim locks the chosen row with
-`FOR UPDATE SKIP LOCKED`, so concurrent claimers pass over each other's rows instead
-of queueing on them, and upserts rely on `ON CONFLICT`.
+SQLite has one writer at a time: write transactions start with `BEGIN IMMEDIATE`
+(after an in-process lock, see `Database.write`), so a claim's read-then-update
+cannot interleave with another writer, and nothing needs row locks. PostgreSQL has
+many writers: a claim locks the chosen row with `FOR UPDATE SKIP LOCKED`, so
+concurrent claimers pass over each other's rows instead of queueing on them, and
+upserts rely on `ON CONFLICT`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from joblib_protocol import TaskStatus
-from joblib_server.tables import Task, WorkerJobLink
+from joblib_server.tables import Task
 
 StatementT = TypeVar("StatementT")
 
+PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
+"""The pending status as SQL text, not a parameter: SQLite only uses the partial
+index of pending tasks when the query's condition is visibly the index's own."""
+
 _task = Task.__table__  # type: ignore[attr-defined]
-_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -49,23 +53,27 @@ class Dialect:
             .on_conflict_do_nothing(index_elements=list(conflict_columns))
         )
 
-    def locked(self, statement: StatementT, *, skip_locked: bool = False) -> StatementT:
-        """Lock the selected rows for this transaction (a no-op on SQLite)."""
+    def locked(
+        self, statement: StatementT, *, skip_locked: bool = False, of: Any = None
+    ) -> StatementT:
+        """Lock the selected rows (of `of` only, if given); a no-op on SQLite."""
         if self.is_sqlite:
             return statement
-        return statement.with_for_update(skip_locked=skip_locked)  # type: ignore[attr-defined]
+        return statement.with_for_update(skip_locked=skip_locked, of=of)  # type: ignore[attr-defined]
 
-    def claim(self, worker_id: uuid.UUID, now: datetime, *, start: bool) -> Any:
-        """One statement that claims the worker's oldest pending task, or nothing."""
+    def claim_in_job(
+        self, job_id: uuid.UUID, worker_id: uuid.UUID, now: datetime, *, start: bool
+    ) -> Any:
+        """One statement that claims the job's oldest pending task, or nothing."""
         oldest = (
             sa.select(_task.c.id)
-            .join(_link, _link.c.job_id == _task.c.job_id)
-            .where(_link.c.worker_id == worker_id, _task.c.status == "pending")
+            .where(_task.c.job_id == job_id, _task.c.status == PENDING)
             .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
             .limit(1)
         )
         if not self.is_sqlite:
-            oldest = oldest.with_for_update(of=_task, skip_locked=True)
+            # Concurrent claimers pass over each other's rows instead of queueing.
+            oldest = oldest.with_for_update(skip_locked=True)
         values: dict[str, Any] = {
             "status": TaskStatus.RUNNING if start else TaskStatus.CLAIMED,
             "worker_id": worker_id,
@@ -75,7 +83,7 @@ class Dialect:
         return (
             sa.update(_task)
             .where(_task.c.id == oldest.scalar_subquery())
-            .where(_task.c.status == "pending")
+            .where(_task.c.status == PENDING)
             .values(**values)
             .returning(*_task.c)
         )

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -84,6 +85,7 @@ class Database:
         self._write = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        self._sqlite_writer: anyio.Lock | None = None
 
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: Any) -> Database:
@@ -111,7 +113,22 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction that commits when the block ends without error."""
-        async with self._write() as session, session.begin():
+        if not self.dialect.is_sqlite:
+            async with self._write() as session, session.begin():
+                yield session
+            return
+        # SQLite runs one writer at a time anyway. Waiting for our turn here, first
+        # come first served, beats waiting in SQLite's busy handler, which sleeps
+        # and retries and made the slowest writes take seconds under load. Reads
+        # never take this lock; other processes are still held off by BEGIN
+        # IMMEDIATE and the busy timeout.
+        if self._sqlite_writer is None:
+            self._sqlite_writer = anyio.Lock()
+        async with (
+            self._sqlite_writer,
+            self._write() as session,
+            session.begin(),
+        ):
             yield session
 
     async def dispose(self) -> None:

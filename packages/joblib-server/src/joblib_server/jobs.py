@@ -248,6 +248,8 @@ async def soft_delete_orphan_jobs(
     dialect = dialect_of(session)
     emissions: set[Emission] = set()
     for job_id in sorted(set(job_ids)):
+        if await _served(session, job_id):
+            continue  # the common case, and safe without a lock: we delete nothing
         # Lock first, check after: on PostgreSQL the checks below then run in a
         # fresh snapshot and see a task or link committed while we waited.
         job = (
@@ -259,14 +261,7 @@ async def soft_delete_orphan_jobs(
         ).scalar_one_or_none()
         if job is None or job.deleted:
             continue
-        has_worker = (
-            await session.execute(
-                select(WorkerJobLink.job_id)
-                .where(WorkerJobLink.job_id == job_id)
-                .limit(1)
-            )
-        ).first()
-        if has_worker is not None:
+        if await _served(session, job_id):
             continue
         open_task = (
             await session.execute(
@@ -283,3 +278,10 @@ async def soft_delete_orphan_jobs(
         job.deleted = True
         emissions.add(jobs_invalidate(job.room_id))
     return emissions
+
+
+async def _served(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    linked = await session.execute(
+        select(WorkerJobLink.job_id).where(WorkerJobLink.job_id == job_id).limit(1)
+    )
+    return linked.first() is not None

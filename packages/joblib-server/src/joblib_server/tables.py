@@ -117,6 +117,8 @@ class Task(SQLModel, table=True):
             "ix_joblib_task_pending",
             "job_id",
             "created_at",
+            "seq",
+            "id",
             postgresql_where=sa.text("status = 'pending'"),
             sqlite_where=sa.text("status = 'pending'"),
         ),

@@ -34,7 +34,7 @@ from joblib_protocol import (
     is_valid_transition,
     job_channel,
 )
-from joblib_server._dialects import dialect_of
+from joblib_server._dialects import PENDING, dialect_of
 from joblib_server.auth import Identity
 from joblib_server.errors import (
     ProblemError,
@@ -44,9 +44,9 @@ from joblib_server.errors import (
     task_not_found,
 )
 from joblib_server.jobs import check_room_id, find_job, soft_delete_orphan_jobs
-from joblib_server.tables import Job, Task, Worker, utcnow
+from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
 from joblib_server.views import task_emission, task_response
-from joblib_server.workers import owned_worker
+from joblib_server.workers import touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
 
@@ -157,29 +157,49 @@ async def claim_task(
 ) -> TaskChange:
     """Claim the worker's oldest pending task, atomically; None when there is none."""
     dialect = dialect_of(session)
-    worker = await owned_worker(session, worker_id, identity)
     now = utcnow()
-    worker.last_heartbeat = now  # a claim proves the worker is alive
-    await session.flush()
-    row = (await session.execute(dialect.claim(worker_id, now, start=start))).first()
-    if row is None:
-        return TaskChange(None)
-    task = (
-        await session.execute(
-            select(Task)
-            .where(Task.id == row.id)
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    job = await session.get_one(Job, task.job_id)
-    emissions = {task_emission(task, job)}
-    if start:
-        # Observers still see the task pass through claimed.
-        claimed = Task.model_validate(task.model_dump())
-        claimed.status = TaskStatus.CLAIMED.value
-        claimed.started_at = None
-        emissions.add(task_emission(claimed, job))
-    return TaskChange(task_response(task, job, None), emissions)
+    await touch_worker(session, worker_id, identity, now)  # a claim proves life
+    for job in await _jobs_by_oldest_pending(session, worker_id):
+        claim = dialect.claim_in_job(job.id, worker_id, now, start=start)
+        row = (await session.execute(claim)).first()
+        if row is None:
+            # Every pending task of this job is being claimed by someone else
+            # right now (PostgreSQL skips locked rows): try the next job.
+            continue
+        task = Task(**row._mapping)
+        emissions = {task_emission(task, job)}
+        if start:
+            # Observers still see the task pass through claimed.
+            claimed = Task(**{**row._mapping, "status": TaskStatus.CLAIMED.value})
+            claimed.started_at = None
+            emissions.add(task_emission(claimed, job))
+        return TaskChange(task_response(task, job, None), emissions)
+    return TaskChange(None)
+
+
+async def _jobs_by_oldest_pending(
+    session: AsyncSession, worker_id: uuid.UUID
+) -> list[Job]:
+    """The worker's jobs that have pending tasks, oldest waiting task first.
+
+    One index lookup per job (its oldest pending task), however long the queues:
+    the worker's jobs are few, their backlogs may be long.
+    """
+    head = (
+        select(Task.created_at)
+        .where(Task.job_id == Job.id, Task.status == PENDING)
+        .order_by(col(Task.created_at), col(Task.seq), col(Task.id))
+        .limit(1)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    rows = await session.execute(
+        select(Job, head)
+        .join(WorkerJobLink, col(WorkerJobLink.job_id) == Job.id)
+        .where(WorkerJobLink.worker_id == worker_id)
+    )
+    waiting = [(oldest, job) for job, oldest in rows if oldest is not None]
+    return [job for _oldest, job in sorted(waiting, key=lambda pair: pair[0])]
 
 
 async def _locked_task(session: AsyncSession, task_id: uuid.UUID) -> tuple[Task, Job]:
@@ -189,7 +209,10 @@ async def _locked_task(session: AsyncSession, task_id: uuid.UUID) -> tuple[Task,
             dialect.locked(
                 select(Task, Job)
                 .join(Job, col(Job.id) == Task.job_id)
-                .where(Task.id == task_id)
+                .where(Task.id == task_id),
+                # Only the task: locking the job row too would queue every
+                # update of a job behind the others.
+                of=Task,
             ).execution_options(populate_existing=True)
         )
     ).first()

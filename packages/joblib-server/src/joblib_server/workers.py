@@ -49,14 +49,39 @@ async def owned_worker(
     return worker
 
 
+async def touch_worker(
+    session: AsyncSession,
+    worker_id: uuid.UUID,
+    identity: Identity,
+    now: datetime | None = None,
+) -> datetime:
+    """Record a sign of life of the caller's own worker, in one statement."""
+    now = now or utcnow()
+    touched = await session.execute(
+        sa.update(Worker)
+        .where(col(Worker.id) == worker_id, col(Worker.owner_id) == identity.id)
+        .values(last_heartbeat=now)
+        .returning(col(Worker.last_heartbeat))
+        .execution_options(synchronize_session=False)
+    )
+    beat = touched.scalar_one_or_none()
+    if beat is None:
+        # Only on the error path: tell an unknown worker from another's.
+        owner = await session.execute(
+            select(Worker.owner_id).where(Worker.id == worker_id)
+        )
+        if owner.first() is None:
+            raise worker_not_found(worker_id)
+        raise forbidden(f"worker {worker_id} belongs to another identity")
+    return beat
+
+
 async def heartbeat(
     session: AsyncSession, worker_id: uuid.UUID, identity: Identity
 ) -> Worker:
     """Record that the worker is alive."""
-    worker = await owned_worker(session, worker_id, identity)
-    worker.last_heartbeat = utcnow()
-    await session.flush()
-    return worker
+    beat = await touch_worker(session, worker_id, identity)
+    return Worker(id=worker_id, owner_id=identity.id, last_heartbeat=beat)
 
 
 async def list_workers(
