@@ -28,6 +28,13 @@ async def create_worker(session: AsyncSession, identity: Identity) -> Worker:
     return worker
 
 
+async def _locked_worker(session: AsyncSession, worker_id: uuid.UUID) -> Worker | None:
+    # Locked so that concurrent cleanups of one worker run one after the other:
+    # the second then finds the row gone and does nothing.
+    statement = dialect_of(session).locked(select(Worker).where(Worker.id == worker_id))
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
 async def owned_worker(
     session: AsyncSession,
     worker_id: uuid.UUID,
@@ -36,12 +43,7 @@ async def owned_worker(
     admin_may: bool = False,
 ) -> Worker:
     """Load and lock a worker the caller owns (or, with `admin_may`, any as admin)."""
-    dialect = dialect_of(session)
-    worker = (
-        await session.execute(
-            dialect.locked(select(Worker).where(Worker.id == worker_id))
-        )
-    ).scalar_one_or_none()
+    worker = await _locked_worker(session, worker_id)
     if worker is None:
         raise worker_not_found(worker_id)
     if worker.owner_id != identity.id and not (admin_may and identity.is_admin):
@@ -188,12 +190,7 @@ async def cleanup_worker_by_id(
     session: AsyncSession, worker_id: uuid.UUID
 ) -> set[Emission]:
     """Clean up a worker by id; a worker already gone is a no-op."""
-    dialect = dialect_of(session)
-    worker = (
-        await session.execute(
-            dialect.locked(select(Worker).where(Worker.id == worker_id))
-        )
-    ).scalar_one_or_none()
+    worker = await _locked_worker(session, worker_id)
     if worker is None:
         return set()
     return await cleanup_worker(session, worker)
