@@ -7,6 +7,7 @@ cleanly, so the server has forgotten it afterwards.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import socketio
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 from tests.integration.test_readme import ROOT
 from tests.socket_peers import WorkerProcess, connect_peer, rest, server_process
 
@@ -170,3 +172,37 @@ def wait_until_up(url: str) -> None:
         except httpx.TransportError:
             assert time.monotonic() < deadline, "the host never answered"
             time.sleep(0.1)
+
+
+def test_readme_host_blocks_serve_rest_and_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's mounting block, with its own-handlers and cleanup blocks."""
+    monkeypatch.chdir(tmp_path)  # the block keeps its database in ./host.db
+    namespace: dict[str, object] = {"__name__": "readme_host"}
+    for marker in ("host-example", "own-handlers-example", "cleanup-example"):
+        exec(readme_block(marker), namespace)
+    assert inspect.iscoroutinefunction(namespace["forget_worker"])
+    alice = {"X-User": "alice"}
+    with serve_in_thread(namespace["app"]) as server:
+        api = f"{server.url}/v1/joblib"
+        assert httpx.get(f"{api}/workers").status_code == 401
+        job = httpx.put(
+            f"{api}/rooms/room_1/jobs",
+            headers=alice,
+            json={"category": "modifiers", "name": "Host", "schema": {}},
+        ).json()
+        sio = socketio.Client(reconnection=False)
+        sio.connect(server.url, headers=alice, transports=["websocket"])
+        answer = sio.call(
+            "join_job_room",
+            {"job_name": job["full_name"], "worker_id": job["worker_id"]},
+            timeout=10,
+        )
+        assert answer == {"ok": True}
+        sio.disconnect()
+        # The host's own disconnect handler cleaned the worker up through joblib.
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{api}/workers", headers=alice).json()["total"]:
+            assert time.monotonic() < deadline, "the worker was not cleaned up"
+            time.sleep(0.05)

@@ -134,3 +134,5 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        # A lock belongs to one event loop; a later loop makes its own.
+        self._sqlite_writer = None
