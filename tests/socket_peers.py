@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,14 +116,17 @@ class WorkerProcess:
 
 
 @contextmanager
-def worker_process(
-    url: str, token: str, room: str, name: str
+def python_process(
+    args: list[str], env: dict[str, str] | None = None, *, stdin: bool = False
 ) -> Iterator[WorkerProcess]:
-    """Start socket_worker.py: it registers `room:modifiers:name`, claims one task."""
+    """Run a Python script in its own process, reading what it prints."""
+    import os
+
     process = subprocess.Popen(
-        [sys.executable, str(WORKER_SCRIPT), url, token, room, name],
+        [sys.executable, *args],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         text=True,
     )
     worker = WorkerProcess(process)
@@ -131,6 +134,13 @@ def worker_process(
         yield worker
     finally:
         worker.stop()
+
+
+def worker_process(
+    url: str, token: str, room: str, name: str
+) -> AbstractContextManager[WorkerProcess]:
+    """Start socket_worker.py: it registers `room:modifiers:name`, claims one task."""
+    return python_process([str(WORKER_SCRIPT), url, token, room, name], stdin=True)
 
 
 def rest(api: str, token: str) -> httpx.Client:

@@ -8,14 +8,11 @@ cleanly, so the server has forgotten it afterwards.
 from __future__ import annotations
 
 import inspect
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,7 +21,13 @@ import socketio
 
 from tests.conftest import free_port, serve_in_thread
 from tests.integration.test_readme import ROOT
-from tests.socket_peers import WorkerProcess, connect_peer, rest, server_process
+from tests.socket_peers import (
+    WorkerProcess,
+    connect_peer,
+    python_process,
+    rest,
+    server_process,
+)
 
 EXAMPLES = ROOT / "examples"
 ROTATE = "@global:modifiers:Rotate"
@@ -36,25 +39,6 @@ def readme_block(marker: str) -> str:
     match = re.search(rf"<!-- {marker} -->\n```\w*\n(.*?)```", text, re.DOTALL)
     assert match, f"README.md has no {marker} block"
     return match.group(1)
-
-
-@contextmanager
-def started(
-    args: list[str], env: dict[str, str] | None = None
-) -> Iterator[WorkerProcess]:
-    """Run a Python script in its own process, reading what it prints."""
-    process = subprocess.Popen(
-        [sys.executable, *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    worker = WorkerProcess(process)
-    try:
-        yield worker
-    finally:
-        worker.stop()
 
 
 def wait_for_job(api: str, token: str, full_name: str) -> None:
@@ -86,7 +70,7 @@ def test_readme_worker_and_curl_blocks(tmp_path: Path) -> None:
     with server_process(port, env, cwd=tmp_path) as url:
         token = readme_token(tmp_path)
         worker_env = {"JOBLIB_URL": url, "JOBLIB_TOKEN": token}
-        with started([str(tmp_path / "worker.py")], worker_env) as worker:
+        with python_process([str(tmp_path / "worker.py")], worker_env) as worker:
             wait_for_job(f"{url}/v1/joblib", token, ROTATE)
             out = subprocess.run(
                 ["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True
@@ -132,7 +116,7 @@ def test_host_example_serves_a_worker_example(
     admin, alice = token("ops", "--admin"), token("alice")
     url = f"http://127.0.0.1:{port}"
     api = f"{url}/v1/joblib"
-    with started([script, "--port", str(port), "--database-url",
+    with python_process([script, "--port", str(port), "--database-url",
                   f"sqlite:///{tmp_path / 'host.db'}"]):  # fmt: skip
         wait_until_up(url)
         assert (
@@ -143,7 +127,7 @@ def test_host_example_serves_a_worker_example(
         )
         with connect_peer(url, token=alice, rooms=("room_1",)) as observer:
             worker_args = [str(EXAMPLES / "worker.py"), "--url", url, "--token", admin]
-            with started(worker_args) as worker:
+            with python_process(worker_args) as worker:
                 assert "serving @global:modifiers:Rotate" in worker.read_line()
                 with rest(api, alice) as client:
                     task = client.post(

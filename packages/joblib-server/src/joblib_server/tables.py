@@ -152,3 +152,9 @@ class Task(SQLModel, table=True):
     completed_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
+
+    def fail(self, error: str, now: datetime) -> None:
+        """Mark the task failed with `error` at `now`."""
+        self.status = "failed"
+        self.error = error
+        self.completed_at = now

@@ -62,18 +62,16 @@ class TaskChange:
 async def _pending_heads(
     session: AsyncSession, job_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    heads: dict[uuid.UUID, int] = {}
-    for job_id in set(job_ids):
-        head = (
-            await session.execute(
-                select(sa.func.min(Task.seq)).where(
-                    Task.job_id == job_id, Task.status == TaskStatus.PENDING.value
-                )
-            )
-        ).scalar_one_or_none()
-        if head is not None:
-            heads[job_id] = head
-    return heads
+    """Each job's lowest pending sequence number, in one grouped query."""
+    ids = set(job_ids)
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(Task.job_id, sa.func.min(Task.seq))
+        .where(col(Task.job_id).in_(ids), Task.status == TaskStatus.PENDING.value)
+        .group_by(col(Task.job_id))
+    )
+    return {job_id: head for job_id, head in rows}
 
 
 async def with_positions(
@@ -334,14 +332,13 @@ async def cleanup_stuck_internal_tasks(
                 col(Task.started_at) < cutoff,
             ),
             skip_locked=True,
+            of=Task,
         ).execution_options(populate_existing=True)
     )
     emissions: set[Emission] = set()
     jobs: set[uuid.UUID] = set()
     for task, job in rows:
-        task.status = TaskStatus.FAILED.value
-        task.error = INTERNAL_TASK_TIMED_OUT
-        task.completed_at = now
+        task.fail(INTERNAL_TASK_TIMED_OUT, now)
         emissions.add(task_emission(task, job))
         jobs.add(job.id)
     await session.flush()

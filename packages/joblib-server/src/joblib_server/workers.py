@@ -157,14 +157,13 @@ async def cleanup_worker(
                     [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
                 ),
             )
-            .order_by(col(Task.created_at))
+            .order_by(col(Task.created_at)),
+            of=Task,  # the tasks only; jobs are locked where they may be hidden
         ).execution_options(populate_existing=True)
     )
     affected_jobs: set[uuid.UUID] = set()
     for task, job in in_flight:
-        task.status = TaskStatus.FAILED.value
-        task.error = error
-        task.completed_at = now
+        task.fail(error, now)
         emissions.add(task_emission(task, job))
         affected_jobs.add(job.id)
 
