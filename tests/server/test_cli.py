@@ -20,6 +20,8 @@ from joblib_server.cli import default_tokens_file, main
 from tests.conftest import ALICE, TOKENS_JSON, free_port
 
 START_LINE = "joblib-server on http://"
+# The installed command of the environment running the tests, found without PATH.
+COMMAND = str(Path(sys.executable).parent / "joblib-server")
 
 
 @dataclass
@@ -85,7 +87,7 @@ def serve(
 
 def _create_token(tokens_file: Path, *args: str) -> str:
     done = subprocess.run(
-        ["joblib-server", "token", *args, "--tokens-file", str(tokens_file)],
+        [COMMAND, "token", *args, "--tokens-file", str(tokens_file)],
         env=_env(),
         capture_output=True,
         text=True,
@@ -110,7 +112,7 @@ def test_token_command_makes_a_token_that_works(
 
     env = _env(JOBLIB_DATABASE_URL=database_url)
     extra = ["--tokens-file", str(tokens_file)]
-    with serve(["joblib-server"], env, tmp_path, extra) as served:
+    with serve([COMMAND], env, tmp_path, extra) as served:
         body = {"category": "modifiers", "name": "Rotate"}
         with served.client(token) as admin, served.client(plain) as other:
             assert admin.put("/rooms/@global/jobs", json=body).status_code == 201
@@ -140,7 +142,7 @@ def test_serve_creates_an_admin_token_when_there_is_none(
     database_url: str, tmp_path: Path
 ) -> None:
     env = _env(JOBLIB_DATABASE_URL=database_url)
-    with serve(["joblib-server"], env, tmp_path) as served:
+    with serve([COMMAND], env, tmp_path) as served:
         # By the SQLite file, or in the working directory for PostgreSQL: both here.
         tokens_file = tmp_path / "joblib-tokens.json"
         [(token, identity)] = json.loads(tokens_file.read_text()).items()

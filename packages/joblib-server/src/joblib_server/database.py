@@ -1,14 +1,16 @@
-"""Engines and sessions for SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+"""Engines and sessions for SQLite (sqlite3, run in place) and PostgreSQL (asyncpg)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,10 +19,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlmodel import SQLModel
 
+from joblib_server import _inline_sqlite
 from joblib_server import tables as _tables  # noqa: F401 - registers the tables
 from joblib_server._dialects import Dialect, dialect_for
 
 _WRITE_OPTION = "joblib_write"
+
+_SQLITE_BUSY_MS = 20
+"""How long one SQLite call may wait for another process's lock. Calls run on the
+event loop (see `_inline_sqlite`), so a longer wait would stall every request."""
+
+_SQLITE_WRITE_WAIT_SECONDS = 30.0
+"""How long a write waits, sleeping between tries, for another process's write."""
 
 
 def normalize_url(url: str) -> str:
@@ -44,6 +54,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """Create an async engine for `url`, with the SQLite pragmas joblib relies on."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        path = make_url(url).database or ":memory:"
+        kwargs.setdefault("async_creator", partial(_inline_sqlite.connect, path))
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -58,12 +70,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take BEGIN away from the driver so writes can say BEGIN IMMEDIATE.
-        dbapi_connection.isolation_level = None
+        # The driver connection already leaves BEGIN to us (see `_on_begin`).
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -95,14 +106,21 @@ class Database:
     async def create_tables(self) -> None:
         """Create joblib's tables where they do not exist yet."""
         async with self.engine.begin() as connection:
-            if not self.dialect.is_sqlite:
-                # Several server processes may start at once on a new database.
+            # Several server processes may start at once on a new database.
+            if self.dialect.is_sqlite:
+                # Once, at start-up, waiting on the event loop is acceptable.
+                await connection.exec_driver_sql("PRAGMA busy_timeout=30000")
+            else:
                 await connection.execute(
                     text(
                         "SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))"
                     )
                 )
             await connection.run_sync(SQLModel.metadata.create_all)
+            if self.dialect.is_sqlite:
+                await connection.exec_driver_sql(
+                    f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}"
+                )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -124,15 +142,37 @@ class Database:
         # IMMEDIATE and the busy timeout.
         if self._sqlite_writer is None:
             self._sqlite_writer = anyio.Lock()
-        async with (
-            self._sqlite_writer,
-            self._write() as session,
-            session.begin(),
-        ):
-            yield session
+        async with self._sqlite_writer, self._write() as session:
+            await _begin_sqlite_write(session)
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
         # A lock belongs to one event loop; a later loop makes its own.
         self._sqlite_writer = None
+
+
+async def _begin_sqlite_write(session: AsyncSession) -> None:
+    """Start the session's `BEGIN IMMEDIATE`, waiting for other processes' writes.
+
+    SQLite's own busy handler would wait on the event loop; sleeping between tries
+    lets the loop serve other requests meanwhile.
+    """
+    deadline = anyio.current_time() + _SQLITE_WRITE_WAIT_SECONDS
+    pause = 0.001
+    while True:
+        try:
+            await session.connection()
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or anyio.current_time() >= deadline:
+                raise
+        await session.rollback()
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.05)
