@@ -148,3 +148,43 @@ async def _assert_no_open_task_on_a_hidden_job(joblib: JobLib) -> None:
             .where(col(Job.deleted).is_(True), Task.status == "pending")
         )
         assert stranded.scalar_one() == 0
+
+
+async def test_sqlite_write_waits_for_another_process_without_stalling_reads(
+    database_url: str, alice: httpx.AsyncClient
+) -> None:
+    """Another process writing: our write waits its turn, reads go on meanwhile."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's single-writer lock")
+    import sqlite3
+
+    path = sa.engine.make_url(database_url).database
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # what a second server process holds mid-write
+    held_for = 0.5
+    answered: dict[str, float] = {}
+
+    async def create() -> None:
+        started = anyio.current_time()
+        response = await alice.post("/workers")
+        assert response.status_code == 201, response.text
+        answered["write"] = anyio.current_time() - started
+
+    async def read() -> None:
+        await anyio.sleep(0.1)
+        response = await alice.get("/workers")
+        assert response.status_code == 200, response.text
+        answered["read"] = anyio.current_time() - began
+
+    began = anyio.current_time()
+    async with anyio.create_task_group() as group:
+        group.start_soon(create)
+        group.start_soon(read)
+        await anyio.sleep(held_for)
+        other.execute("COMMIT")
+    other.close()
+    assert answered["write"] >= held_for - 0.05  # it waited instead of failing
+    assert answered["read"] < held_for  # the loop served it while the write waited
+    listed = (await alice.get("/workers")).json()
+    assert listed["total"] == 1

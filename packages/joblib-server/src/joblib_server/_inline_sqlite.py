@@ -131,10 +131,6 @@ class InlineConnection:
         """The driver's transaction mode (None: joblib issues BEGIN itself)."""
         return self._conn.isolation_level
 
-    @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
-        self._conn.isolation_level = value
-
 
 async def connect(path: str, **kwargs: Any) -> InlineConnection:
     """Open `path` in autocommit-by-hand mode: joblib sends BEGIN itself."""
