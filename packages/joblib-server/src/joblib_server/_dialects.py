@@ -10,9 +10,8 @@ upserts rely on `ON CONFLICT`.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from functools import cache
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -61,32 +60,39 @@ class Dialect:
             return statement
         return statement.with_for_update(skip_locked=skip_locked, of=of)  # type: ignore[attr-defined]
 
-    def claim_in_job(
-        self, job_id: uuid.UUID, worker_id: uuid.UUID, now: datetime, *, start: bool
-    ) -> Any:
-        """One statement that claims the job's oldest pending task, or nothing."""
-        oldest = (
-            sa.select(_task.c.id)
-            .where(_task.c.job_id == job_id, _task.c.status == PENDING)
-            .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
-            .limit(1)
-        )
-        if not self.is_sqlite:
-            # Concurrent claimers pass over each other's rows instead of queueing.
-            oldest = oldest.with_for_update(skip_locked=True)
-        values: dict[str, Any] = {
-            "status": TaskStatus.RUNNING if start else TaskStatus.CLAIMED,
-            "worker_id": worker_id,
-        }
-        if start:
-            values["started_at"] = now
-        return (
-            sa.update(_task)
-            .where(_task.c.id == oldest.scalar_subquery())
-            .where(_task.c.status == PENDING)
-            .values(**values)
-            .returning(*_task.c)
-        )
+    def claim_statement(self, *, start: bool) -> Any:
+        """The statement that claims a job's oldest pending task, or nothing.
+
+        Built once per dialect and mode; run it with `b_job`, `b_worker` and
+        `b_now` (the claim time, used as `started_at` with `start`).
+        """
+        return _claim_statement(self.is_sqlite, start)
+
+
+@cache
+def _claim_statement(is_sqlite: bool, start: bool) -> Any:
+    oldest = (
+        sa.select(_task.c.id)
+        .where(_task.c.job_id == sa.bindparam("b_job"), _task.c.status == PENDING)
+        .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
+        .limit(1)
+    )
+    if not is_sqlite:
+        # Concurrent claimers pass over each other's rows instead of queueing.
+        oldest = oldest.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {
+        "status": (TaskStatus.RUNNING if start else TaskStatus.CLAIMED).value,
+        "worker_id": sa.bindparam("b_worker"),
+    }
+    if start:
+        values["started_at"] = sa.bindparam("b_now")
+    return (
+        sa.update(_task)
+        .where(_task.c.id == oldest.scalar_subquery())
+        .where(_task.c.status == PENDING)
+        .values(**values)
+        .returning(*_task.c)
+    )
 
 
 SQLITE = Dialect("sqlite")

@@ -179,6 +179,18 @@ async def job_workers(
     return result
 
 
+def job_name_in_room(room_id: str, full_name: str) -> JobFullName:
+    """The parts of `full_name` if its room is visible from `room_id`; else 404."""
+    check_room_id(room_id)
+    try:
+        name = JobFullName.parse(full_name)
+    except ValueError:
+        raise job_not_found(full_name, room_id) from None
+    if name.room_id not in visible_rooms(room_id):
+        raise job_not_found(full_name, room_id)
+    return name
+
+
 async def find_job(
     session: AsyncSession,
     room_id: str,
@@ -187,13 +199,7 @@ async def find_job(
     include_deleted: bool = False,
 ) -> Job:
     """The job `full_name` as seen from `room_id`, or the `job-not-found` problem."""
-    check_room_id(room_id)
-    try:
-        name = JobFullName.parse(full_name)
-    except ValueError:
-        raise job_not_found(full_name, room_id) from None
-    if name.room_id not in visible_rooms(room_id):
-        raise job_not_found(full_name, room_id)
+    name = job_name_in_room(room_id, full_name)
     job = (
         await session.execute(
             select(Job).where(
@@ -280,8 +286,14 @@ async def soft_delete_orphan_jobs(
     return emissions
 
 
+_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+
+_SERVED = (
+    sa.select(_link.c.job_id).where(_link.c.job_id == sa.bindparam("b_job")).limit(1)
+)
+
+
 async def _served(session: AsyncSession, job_id: uuid.UUID) -> bool:
-    linked = await session.execute(
-        select(WorkerJobLink.job_id).where(WorkerJobLink.job_id == job_id).limit(1)
-    )
+    connection = await session.connection()
+    linked = await connection.execute(_SERVED, {"b_job": job_id})
     return linked.first() is not None

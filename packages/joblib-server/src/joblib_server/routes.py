@@ -256,10 +256,10 @@ class RestApi:
         """`PATCH /workers/{worker_id}`."""
         identity = await self.identity(request)
         worker_id = _uuid(request, "worker_id")
-        worker = await self.joblib.write(
+        beat = await self.joblib.write(
             lambda session: workers.heartbeat(session, worker_id, identity)
         )
-        return _json(WorkerResponse(id=worker.id, last_heartbeat=worker.last_heartbeat))
+        return _json(beat)
 
     async def delete_worker(self, request: Request) -> Response:
         """`DELETE /workers/{worker_id}`."""

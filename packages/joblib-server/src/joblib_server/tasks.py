@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col, select
 
 from joblib_protocol import (
@@ -43,12 +43,113 @@ from joblib_server.errors import (
     job_not_found,
     task_not_found,
 )
-from joblib_server.jobs import check_room_id, find_job, soft_delete_orphan_jobs
+from joblib_server.jobs import (
+    check_room_id,
+    find_job,
+    job_name_in_room,
+    soft_delete_orphan_jobs,
+)
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
-from joblib_server.views import task_emission, task_response
+from joblib_server.views import TaskRow, task_emission, task_response
 from joblib_server.workers import touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
+
+
+_task = Task.__table__  # type: ignore[attr-defined]
+_job = Job.__table__  # type: ignore[attr-defined]
+_worker = Worker.__table__  # type: ignore[attr-defined]
+_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+
+# The hot paths (submit, claim, update, get) run these prebuilt Core statements:
+# building a statement and its cache key on every request, and loading ORM
+# objects, cost more than the database work itself (see bench/README.md).
+
+_JOB_PARTS = (
+    _job.c.room_id.label("job_room_id"),
+    _job.c.category.label("job_category"),
+    _job.c.name.label("job_name"),
+)
+
+_NEXT_SEQ = (
+    # Taking the next number locks the job row until commit, which also keeps a
+    # concurrent soft delete from hiding the job under a fresh pending task.
+    sa.update(_job)
+    .where(
+        _job.c.room_id == sa.bindparam("b_room"),
+        _job.c.category == sa.bindparam("b_category"),
+        _job.c.name == sa.bindparam("b_name"),
+        _job.c.deleted.is_(False),
+    )
+    .values(task_seq=_job.c.task_seq + 1)
+    .returning(_job.c.id, _job.c.task_seq)
+)
+
+_INSERT_TASK = sa.insert(_task)
+
+_PENDING_HEAD = sa.select(sa.func.min(_task.c.seq)).where(
+    # A parameter, not PENDING: SQLite then takes (job_id, status, seq) and reads
+    # one index entry, instead of every entry of the partial pending index.
+    _task.c.job_id == sa.bindparam("b_job"),
+    _task.c.status == TaskStatus.PENDING.value,
+)
+
+_TASK_WITH_JOB = (
+    sa.select(*_task.c, *_JOB_PARTS)
+    .join(_job, _job.c.id == _task.c.job_id)
+    .where(_task.c.id == sa.bindparam("b_task"))
+)
+
+_WORKER_QUEUES = (
+    # Each of the worker's jobs with the creation time of its oldest pending task
+    # (None when it has none): one index lookup per job, however long the queue.
+    sa.select(
+        _job.c.id,
+        *_JOB_PARTS,
+        sa.select(_task.c.created_at)
+        .where(_task.c.job_id == _job.c.id, _task.c.status == PENDING)
+        .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
+        .limit(1)
+        .correlate(_job)
+        .scalar_subquery()
+        .label("oldest"),
+    )
+    .join(_link, _link.c.job_id == _job.c.id)
+    .where(_link.c.worker_id == sa.bindparam("b_worker"))
+)
+
+_TASK_TO_UPDATE = (
+    sa.select(*_task.c, *_JOB_PARTS, _worker.c.owner_id.label("worker_owner"))
+    .join(_job, _job.c.id == _task.c.job_id)
+    .outerjoin(_worker, _worker.c.id == _task.c.worker_id)
+    .where(_task.c.id == sa.bindparam("b_task"))
+)
+
+_START_TASK = (
+    sa.update(_task)
+    .where(_task.c.id == sa.bindparam("b_task"))
+    .values(status=sa.bindparam("b_status"), started_at=sa.bindparam("b_now"))
+)
+
+_FINISH_TASK = (
+    sa.update(_task)
+    .where(_task.c.id == sa.bindparam("b_task"))
+    .values(
+        status=sa.bindparam("b_status"),
+        completed_at=sa.bindparam("b_now"),
+        error=sa.bindparam("b_error"),
+    )
+)
+
+_SET_STATUS = (
+    sa.update(_task)
+    .where(_task.c.id == sa.bindparam("b_task"))
+    .values(status=sa.bindparam("b_status"))
+)
+
+
+def _job_name(row: Any) -> str:
+    return f"{row.job_room_id}:{row.job_category}:{row.job_name}"
 
 
 @dataclass
@@ -74,6 +175,12 @@ async def _pending_heads(
     return {job_id: head for job_id, head in rows}
 
 
+async def _pending_head(connection: AsyncConnection, job_id: uuid.UUID) -> int | None:
+    """One job's lowest pending sequence number."""
+    head = await connection.execute(_PENDING_HEAD, {"b_job": job_id})
+    return head.scalar_one_or_none()
+
+
 async def with_positions(
     session: AsyncSession, rows: Iterable[tuple[Task, Job]]
 ) -> list[TaskResponse]:
@@ -82,15 +189,17 @@ async def with_positions(
     pending_jobs = [job.id for task, job in rows if task.status == TaskStatus.PENDING]
     heads = await _pending_heads(session, pending_jobs)
     return [
-        task_response(task, job, _position(task, heads.get(job.id)))
+        task_response(
+            TaskRow.of(task, job), _position(task.status, task.seq, heads.get(job.id))
+        )
         for task, job in rows
     ]
 
 
-def _position(task: Task, head: int | None) -> int | None:
-    if task.status != TaskStatus.PENDING or head is None:
+def _position(status: str, seq: int, head: int | None) -> int | None:
+    if status != TaskStatus.PENDING or head is None:
         return None
-    return max(task.seq - head + 1, 1)
+    return max(seq - head + 1, 1)
 
 
 async def submit_task(
@@ -103,47 +212,60 @@ async def submit_task(
     internal_jobs: bool = False,
 ) -> TaskChange:
     """Queue a task for a job visible from `room_id`."""
-    job = await find_job(session, room_id, full_name)
-    if job.room_id == INTERNAL_ROOM and not internal_jobs:
+    name = job_name_in_room(room_id, full_name)
+    if name.room_id == INTERNAL_ROOM and not internal_jobs:
+        await find_job(session, room_id, full_name)  # unknown jobs still get 404
         raise ProblemError(
             InternalJobNotConfigured,
             f"this server runs no internal jobs, so {full_name!r} cannot be run",
         )
-    # Taking the next number locks the job row until commit, which also keeps a
-    # concurrent soft delete from hiding the job under a fresh pending task.
-    seq = (
-        await session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job.id, col(Job.deleted).is_(False))
-            .values(task_seq=Job.task_seq + 1)
-            .returning(col(Job.task_seq))
+    connection = await session.connection()
+    numbered = (
+        await connection.execute(
+            _NEXT_SEQ,
+            {"b_room": name.room_id, "b_category": name.category, "b_name": name.name},
         )
-    ).scalar_one_or_none()
-    if seq is None:
+    ).first()
+    if numbered is None:
         raise job_not_found(full_name, room_id)
-    task = Task(
-        job_id=job.id,
+    job_id, seq = numbered
+    task = TaskRow(
+        id=uuid.uuid4(),
+        job_name=full_name,
         room_id=room_id,
-        submitted_by=identity.id,
-        payload=payload,
-        seq=seq,
+        status=TaskStatus.PENDING.value,
         created_at=utcnow(),
+        started_at=None,
+        completed_at=None,
+        worker_id=None,
+        error=None,
+        payload=payload,
     )
-    session.add(task)
-    await session.flush()
-    heads = await _pending_heads(session, [job.id])
-    position = _position(task, heads.get(job.id))
-    emissions = {task_emission(task, job, position)}
-    if job.room_id != INTERNAL_ROOM:
+    await connection.execute(
+        _INSERT_TASK,
+        {
+            "id": task.id,
+            "job_id": job_id,
+            "room_id": room_id,
+            "submitted_by": identity.id,
+            "status": task.status,
+            "payload": payload,
+            "seq": seq,
+            "created_at": task.created_at,
+        },
+    )
+    position = _position(task.status, seq, await _pending_head(connection, job_id))
+    emissions = {task_emission(task, position)}
+    if name.room_id != INTERNAL_ROOM:
         emissions.add(
             Emission(
                 TaskAvailable(
-                    job_name=job.full_name, room_id=room_id, task_id=str(task.id)
+                    job_name=full_name, room_id=room_id, task_id=str(task.id)
                 ),
-                job_channel(job.full_name),
+                job_channel(full_name),
             )
         )
-    return TaskChange(task_response(task, job, position), emissions)
+    return TaskChange(task_response(task, position), emissions)
 
 
 async def claim_task(
@@ -154,69 +276,31 @@ async def claim_task(
     start: bool = False,
 ) -> TaskChange:
     """Claim the worker's oldest pending task, atomically; None when there is none."""
-    dialect = dialect_of(session)
+    claim = dialect_of(session).claim_statement(start=start)
     now = utcnow()
     await touch_worker(session, worker_id, identity, now)  # a claim proves life
-    for job in await _jobs_by_oldest_pending(session, worker_id):
-        claim = dialect.claim_in_job(job.id, worker_id, now, start=start)
-        row = (await session.execute(claim)).first()
+    connection = await session.connection()
+    queues = await connection.execute(_WORKER_QUEUES, {"b_worker": worker_id})
+    waiting = sorted((row for row in queues if row.oldest is not None), key=_oldest)
+    for job in waiting:
+        params = {"b_job": job.id, "b_worker": worker_id, "b_now": now}
+        row = (await connection.execute(claim, params)).first()
         if row is None:
             # Every pending task of this job is being claimed by someone else
             # right now (PostgreSQL skips locked rows): try the next job.
             continue
-        task = Task(**row._mapping)
-        emissions = {task_emission(task, job)}
+        task = TaskRow.from_mapping(row._mapping, _job_name(job))
+        emissions = {task_emission(task)}
         if start:
             # Observers still see the task pass through claimed.
-            claimed = Task(**{**row._mapping, "status": TaskStatus.CLAIMED.value})
-            claimed.started_at = None
-            emissions.add(task_emission(claimed, job))
-        return TaskChange(task_response(task, job, None), emissions)
+            claimed = replace(task, status=TaskStatus.CLAIMED.value, started_at=None)
+            emissions.add(task_emission(claimed))
+        return TaskChange(task_response(task, None), emissions)
     return TaskChange(None)
 
 
-async def _jobs_by_oldest_pending(
-    session: AsyncSession, worker_id: uuid.UUID
-) -> list[Job]:
-    """The worker's jobs that have pending tasks, oldest waiting task first.
-
-    One index lookup per job (its oldest pending task), however long the queues:
-    the worker's jobs are few, their backlogs may be long.
-    """
-    head = (
-        select(Task.created_at)
-        .where(Task.job_id == Job.id, Task.status == PENDING)
-        .order_by(col(Task.created_at), col(Task.seq), col(Task.id))
-        .limit(1)
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    rows = await session.execute(
-        select(Job, head)
-        .join(WorkerJobLink, col(WorkerJobLink.job_id) == Job.id)
-        .where(WorkerJobLink.worker_id == worker_id)
-    )
-    waiting = [(oldest, job) for job, oldest in rows if oldest is not None]
-    return [job for _oldest, job in sorted(waiting, key=lambda pair: pair[0])]
-
-
-async def _locked_task(session: AsyncSession, task_id: uuid.UUID) -> tuple[Task, Job]:
-    dialect = dialect_of(session)
-    row = (
-        await session.execute(
-            dialect.locked(
-                select(Task, Job)
-                .join(Job, col(Job.id) == Task.job_id)
-                .where(Task.id == task_id),
-                # Only the task: locking the job row too would queue every
-                # update of a job behind the others.
-                of=Task,
-            ).execution_options(populate_existing=True)
-        )
-    ).first()
-    if row is None:
-        raise task_not_found(task_id)
-    return row[0], row[1]
+def _oldest(row: Any) -> Any:
+    return row.oldest
 
 
 async def update_task(
@@ -226,41 +310,45 @@ async def update_task(
     request: TaskUpdateRequest,
 ) -> TaskChange:
     """Move a task to a new state, as its worker's owner, an admin, or its submitter."""
-    task, job = await _locked_task(session, task_id)
+    dialect = dialect_of(session)
+    connection = await session.connection()
+    # Only the task row is locked: locking the job row too would queue every
+    # update of a job behind the others.
+    locked = dialect.locked(_TASK_TO_UPDATE, of=_task)
+    row = (await connection.execute(locked, {"b_task": task_id})).first()
+    if row is None:
+        raise task_not_found(task_id)
     new = request.status
-    worker_owner: str | None = None
-    if task.worker_id is not None:
-        worker_owner = (
-            await session.execute(
-                select(Worker.owner_id).where(Worker.id == task.worker_id)
-            )
-        ).scalar_one_or_none()
     allowed = (
         identity.is_admin
-        or (worker_owner is not None and worker_owner == identity.id)
-        or (new == TaskStatus.CANCELLED and task.submitted_by == identity.id)
+        or (row.worker_owner is not None and row.worker_owner == identity.id)
+        or (new == TaskStatus.CANCELLED and row.submitted_by == identity.id)
     )
     if not allowed:
         raise forbidden(f"task {task_id} is not yours to update")
-    if not is_valid_transition(task.status, new) or new == TaskStatus.CLAIMED:
-        raise invalid_transition(task.status, new.value)
+    if not is_valid_transition(row.status, new) or new == TaskStatus.CLAIMED:
+        raise invalid_transition(row.status, new.value)
     if request.error is not None and not is_terminal(new):
         raise _invalid_error("an error may only be given with a terminal status")
     if request.error is not None and "\x00" in request.error:
         # PostgreSQL text cannot hold NUL; SQLite could, but both must answer alike.
         raise _invalid_error("an error must not contain NUL characters")
     now = utcnow()
-    task.status = new.value
+    task = TaskRow.from_mapping(row._mapping, _job_name(row))
+    params: dict[str, Any] = {"b_task": task_id, "b_status": new.value, "b_now": now}
     if new == TaskStatus.RUNNING:
-        task.started_at = now
+        await connection.execute(_START_TASK, params)
+        task = replace(task, status=new.value, started_at=now)
+    elif is_terminal(new):
+        await connection.execute(_FINISH_TASK, {**params, "b_error": request.error})
+        task = replace(task, status=new.value, completed_at=now, error=request.error)
+    else:
+        await connection.execute(_SET_STATUS, params)
+        task = replace(task, status=new.value)
+    emissions = {task_emission(task)}
     if is_terminal(new):
-        task.completed_at = now
-        task.error = request.error
-    await session.flush()
-    emissions = {task_emission(task, job)}
-    if is_terminal(new):
-        emissions |= await soft_delete_orphan_jobs(session, [job.id])
-    return TaskChange(task_response(task, job, None), emissions)
+        emissions |= await soft_delete_orphan_jobs(session, [row.job_id])
+    return TaskChange(task_response(task, None), emissions)
 
 
 def _invalid_error(msg: str) -> ProblemError:
@@ -271,16 +359,15 @@ def _invalid_error(msg: str) -> ProblemError:
 
 async def get_task(session: AsyncSession, task_id: uuid.UUID) -> TaskResponse:
     """A task by id."""
-    row = (
-        await session.execute(
-            select(Task, Job)
-            .join(Job, col(Job.id) == Task.job_id)
-            .where(Task.id == task_id)
-        )
-    ).first()
+    connection = await session.connection()
+    row = (await connection.execute(_TASK_WITH_JOB, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
-    return (await with_positions(session, [(row[0], row[1])]))[0]
+    position = None
+    if row.status == TaskStatus.PENDING:
+        head = await _pending_head(connection, row.job_id)
+        position = _position(row.status, row.seq, head)
+    return task_response(TaskRow.from_mapping(row._mapping, _job_name(row)), position)
 
 
 async def list_tasks(
@@ -339,7 +426,7 @@ async def cleanup_stuck_internal_tasks(
     jobs: set[uuid.UUID] = set()
     for task, job in rows:
         task.fail(INTERNAL_TASK_TIMED_OUT, now)
-        emissions.add(task_emission(task, job))
+        emissions.add(task_emission(TaskRow.of(task, job)))
         jobs.add(job.id)
     await session.flush()
     emissions |= await soft_delete_orphan_jobs(session, jobs)

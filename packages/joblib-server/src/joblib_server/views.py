@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from joblib_protocol import (
     Emission,
@@ -17,11 +20,63 @@ from joblib_protocol import (
 from joblib_server.tables import Job, Task
 
 
-def task_response(task: Task, job: Job, queue_position: int | None) -> TaskResponse:
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A task as its wire shapes show it: its row's fields and its job's full name.
+
+    Hot paths read rows with Core statements and build this directly; building a
+    `Task` model for each would cost more than the statement itself.
+    """
+
+    id: uuid.UUID
+    job_name: str
+    room_id: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    worker_id: uuid.UUID | None
+    error: str | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, task: Task, job: Job) -> TaskRow:
+        """The fields of an ORM task and its job."""
+        return cls(
+            id=task.id,
+            job_name=job.full_name,
+            room_id=task.room_id,
+            status=task.status,
+            created_at=task.created_at,
+            started_at=task.started_at,
+            completed_at=task.completed_at,
+            worker_id=task.worker_id,
+            error=task.error,
+            payload=task.payload,
+        )
+
+    @classmethod
+    def from_mapping(cls, row: Any, job_name: str) -> TaskRow:
+        """The fields of a task row (a mapping of the task table's columns)."""
+        return cls(
+            id=row["id"],
+            job_name=job_name,
+            room_id=row["room_id"],
+            status=row["status"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            worker_id=row["worker_id"],
+            error=row["error"],
+            payload=row["payload"],
+        )
+
+
+def task_response(task: TaskRow, queue_position: int | None) -> TaskResponse:
     """The REST shape of a task."""
     return TaskResponse(
         id=task.id,
-        job_name=job.full_name,
+        job_name=task.job_name,
         room_id=task.room_id,
         status=TaskStatus(task.status),
         created_at=task.created_at,
@@ -34,11 +89,11 @@ def task_response(task: Task, job: Job, queue_position: int | None) -> TaskRespo
     )
 
 
-def task_emission(task: Task, job: Job, queue_position: int | None = None) -> Emission:
+def task_emission(task: TaskRow, queue_position: int | None = None) -> Emission:
     """The `task_status_event` telling the task's room about its current state."""
     event = TaskStatusEvent(
         id=str(task.id),
-        name=job.full_name,
+        name=task.job_name,
         room_id=task.room_id,
         status=TaskStatus(task.status),
         created_at=task.created_at,

@@ -9,15 +9,27 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from joblib_protocol import Emission, TaskStatus, WorkerSummary
+from joblib_protocol import Emission, TaskStatus, WorkerResponse, WorkerSummary
 from joblib_server._dialects import dialect_of
 from joblib_server.auth import Identity
 from joblib_server.errors import forbidden, worker_not_found
 from joblib_server.jobs import check_room_id, soft_delete_orphan_jobs, visible_rooms
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
-from joblib_server.views import jobs_invalidate, task_emission
+from joblib_server.views import TaskRow, jobs_invalidate, task_emission
 
 WORKER_DISCONNECTED = "Worker disconnected"
+
+_worker = Worker.__table__  # type: ignore[attr-defined]
+
+_TOUCH = (
+    sa.update(_worker)
+    .where(
+        _worker.c.id == sa.bindparam("b_worker"),
+        _worker.c.owner_id == sa.bindparam("b_owner"),
+    )
+    .values(last_heartbeat=sa.bindparam("b_now"))
+    .returning(_worker.c.last_heartbeat)
+)
 
 
 async def create_worker(session: AsyncSession, identity: Identity) -> Worker:
@@ -58,15 +70,9 @@ async def touch_worker(
     now: datetime | None = None,
 ) -> datetime:
     """Record a sign of life of the caller's own worker, in one statement."""
-    now = now or utcnow()
-    touched = await session.execute(
-        sa.update(Worker)
-        .where(col(Worker.id) == worker_id, col(Worker.owner_id) == identity.id)
-        .values(last_heartbeat=now)
-        .returning(col(Worker.last_heartbeat))
-        .execution_options(synchronize_session=False)
-    )
-    beat = touched.scalar_one_or_none()
+    connection = await session.connection()
+    params = {"b_worker": worker_id, "b_owner": identity.id, "b_now": now or utcnow()}
+    beat = (await connection.execute(_TOUCH, params)).scalar_one_or_none()
     if beat is None:
         # Only on the error path: tell an unknown worker from another's.
         owner = await session.execute(
@@ -80,10 +86,10 @@ async def touch_worker(
 
 async def heartbeat(
     session: AsyncSession, worker_id: uuid.UUID, identity: Identity
-) -> Worker:
+) -> WorkerResponse:
     """Record that the worker is alive."""
     beat = await touch_worker(session, worker_id, identity)
-    return Worker(id=worker_id, owner_id=identity.id, last_heartbeat=beat)
+    return WorkerResponse(id=worker_id, last_heartbeat=beat)
 
 
 async def list_workers(
@@ -164,7 +170,7 @@ async def cleanup_worker(
     affected_jobs: set[uuid.UUID] = set()
     for task, job in in_flight:
         task.fail(error, now)
-        emissions.add(task_emission(task, job))
+        emissions.add(task_emission(TaskRow.of(task, job)))
         affected_jobs.add(job.id)
 
     linked = await session.execute(
