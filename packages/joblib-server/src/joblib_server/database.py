@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -10,7 +11,7 @@ from typing import Any
 import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,6 +29,10 @@ _WRITE_OPTION = "joblib_write"
 _SQLITE_BUSY_MS = 20
 """How long one SQLite call may wait for another process's lock. Calls run on the
 event loop (see `_inline_sqlite`), so a longer wait would stall every request."""
+
+_IDLE_SINCE = "joblib_idle_since"
+_PING_AFTER_IDLE_SECONDS = 5.0
+"""A PostgreSQL connection idle for longer is pinged before it is used again."""
 
 _SQLITE_WRITE_WAIT_SECONDS = 30.0
 """How long a write waits, sleeping between tries, for another process's write."""
@@ -61,8 +66,32 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    # pool_pre_ping pings at every checkout, and asyncpg's ping is three round
+    # trips (BEGIN, a query, ROLLBACK): a third of a busy request's database
+    # time. A connection in steady use has just proven itself; only one that sat
+    # idle (and may have been cut meanwhile) is pinged before use.
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < _PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out another.
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -92,7 +121,13 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect: Dialect = dialect_for(engine)
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        # PostgreSQL reads run in autocommit: each statement sees the latest
+        # commits either way (READ COMMITTED), and BEGIN and ROLLBACK would cost
+        # two more round trips. SQLite reads keep one snapshot for the request.
+        readers = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read = async_sessionmaker(
+            engine if self.dialect.is_sqlite else readers, expire_on_commit=False
+        )
         self._write = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )

@@ -1,0 +1,38 @@
+"""Database connections: pooled PostgreSQL connections that the server cut."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from joblib_server import JobLib
+from joblib_server import database as database_module
+from tests.conftest import _pg_exec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_pooled_connection_cut_while_idle_is_replaced(
+    database_url: str,
+    joblib: JobLib,
+    alice: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL restarted or an idle timeout hit: the next requests still work."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to cut connections")
+    assert (await alice.post("/workers")).status_code == 201
+    assert (await alice.get("/workers")).status_code == 200
+    # Every pooled connection now counts as idle long enough to be checked.
+    monkeypatch.setattr(database_module, "_PING_AFTER_IDLE_SECONDS", 0.0)
+    name = database_url.rsplit("/", 1)[1]
+    await _pg_exec(
+        database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+    )
+    created = await alice.post("/workers")
+    assert created.status_code == 201, created.text
+    listed = await alice.get("/workers")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["total"] == 2
