@@ -13,6 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from joblib_protocol import Emission, JobsInvalidate, TaskStatusEvent
 from joblib_server import (
@@ -130,7 +131,8 @@ async def test_cleanup_worker_does_not_commit(
     alice: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     worker_id, _ = await serving_job(alice)
-    async with joblib.database.read() as session:
+    # A host's own session on the same engine, in a transaction of its own.
+    async with AsyncSession(joblib.database.engine) as session, session.begin():
         worker = await session.get_one(Worker, uuid.UUID(worker_id))
         assert await cleanup_worker(session, worker)
         await session.rollback()

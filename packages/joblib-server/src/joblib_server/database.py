@@ -159,7 +159,7 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reading; it never writes."""
+        """A session for reading only (on PostgreSQL it runs in autocommit)."""
         async with self._read() as session:
             yield session
 

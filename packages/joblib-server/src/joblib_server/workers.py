@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,36 @@ from joblib_server.views import TaskRow, jobs_invalidate, task_emission
 WORKER_DISCONNECTED = "Worker disconnected"
 
 _worker = Worker.__table__  # type: ignore[attr-defined]
+
+_task = Task.__table__  # type: ignore[attr-defined]
+_job = Job.__table__  # type: ignore[attr-defined]
+_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+
+_FAIL_IN_FLIGHT = (
+    sa.update(_task)
+    .where(
+        _task.c.worker_id == sa.bindparam("b_worker"),
+        _task.c.status.in_([TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]),
+    )
+    .values(
+        status=TaskStatus.FAILED.value,
+        error=sa.bindparam("b_error"),
+        completed_at=sa.bindparam("b_now"),
+    )
+    .returning(*_task.c)
+)
+
+_UNLINK = (
+    sa.delete(_link)
+    .where(_link.c.worker_id == sa.bindparam("b_worker"))
+    .returning(_link.c.job_id)
+)
+
+_DELETE_WORKER = sa.delete(_worker).where(_worker.c.id == sa.bindparam("b_worker"))
+
+_JOB_NAMES = sa.select(_job.c.id, _job.c.room_id, _job.c.category, _job.c.name).where(
+    _job.c.id.in_(sa.bindparam("b_jobs", expanding=True))
+)
 
 _TOUCH = (
     sa.update(_worker)
@@ -150,44 +181,26 @@ async def cleanup_worker(
     Runs in the caller's transaction and does not commit: the caller commits and
     then emits the returned emissions.
     """
-    dialect = dialect_of(session)
-    now = utcnow()
+    connection = await session.connection()
+    params = {"b_worker": worker.id, "b_error": error, "b_now": utcnow()}
+    # On PostgreSQL the UPDATE locks the failed tasks (the same row locks a
+    # PATCH /tasks takes); the worker row is already locked by the caller.
+    failed = (await connection.execute(_FAIL_IN_FLIGHT, params)).all()
+    unlinked = (await connection.execute(_UNLINK, params)).scalars().all()
+    await connection.execute(_DELETE_WORKER, params)
+    affected = {row.job_id for row in failed} | set(unlinked)
+    jobs: dict[uuid.UUID, Any] = {}
+    if affected:
+        named = await connection.execute(_JOB_NAMES, {"b_jobs": sorted(affected)})
+        jobs = {row.id: row for row in named}
     emissions: set[Emission] = set()
-    in_flight = await session.execute(
-        dialect.locked(
-            select(Task, Job)
-            .join(Job, col(Job.id) == Task.job_id)
-            .where(
-                Task.worker_id == worker.id,
-                col(Task.status).in_(
-                    [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
-                ),
-            )
-            .order_by(col(Task.created_at)),
-            of=Task,  # the tasks only; jobs are locked where they may be hidden
-        ).execution_options(populate_existing=True)
-    )
-    affected_jobs: set[uuid.UUID] = set()
-    for task, job in in_flight:
-        task.fail(error, now)
-        emissions.add(task_emission(TaskRow.of(task, job)))
-        affected_jobs.add(job.id)
-
-    linked = await session.execute(
-        select(Job.id, Job.room_id)
-        .join(WorkerJobLink, col(WorkerJobLink.job_id) == Job.id)
-        .where(WorkerJobLink.worker_id == worker.id)
-    )
-    for job_id, room_id in linked:
-        affected_jobs.add(job_id)
-        emissions.add(jobs_invalidate(room_id))
-
-    await session.execute(
-        sa.delete(WorkerJobLink).where(col(WorkerJobLink.worker_id) == worker.id)
-    )
-    await session.execute(sa.delete(Worker).where(col(Worker.id) == worker.id))
-    await session.flush()
-    emissions |= await soft_delete_orphan_jobs(session, affected_jobs)
+    for row in failed:
+        job = jobs[row.job_id]
+        name = f"{job.room_id}:{job.category}:{job.name}"
+        emissions.add(task_emission(TaskRow.from_mapping(row._mapping, name)))
+    for job_id in unlinked:
+        emissions.add(jobs_invalidate(jobs[job_id].room_id))
+    emissions |= await soft_delete_orphan_jobs(session, affected)
     return emissions
 
 
