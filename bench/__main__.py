@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import backlog, disconnect, http_floor, latency, throughput
-from bench.config import DATABASES, SECTIONS, Config
+from bench.config import DATABASES, SECTIONS, WORKER_KINDS, Config
 from bench.report import count_errors, report
 
 SectionRun = Callable[[str, Config], Awaitable[dict[str, Any]]]
@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--db", choices=[*DATABASES, "both"], default="both")
     parser.add_argument("--tasks", type=int, help="tasks per throughput case")
     parser.add_argument("--workers", type=_counts, help="worker counts, e.g. 1,4,16")
+    parser.add_argument(
+        "--worker-kind",
+        choices=WORKER_KINDS,
+        default="long-poll",
+        help="how throughput workers wait for tasks",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke sizes")
     parser.add_argument("--json-only", action="store_true", help="print only JSON")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="repeatable")
@@ -59,6 +65,7 @@ def parse_args(argv: list[str] | None) -> Config:
         "databases": DATABASES if args.db == "both" else (args.db,),
         "sections": tuple(s for s in SECTIONS if not args.only or s in args.only),
         "json_only": args.json_only,
+        "worker_kind": args.worker_kind,
     }
     if args.tasks is not None:
         if args.tasks < 1:

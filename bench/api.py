@@ -65,15 +65,26 @@ class JoblibApi:
         )
         return None if response is None else response.json()
 
-    async def claim(self, worker_id: str) -> Task | None:
-        """`POST /tasks/claim` with `start`: the running task, or None when none."""
+    async def claim(self, worker_id: str, wait: float | None = None) -> Task | None:
+        """`POST /tasks/claim` with `start`: the running task, or None when none.
+
+        With `wait`, the claim is parked (`Prefer: wait=N`) until a task comes.
+        """
+        extra: dict[str, Any] = {}
+        if wait is not None:
+            extra = {"headers": {"Prefer": f"wait={wait:g}"}, "timeout": wait + 10}
         response = await self.session.call(
             "claim",
             "POST",
             f"{API}/tasks/claim",
             json={"worker_id": worker_id, "start": True},
+            **extra,
         )
-        return None if response is None else response.json()["task"]
+        if response is None:
+            return None
+        if wait is not None and "preference-applied" not in response.headers:
+            self.session.error("claim: no Preference-Applied header")
+        return response.json()["task"]
 
     async def complete(self, task_id: str) -> Task | None:
         """`PATCH /tasks/{id}` to completed: the finished task."""

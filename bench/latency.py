@@ -1,11 +1,12 @@
 """Section 3, latency: dispatch (submit → claimed) and long-poll wake-up.
 
-Dispatch: one idle worker, one task at a time. Measured from the task's
-`created_at` (server clock, set inside the submit) to the moment the worker holds
-the claim answer (client clock; both are this machine's wall clock). Once for a
-socket-connected worker woken by `task_available`, once for a REST worker polling
-every `poll_interval` seconds. The server-side part (`started_at - created_at`) is
-reported as well.
+Dispatch: one idle worker, one task at a time, for three kinds of worker.
+Measured from the task's `created_at` (server clock, set inside the submit) to the
+moment the worker holds the claim answer (client clock; both are this machine's
+wall clock). Once for a socket-connected worker woken by `task_available`, once
+for one whose claim is parked with `Prefer: wait` (as JobManager does), once for
+a REST worker polling every `poll_interval` seconds. The server-side part
+(`started_at - created_at`) is reported as well.
 
 Long-poll wake-up: a `GET /tasks/{id}` with `Prefer: wait=30` is parked on a running
 task, then the worker completes it; measured from the task's `completed_at` (server
@@ -24,7 +25,13 @@ from bench.api import JoblibApi, Task, server_time
 from bench.client import BenchClient, summarize_ms
 from bench.config import Config
 from bench.server import TOKEN, joblib_on
-from bench.workers import Handoffs, PollingWorker, SocketWorker, Worker
+from bench.workers import (
+    Handoffs,
+    LongPollWorker,
+    PollingWorker,
+    SocketWorker,
+    Worker,
+)
 
 STEP_TIMEOUT = 10.0
 LONG_POLL_WAIT = 30.0
@@ -128,6 +135,11 @@ async def run(database: str, config: Config) -> dict[str, Any]:
         socket = await measure_dispatch(
             client, woken, config.latency_repeats, config, jitter=0.0
         )
+        parked = await LongPollWorker.connect(client, "lat-parked", server.url)
+        # A little jitter, so the claim is parked before the submit arrives.
+        parking = await measure_dispatch(
+            client, parked, config.latency_repeats, config, jitter=0.02
+        )
         poller = await PollingWorker.register(
             client, "lat-poll", poll_interval=config.poll_interval
         )
@@ -137,6 +149,7 @@ async def run(database: str, config: Config) -> dict[str, Any]:
         long_poll = await measure_long_poll(client, config.long_poll_repeats, config)
         return {
             "socket_dispatch": socket,
+            "parked_claim_dispatch": parking,
             "polling_dispatch": {**polling, "poll_interval_s": config.poll_interval},
             "long_poll": long_poll,
             "routes": client.stats.summary(),

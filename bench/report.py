@@ -142,6 +142,11 @@ def _latency_rows(config: Config) -> Iterator[Row]:
     )
     yield _spread_row("latency", "socket-woken dispatch", *socket)
     yield _spread_row("latency", "  its server part", "socket_dispatch", "server_ms")
+    parked = ("parked_claim_dispatch", "to_claim_ms")
+    yield _spread_row("latency", "parked-claim dispatch (JobManager)", *parked)
+    yield _spread_row(
+        "latency", "  its server part", "parked_claim_dispatch", "server_ms"
+    )
     interval = f"polling dispatch ({config.poll_interval * 1000:g} ms poll)"
     yield _spread_row("latency", interval, "polling_dispatch", "to_claim_ms")
     wake = ("long_poll", "wake_ms")

@@ -20,7 +20,7 @@ from bench.api import JoblibApi, Task
 from bench.client import BenchClient, run_concurrently
 from bench.config import Config
 from bench.server import TOKEN, CpuMeter, ServerProcess, joblib_on
-from bench.workers import SocketWorker, Worker
+from bench.workers import LongPollWorker, SocketWorker, Worker
 
 MODES = ("stream", "backlog")
 
@@ -74,9 +74,10 @@ async def run_case(
 ) -> dict[str, Any]:
     """One throughput case on a running server, with its own job and workers."""
     async with BenchClient(server.url, TOKEN) as client:
-        crew = list(
+        kind = LongPollWorker if config.worker_kind == "long-poll" else SocketWorker
+        crew: list[Worker] = list(
             await asyncio.gather(
-                *(SocketWorker.connect(client, job, server.url) for _ in range(workers))
+                *(kind.connect(client, job, server.url) for _ in range(workers))
             )
         )
         full_name = crew[0].full_name

@@ -53,6 +53,10 @@ class Worker:
     def arm(self) -> None:
         """Called before each claim: forget wake-ups that the claim will cover."""
 
+    async def claim(self) -> Task | None:
+        """One claim (claim-and-start): the running task, or None."""
+        return await self.api.claim(self.id)
+
     def wake(self) -> None:
         """End an idle wait early (to stop the worker)."""
 
@@ -73,7 +77,7 @@ class Worker:
         """Claim, complete, repeat; idle when nothing is pending; stop on `stop`."""
         while not stop.is_set() and time.perf_counter() < deadline:
             self.arm()
-            task = await self.api.claim(self.id)
+            task = await self.claim()
             if task is None:
                 remaining = deadline - time.perf_counter()
                 self.idling.set()
@@ -141,6 +145,52 @@ class SocketWorker(Worker):
     async def close(self) -> None:
         """Close the socket; the server then removes the worker."""
         await self.socket.close()
+
+
+class LongPollWorker(SocketWorker):
+    """Our client's way: in the job's room, and claims parked with `Prefer: wait`.
+
+    A parked claim is answered as soon as a task is submitted, and the server
+    wakes one parked claim per task rather than every idle worker, so an idle
+    worker makes no requests that find nothing.
+    """
+
+    claim_wait = 30.0
+
+    def __init__(
+        self, api: JoblibApi, worker_id: str, full_name: str, url: str
+    ) -> None:
+        super().__init__(api, worker_id, full_name, url)
+        self.stopping = asyncio.Event()
+
+    async def claim(self) -> Task | None:
+        """A parked claim; None when it expires or the worker is stopped."""
+        # Idle from the moment it parks, as far as a latency driver can tell.
+        self.idling.set()
+        request = asyncio.ensure_future(self.api.claim(self.id, self.claim_wait))
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {request, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self.idling.clear()
+            stopping.cancel()
+        if request in done:
+            return request.result()
+        # Stopped while parked: the unanswered request is abandoned, not counted.
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        return None
+
+    def wake(self) -> None:
+        """Stop: also abandon a parked claim."""
+        super().wake()
+        self.stopping.set()
+
+    async def idle(self, longest: float) -> None:
+        """The claim itself waited; nothing more to wait for."""
 
 
 class Handoffs:

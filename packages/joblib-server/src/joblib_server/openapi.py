@@ -120,7 +120,8 @@ _OPERATIONS: list[
     (
         "post",
         "/tasks/claim",
-        "Claim the oldest pending task of the worker's jobs",
+        "Claim the oldest pending task of the worker's jobs"
+        " (long-poll with Prefer: wait=N)",
         TaskClaimRequest,
         200,
         TaskClaimResponse,
@@ -187,7 +188,7 @@ def _parameters(path: str, method: str) -> list[dict[str, Any]]:
                 "schema": {"type": "string", "enum": [s.value for s in TaskStatus]},
             }
         )
-    if path == "/tasks/{task_id}" and method == "get":
+    if (path, method) in (("/tasks/{task_id}", "get"), ("/tasks/claim", "post")):
         params.append(
             {
                 "name": "Prefer",

@@ -268,6 +268,7 @@ class RestApi:
         emissions = await self.joblib.write(
             lambda session: workers.delete_worker(session, worker_id, identity)
         )
+        self.joblib.claims.release(worker_id)
         await self.joblib.publish(emissions)
         return Response(status_code=204)
 
@@ -374,16 +375,48 @@ class RestApi:
         return _json(change.task, 202, {"Location": location, "Retry-After": "1"})
 
     async def claim_task(self, request: Request) -> Response:
-        """`POST /tasks/claim`."""
+        """`POST /tasks/claim`; with `Prefer: wait=N`, parked until a task comes."""
         identity = await self.identity(request)
         body = await self.body(request, TaskClaimRequest)
-        change = await self.joblib.write(
-            lambda session: tasks.claim_task(
-                session, identity, body.worker_id, start=body.start
-            )
+        settings = self.joblib.settings
+        wait = prefer_wait(
+            request.headers.get("prefer"), settings.long_poll_max_wait_seconds
         )
+
+        async def claim() -> tasks.TaskChange:
+            return await self.joblib.write(
+                lambda session: tasks.claim_task(
+                    session, identity, body.worker_id, start=body.start
+                )
+            )
+
+        if wait is None:
+            change = await claim()
+            await self.joblib.publish(change.emissions)
+            return _json(TaskClaimResponse(task=change.task))
+        deadline = anyio.current_time() + wait
+        jobs: tuple[str, ...] = ()
+        while True:
+            # Parked before claiming, so a task submitted in between still wakes us.
+            with self.joblib.claims.park(body.worker_id, jobs) as parked:
+                change = await claim()
+                remaining = deadline - anyio.current_time()
+                if change.task is not None or remaining <= 0:
+                    break
+                if set(change.jobs) != set(jobs):
+                    jobs = change.jobs  # now we know what to wait for: claim again
+                    continue
+                # The re-check also catches tasks submitted in other processes.
+                with anyio.move_on_after(
+                    min(remaining, settings.long_poll_recheck_seconds)
+                ):
+                    await parked.woken.wait()
+            if await request.is_disconnected():
+                # Nobody would receive a task claimed now.
+                return Response(status_code=204)
         await self.joblib.publish(change.emissions)
-        return _json(TaskClaimResponse(task=change.task))
+        applied = {"Preference-Applied": f"wait={_format_wait(wait)}"}
+        return _json(TaskClaimResponse(task=change.task), 200, applied)
 
     async def get_task(self, request: Request) -> Response:
         """`GET /tasks/{task_id}`, long-polling with `Prefer: wait=N`."""

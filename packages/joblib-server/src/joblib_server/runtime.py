@@ -21,7 +21,7 @@ from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.routes import RestApi
 from joblib_server.settings import Settings
 from joblib_server.sweeper import run_sweeper
-from joblib_server.waiters import TaskWaiters
+from joblib_server.waiters import ClaimWaiters, TaskWaiters
 
 logger = logging.getLogger("joblib_server")
 
@@ -55,6 +55,7 @@ class JobLib:
         self.emitter: Emitter = emitter or NullEmitter()
         self.internal_jobs = internal_jobs
         self.waiters = TaskWaiters()
+        self.claims = ClaimWaiters()
         self._run_sweeper = sweeper
         self._api = RestApi(self)
 
@@ -88,6 +89,7 @@ class JobLib:
         if not batch:
             return
         self.waiters.notify(batch)
+        self.claims.notify(batch)
         try:
             await self.emitter.emit(batch)
         except Exception:

@@ -158,6 +158,8 @@ class TaskChange:
 
     task: TaskResponse | None
     emissions: set[Emission] = field(default_factory=set)
+    # After an empty claim: the full names of the worker's jobs, to wait on.
+    jobs: tuple[str, ...] = ()
 
 
 async def _pending_heads(
@@ -280,7 +282,7 @@ async def claim_task(
     now = utcnow()
     await touch_worker(session, worker_id, identity, now)  # a claim proves life
     connection = await session.connection()
-    queues = await connection.execute(_WORKER_QUEUES, {"b_worker": worker_id})
+    queues = (await connection.execute(_WORKER_QUEUES, {"b_worker": worker_id})).all()
     waiting = sorted((row for row in queues if row.oldest is not None), key=_oldest)
     for job in waiting:
         params = {"b_job": job.id, "b_worker": worker_id, "b_now": now}
@@ -296,7 +298,7 @@ async def claim_task(
             claimed = replace(task, status=TaskStatus.CLAIMED.value, started_at=None)
             emissions.add(task_emission(claimed))
         return TaskChange(task_response(task, None), emissions)
-    return TaskChange(None)
+    return TaskChange(None, jobs=tuple(_job_name(row) for row in queues))
 
 
 def _oldest(row: Any) -> Any:

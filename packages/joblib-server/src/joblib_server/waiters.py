@@ -1,4 +1,4 @@
-"""In-process wake-ups for long-polls waiting on a task to finish."""
+"""In-process wake-ups for long-polls: a GET waiting on a task, a parked claim."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from joblib_protocol import Emission, TaskStatusEvent, is_terminal
+from joblib_protocol import Emission, TaskAvailable, TaskStatusEvent, is_terminal
 
 
 class TaskWaiters:
@@ -41,3 +41,74 @@ class TaskWaiters:
 
     def __len__(self) -> int:
         return sum(len(events) for events in self._waiting.values())
+
+
+class ParkedClaim:
+    """One long-polling claim: the jobs it waits for, and the event that wakes it."""
+
+    def __init__(self, worker_id: uuid.UUID, jobs: tuple[str, ...]) -> None:
+        self.worker_id = worker_id
+        self.jobs = jobs
+        self.woken = anyio.Event()
+        self.woken_for: str | None = None
+
+
+class ClaimWaiters:
+    """Claims parked with `Prefer: wait`; each submitted task wakes one of them.
+
+    Waking one claim per task, oldest parked first, instead of every idle worker
+    of the job, spares the others a claim that would find nothing. A claim woken
+    and then abandoned before it could claim (its client left) hands its wake-up
+    on to the next one.
+    """
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, list[ParkedClaim]] = {}
+
+    @contextmanager
+    def park(self, worker_id: uuid.UUID, jobs: Iterable[str]) -> Iterator[ParkedClaim]:
+        """Register a claim for `jobs`; the caller claims, then waits on `woken`."""
+        parked = ParkedClaim(worker_id, tuple(jobs))
+        for job in parked.jobs:
+            self._by_job.setdefault(job, []).append(parked)
+        try:
+            yield parked
+        except BaseException:
+            self._forget(parked)
+            if parked.woken_for is not None:
+                self._wake_one(parked.woken_for)
+            raise
+        self._forget(parked)
+
+    def _forget(self, parked: ParkedClaim) -> None:
+        for job in parked.jobs:
+            queue = self._by_job.get(job)
+            if queue is None:
+                continue
+            if parked in queue:
+                queue.remove(parked)
+            if not queue:
+                del self._by_job[job]
+
+    def _wake_one(self, job: str) -> None:
+        for parked in self._by_job.get(job, ()):
+            if not parked.woken.is_set():
+                parked.woken_for = job
+                parked.woken.set()
+                return
+
+    def notify(self, emissions: Iterable[Emission]) -> None:
+        """Wake one parked claim per task these emissions announce."""
+        for emission in emissions:
+            if isinstance(emission.event, TaskAvailable):
+                self._wake_one(emission.event.job_name)
+
+    def release(self, worker_id: uuid.UUID) -> None:
+        """Wake every parked claim of a worker (it is gone; they answer at once)."""
+        for queue in self._by_job.values():
+            for parked in queue:
+                if parked.worker_id == worker_id:
+                    parked.woken.set()
+
+    def __len__(self) -> int:
+        return len({id(p) for queue in self._by_job.values() for p in queue})

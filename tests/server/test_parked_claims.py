@@ -1,0 +1,162 @@
+"""Claims parked with `Prefer: wait=N`: answered when a task comes, one per task."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+from joblib_server import JobLib, Settings
+from tests.conftest import make_settings
+from tests.server.helpers import (
+    assert_problem,
+    create_worker,
+    register,
+    serving_job,
+    submit,
+)
+
+pytestmark = pytest.mark.anyio
+
+CAP = 1.5
+
+
+@pytest.fixture
+def settings() -> Settings:
+    # The long re-check interval shows that an early answer came from the
+    # wake-up, not from a re-read.
+    return make_settings(long_poll_max_wait_seconds=CAP, long_poll_recheck_seconds=30)
+
+
+async def _parked_claim(
+    client: httpx.AsyncClient, worker_id: str, answers: list[tuple[dict, float]]
+) -> None:
+    """Claim with `Prefer: wait=5`; record the answer and when it came."""
+    answer = await client.post(
+        "/tasks/claim",
+        json={"worker_id": worker_id, "start": True},
+        headers={"Prefer": "wait=5"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["preference-applied"] == f"wait={CAP:g}"
+    answers.append((answer.json(), anyio.current_time()))
+
+
+async def test_a_parked_claim_gets_the_next_task_at_once(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    answers: list[tuple[dict, float]] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(_parked_claim, alice, worker_id, answers)
+        await anyio.sleep(0.3)
+        submitted_at = anyio.current_time()
+        task = await submit(bob, job_name)
+    [(answer, at)] = answers
+    assert answer["task"]["id"] == task["id"]
+    assert answer["task"]["status"] == "running"
+    assert answer["task"]["worker_id"] == worker_id
+    assert at - submitted_at < CAP / 2  # woken, not timed out
+
+
+async def test_a_parked_claim_with_nothing_to_do_answers_at_the_cap(
+    alice: httpx.AsyncClient,
+) -> None:
+    worker_id, _ = await serving_job(alice)
+    answers: list[tuple[dict, float]] = []
+    started = anyio.current_time()
+    await _parked_claim(alice, worker_id, answers)
+    [(answer, at)] = answers
+    assert answer == {"task": None}
+    assert CAP - 0.1 <= at - started < CAP + 1
+
+
+async def test_one_task_wakes_one_parked_claim(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
+) -> None:
+    """Three idle workers, one task: one gets it, the others stay parked."""
+    first, job_name = await serving_job(alice)
+    others = [
+        (await register(alice, worker_id=await create_worker(alice), expect=200))[
+            "worker_id"
+        ]
+        for _ in range(2)
+    ]
+    answers: list[tuple[dict, float]] = []
+    async with anyio.create_task_group() as group:
+        for worker_id in (first, *others):
+            group.start_soon(_parked_claim, alice, worker_id, answers)
+        await anyio.sleep(0.3)
+        assert len(joblib.claims) == 3
+        submitted_at = anyio.current_time()
+        task = await submit(bob, job_name)
+    got = [(answer, at) for answer, at in answers if answer["task"] is not None]
+    assert [answer["task"]["id"] for answer, _ in got] == [task["id"]]
+    assert got[0][1] - submitted_at < CAP / 2
+    empty = [at for answer, at in answers if answer["task"] is None]
+    assert len(empty) == 2
+    assert all(at - submitted_at > CAP / 2 for at in empty)  # not woken for nothing
+    assert len(joblib.claims) == 0
+
+
+async def test_each_task_reaches_a_different_parked_claim(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    first, job_name = await serving_job(alice)
+    workers = [first] + [
+        (await register(alice, worker_id=await create_worker(alice), expect=200))[
+            "worker_id"
+        ]
+        for _ in range(2)
+    ]
+    answers: list[tuple[dict, float]] = []
+    async with anyio.create_task_group() as group:
+        for worker_id in workers:
+            group.start_soon(_parked_claim, alice, worker_id, answers)
+        await anyio.sleep(0.3)
+        submitted_at = anyio.current_time()
+        tasks = [await submit(bob, job_name) for _ in workers]
+    assert sorted(answer["task"]["id"] for answer, _ in answers) == sorted(
+        task["id"] for task in tasks
+    )
+    assert sorted(answer["task"]["worker_id"] for answer, _ in answers) == sorted(
+        workers
+    )
+    assert all(at - submitted_at < CAP / 2 for _, at in answers)
+
+
+async def test_deleting_the_worker_ends_its_parked_claim(
+    alice: httpx.AsyncClient,
+) -> None:
+    worker_id, _ = await serving_job(alice)
+    answers: list[httpx.Response] = []
+
+    async def parked() -> None:
+        answers.append(
+            await alice.post(
+                "/tasks/claim",
+                json={"worker_id": worker_id},
+                headers={"Prefer": "wait=5"},
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(parked)
+        await anyio.sleep(0.3)
+        deleted_at = anyio.current_time()
+        assert (await alice.delete(f"/workers/{worker_id}")).status_code == 204
+    assert anyio.current_time() - deleted_at < CAP / 2
+    [answer] = answers
+    assert_problem(answer, 404, "worker-not-found")
+
+
+async def test_a_parked_claim_of_another_identitys_worker_is_refused_at_once(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    worker_id, _ = await serving_job(alice)
+    started = anyio.current_time()
+    answer = await bob.post(
+        "/tasks/claim", json={"worker_id": worker_id}, headers={"Prefer": "wait=5"}
+    )
+    assert_problem(answer, 403, "forbidden")
+    assert anyio.current_time() - started < CAP / 2
