@@ -111,9 +111,12 @@ def make_live_manager(live_server: LiveServer) -> Iterator[ManagerFactory]:
 class Listener:
     """Runs `manager.listen()` in a thread, running each task and queueing it."""
 
-    def __init__(self, manager: JobManager, polling_interval: float) -> None:
+    def __init__(
+        self, manager: JobManager, polling_interval: float, *, park_claims: bool = True
+    ) -> None:
         self.manager = manager
         self.polling_interval = polling_interval
+        self.park_claims = park_claims
         self.stop = threading.Event()
         self.tasks: queue.Queue[ClaimedTask] = queue.Queue()
         self.errors: list[BaseException] = []
@@ -121,7 +124,9 @@ class Listener:
 
     def _run(self) -> None:
         try:
-            for task in self.manager.listen(self.stop, self.polling_interval):
+            for task in self.manager.listen(
+                self.stop, self.polling_interval, park_claims=self.park_claims
+            ):
                 self.manager.run(task)
                 self.tasks.put(task)
         except BaseException as exc:  # surfaced by the test, not lost in a thread

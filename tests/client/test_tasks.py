@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -19,7 +20,7 @@ from joblib_client import (
 from joblib_protocol import TaskStatus
 from tests.client.conftest import Listener, ManagerFactory, RequestCounter, auth
 from tests.client.extensions import Explode, Rotate
-from tests.conftest import ADMIN, ALICE
+from tests.conftest import ADMIN, ALICE, make_settings
 
 
 @pytest.fixture
@@ -199,3 +200,32 @@ def test_submit_and_wait_raise_not_found(submitter) -> None:
         submitter.submit(Rotate(), "room1")
     with pytest.raises(TaskNotFoundError):
         submitter.wait(uuid.uuid4(), timeout=1)
+
+
+def test_listen_parks_its_claims_and_gets_a_task_at_once(worker, submitter) -> None:
+    """No socket, a 30 s polling interval: the held claim brings the task."""
+    claims = RequestCounter()
+    worker.api.http.event_hooks["request"].append(claims)
+    with Listener(worker, polling_interval=30) as listener:
+        time.sleep(0.5)  # idle: its claim is held by the server meanwhile
+        idle_claims = len(claims.requests)
+        started = time.monotonic()
+        task_id = submitter.submit(Rotate(angle=7), "room1")
+        assert listener.next_task(timeout=5).id == task_id
+        assert time.monotonic() - started < 1.5
+    assert idle_claims == 1
+
+
+@pytest.mark.parametrize(
+    "settings", [make_settings(long_poll_max_wait_seconds=0)], indirect=False
+)
+def test_listen_pauses_between_claims_when_the_server_does_not_hold_them(
+    worker, settings
+) -> None:
+    """A server that answers claims at once: listen() falls back to polling."""
+    claims = RequestCounter()
+    worker.api.http.event_hooks["request"].append(claims)
+    with Listener(worker, polling_interval=0.2):
+        time.sleep(1.1)
+    # About one claim per polling interval, not a claim loop without pauses.
+    assert 3 <= len(claims.requests) <= 8

@@ -161,11 +161,27 @@ class Rest:
         response = self.request("POST", path, json={"payload": payload})
         return TaskResponse.model_validate_json(response.content)
 
-    def claim_task(self, worker_id: UUID, *, start: bool) -> TaskResponse | None:
-        """`POST /tasks/claim`; with `start`, the task comes back already running."""
+    def claim_task(
+        self, worker_id: UUID, *, start: bool, wait: float | None = None
+    ) -> tuple[TaskResponse | None, bool]:
+        """`POST /tasks/claim`; with `start`, the task comes back already running.
+
+        With `wait`, the claim may be parked up to that many seconds until a task
+        comes (`Prefer: wait`); also answers whether the server applied the wait.
+        """
         body = {"worker_id": str(worker_id), "start": start}
-        response = self.request("POST", "/tasks/claim", json=body)
-        return TaskClaimResponse.model_validate_json(response.content).task
+        if wait is None or wait <= 0:
+            response = self.request("POST", "/tasks/claim", json=body)
+        else:
+            response = self.request(
+                "POST",
+                "/tasks/claim",
+                json=body,
+                headers={"Prefer": f"wait={wait:g}"},
+                read_timeout=wait + 10.0,
+            )
+        applied = "preference-applied" in response.headers
+        return TaskClaimResponse.model_validate_json(response.content).task, applied
 
     def update_task(
         self, task_id: UUID, status: TaskStatus, error: str | None = None

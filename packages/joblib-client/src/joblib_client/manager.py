@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -57,6 +58,11 @@ LONG_POLL_SECONDS = 30.0
 _STOP_CHECK_SECONDS = 0.2
 """How often a sleeping `listen()` looks at its stop events."""
 
+_PARK_SECONDS = 2.0
+"""Longest a `listen()` claim is held by the server: a parked claim cannot be
+interrupted, so this is also how long a set `stop_event` may take to end
+`listen()` (`disconnect()` ends it at once)."""
+
 
 class _Closeable(Protocol):
     def close(self) -> None: ...
@@ -98,6 +104,8 @@ class JobManager:
             else None
         )
         self._wakeup = threading.Event()
+        # Whether the server holds claims with `Prefer: wait` (None: not yet known).
+        self._claims_park: bool | None = None
         self._listeners: set[threading.Event] = set()
         self._owned: list[_Closeable] = []
         if isinstance(tsio, EventSource):
@@ -262,16 +270,23 @@ class JobManager:
 
     # tasks
 
-    def claim(self, *, start: bool = True) -> ClaimedTask | None:
+    def claim(
+        self, *, start: bool = True, wait: float | None = None
+    ) -> ClaimedTask | None:
         """Claim the oldest pending task of this worker's jobs; None when none waits.
 
         With `start` (the default) the task comes back already running, saving a
         request; a server without that extension hands it back claimed, and
-        `run()` starts it. A task whose payload does not fit its extension is
-        failed with the validation error, and the next one is claimed.
+        `run()` starts it. With `wait`, a server that supports it holds the claim
+        up to `wait` seconds until a task comes. A task whose payload does not fit
+        its extension is failed with the validation error, and the next one is
+        claimed.
         """
         while True:
-            response = self._rest.claim_task(self._require_worker(), start=start)
+            response, parked = self._rest.claim_task(
+                self._require_worker(), start=start, wait=wait
+            )
+            self._claims_park = parked if wait else self._claims_park
             if response is None:
                 return None
             task = self._claimed(response)
@@ -352,13 +367,19 @@ class JobManager:
         self,
         stop_event: threading.Event | None = None,
         polling_interval: float = 2.0,
+        *,
+        park_claims: bool = True,
     ) -> Iterator[ClaimedTask]:
         """Yield claimed tasks until `stop_event` is set or the manager disconnects.
 
-        Between empty claims it waits `polling_interval` seconds, or less when the
-        socket announces a task for one of its jobs. Transient server errors are
-        logged and retried; a worker the server forgot is registered again.
+        With `park_claims`, each claim asks the server to hold it until a task
+        comes (`Prefer: wait`, up to `polling_interval` and at most 2 s). A server
+        that does not hold claims answers at once; `listen()` then waits
+        `polling_interval` seconds between empty claims, or less when the socket
+        announces a task for one of its jobs. Transient server errors are logged
+        and retried; a worker the server forgot is registered again.
         """
+        park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
         stop = threading.Event()
         with self._lock:
             self._listeners.add(stop)
@@ -367,33 +388,42 @@ class JobManager:
                 # Cleared before the claim, so an announcement arriving during
                 # the claim still cuts the following wait short.
                 self._wakeup.clear()
+                started = time.monotonic()
                 try:
-                    task = self._claim_or_recover()
+                    task = self._claim_or_recover(park)
                 except (TransportError, ServerError) as exc:
                     if _any_set(stop, stop_event):
                         return
                     logger.warning("claiming failed, will retry: %s", exc)
                     task = None
+                    started = -math.inf  # never counts as a parked wait
                 except JobLibError:
                     if _any_set(stop, stop_event):
                         return
                     raise
                 if task is not None:
                     yield task
-                else:
+                    continue
+                # A claim the server held long enough was the wait; an empty
+                # answer that came sooner (an error, a server that does not hold
+                # claims or caps the wait at nothing) needs the pause.
+                held = time.monotonic() - started
+                if not (park and self._claims_park and held >= park / 2):
                     self._sleep(polling_interval, stop, stop_event)
         finally:
             with self._lock:
                 self._listeners.discard(stop)
 
-    def _claim_or_recover(self) -> ClaimedTask | None:
+    def _claim_or_recover(self, wait: float) -> ClaimedTask | None:
         worker_id = self._require_worker()
+        # A server known not to hold claims is asked without the header.
+        ask = None if self._claims_park is False or wait <= 0 else wait
         try:
-            return self.claim()
+            return self.claim(wait=ask)
         except WorkerNotFoundError:
             if not self._recover(worker_id):
                 raise
-            return self.claim()
+            return self.claim(wait=ask)
 
     def _sleep(
         self,

@@ -390,7 +390,9 @@ class RestApi:
                 )
             )
 
-        if wait is None:
+        if not wait:
+            # No wait asked, or the server caps it at nothing: answer at once,
+            # without Preference-Applied, so the client knows to pause itself.
             change = await claim()
             await self.joblib.publish(change.emissions)
             return _json(TaskClaimResponse(task=change.task))
