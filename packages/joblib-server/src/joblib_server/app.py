@@ -38,7 +38,9 @@ def create_app(
             yield
 
     app = Starlette(
-        routes=[Mount(API_PREFIX, app=joblib.asgi_app())],
+        # The routes themselves, not `joblib.asgi_app()`: a nested Starlette app
+        # would run a second error-handling stack on every request.
+        routes=[Mount(API_PREFIX, routes=joblib.routes)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

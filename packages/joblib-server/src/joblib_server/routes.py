@@ -371,7 +371,9 @@ class RestApi:
         )
         await self.joblib.publish(change.emissions)
         assert change.task is not None
-        location = request.url_for("get_task", task_id=str(change.task.id)).path
+        # What url_for("get_task") gives, without matching the route table again:
+        # root_path holds the mount point (and any proxy prefix).
+        location = f"{request.scope.get('root_path', '')}/tasks/{change.task.id}"
         return _json(change.task, 202, {"Location": location, "Retry-After": "1"})
 
     async def claim_task(self, request: Request) -> Response:

@@ -35,8 +35,8 @@ async def run_sweeper(database: Database, settings: Settings, publish: Publish) 
     """Sweep every interval until cancelled; a failed sweep is logged, not fatal."""
     while True:
         try:
-            # A sweep cut off mid-transaction by shutdown leaves aiosqlite's
-            # connection half-closed and the event loop hanging: finish it first.
+            # A sweep cut off mid-transaction by shutdown can leave its pooled
+            # connection half-closed and shutdown hanging: finish it first.
             with anyio.CancelScope(shield=True):
                 emissions = await sweep_once(database, settings)
             if emissions:
