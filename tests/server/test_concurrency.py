@@ -150,12 +150,11 @@ async def _assert_no_open_task_on_a_hidden_job(joblib: JobLib) -> None:
         assert stranded.scalar_one() == 0
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_sqlite_write_waits_for_another_process_without_stalling_reads(
     database_url: str, alice: httpx.AsyncClient
 ) -> None:
     """Another process writing: our write waits its turn, reads go on meanwhile."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("SQLite's single-writer lock")
     import sqlite3
 
     path = sa.engine.make_url(database_url).database
