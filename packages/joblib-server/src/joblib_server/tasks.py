@@ -192,7 +192,8 @@ async def with_positions(
     heads = await _pending_heads(session, pending_jobs)
     return [
         task_response(
-            TaskRow.of(task, job), _position(task.status, task.seq, heads.get(job.id))
+            TaskRow.of(task, job.full_name),
+            _position(task.status, task.seq, heads.get(job.id)),
         )
         for task, job in rows
     ]
@@ -291,7 +292,7 @@ async def claim_task(
             # Every pending task of this job is being claimed by someone else
             # right now (PostgreSQL skips locked rows): try the next job.
             continue
-        task = TaskRow.from_mapping(row._mapping, _job_name(job))
+        task = TaskRow.of(row, _job_name(job))
         emissions = {task_emission(task)}
         if start:
             # Observers still see the task pass through claimed.
@@ -336,7 +337,7 @@ async def update_task(
         # PostgreSQL text cannot hold NUL; SQLite could, but both must answer alike.
         raise _invalid_error("an error must not contain NUL characters")
     now = utcnow()
-    task = TaskRow.from_mapping(row._mapping, _job_name(row))
+    task = TaskRow.of(row, _job_name(row))
     params: dict[str, Any] = {"b_task": task_id, "b_status": new.value, "b_now": now}
     if new == TaskStatus.RUNNING:
         await connection.execute(_START_TASK, params)
@@ -369,7 +370,7 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID) -> TaskResponse:
     if row.status == TaskStatus.PENDING:
         head = await _pending_head(connection, row.job_id)
         position = _position(row.status, row.seq, head)
-    return task_response(TaskRow.from_mapping(row._mapping, _job_name(row)), position)
+    return task_response(TaskRow.of(row, _job_name(row)), position)
 
 
 async def list_tasks(
@@ -428,7 +429,7 @@ async def cleanup_stuck_internal_tasks(
     jobs: set[uuid.UUID] = set()
     for task, job in rows:
         task.fail(INTERNAL_TASK_TIMED_OUT, now)
-        emissions.add(task_emission(TaskRow.of(task, job)))
+        emissions.add(task_emission(TaskRow.of(task, job.full_name)))
         jobs.add(job.id)
     await session.flush()
     emissions |= await soft_delete_orphan_jobs(session, jobs)

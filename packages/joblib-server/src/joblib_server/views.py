@@ -17,7 +17,7 @@ from joblib_protocol import (
     TaskStatusEvent,
     room_channel,
 )
-from joblib_server.tables import Job, Task
+from joblib_server.tables import Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +40,11 @@ class TaskRow:
     payload: dict[str, Any]
 
     @classmethod
-    def of(cls, task: Task, job: Job) -> TaskRow:
-        """The fields of an ORM task and its job."""
+    def of(cls, task: Any, job_name: str) -> TaskRow:
+        """The fields of an ORM `Task`, or of a Core row of the task table."""
         return cls(
             id=task.id,
-            job_name=job.full_name,
+            job_name=job_name,
             room_id=task.room_id,
             status=task.status,
             created_at=task.created_at,
@@ -53,22 +53,6 @@ class TaskRow:
             worker_id=task.worker_id,
             error=task.error,
             payload=task.payload,
-        )
-
-    @classmethod
-    def from_mapping(cls, row: Any, job_name: str) -> TaskRow:
-        """The fields of a task row (a mapping of the task table's columns)."""
-        return cls(
-            id=row["id"],
-            job_name=job_name,
-            room_id=row["room_id"],
-            status=row["status"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            completed_at=row["completed_at"],
-            worker_id=row["worker_id"],
-            error=row["error"],
-            payload=row["payload"],
         )
 
 

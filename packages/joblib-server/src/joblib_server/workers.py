@@ -197,7 +197,7 @@ async def cleanup_worker(
     for row in failed:
         job = jobs[row.job_id]
         name = f"{job.room_id}:{job.category}:{job.name}"
-        emissions.add(task_emission(TaskRow.from_mapping(row._mapping, name)))
+        emissions.add(task_emission(TaskRow.of(row, name)))
     for job_id in unlinked:
         emissions.add(jobs_invalidate(jobs[job_id].room_id))
     emissions |= await soft_delete_orphan_jobs(session, affected)
