@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import anyio
 import httpx
 import pytest
 
-from joblib_server import JobLib, Settings
+from joblib_protocol import Emission, TaskStatusEvent
+from joblib_server import JobLib, RecordingEmitter, Settings
+from joblib_server.emitter import ordered
 from tests.conftest import make_settings
 from tests.server.helpers import (
     assert_problem,
@@ -160,3 +164,39 @@ async def test_a_parked_claim_of_another_identitys_worker_is_refused_at_once(
     )
     assert_problem(answer, 403, "forbidden")
     assert anyio.current_time() - started < CAP / 2
+
+
+class NetworkEmitter(RecordingEmitter):
+    """Records like RecordingEmitter, but suspends while each event goes out, as a
+    socket or Redis emitter does; the submit's events take longest."""
+
+    async def emit(self, emissions: Iterable[Emission]) -> None:
+        for emission in ordered(emissions):
+            event = emission.event
+            slow = isinstance(event, TaskStatusEvent) and event.status == "pending"
+            await anyio.sleep(0.1 if slow else 0.001)
+            self.sent.append(emission)
+
+
+@pytest.fixture
+def emitter() -> RecordingEmitter:
+    return NetworkEmitter()
+
+
+async def test_observers_see_pending_before_a_held_claim_takes_the_task(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, emitter: RecordingEmitter
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    answers: list[tuple[dict, float]] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(_parked_claim, alice, worker_id, answers)
+        await anyio.sleep(0.3)
+        task = await submit(bob, job_name)
+    [(answer, _)] = answers
+    assert answer["task"]["id"] == task["id"]
+    statuses = [
+        e.event.status
+        for e in emitter.sent
+        if isinstance(e.event, TaskStatusEvent) and e.event.id == task["id"]
+    ]
+    assert statuses == ["pending", "claimed", "running"]

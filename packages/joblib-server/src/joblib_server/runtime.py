@@ -89,12 +89,14 @@ class JobLib:
         if not batch:
             return
         self.waiters.notify(batch)
-        self.claims.notify(batch)
         try:
             await self.emitter.emit(batch)
         except Exception:
             # The change is committed; a failed notification must not fail the request.
             logger.exception("emitting %d events failed", len(batch))
+        # Only now: a held claim woken earlier could emit its task's `claimed`
+        # while this batch, with the task's `pending`, still waits on the network.
+        self.claims.notify(batch)
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[JobLib]:
