@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import cache
 from typing import ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -13,6 +14,7 @@ from joblib_protocol.tasks import TaskStatus
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
+@cache  # event names are asked for on every emission; there are a handful
 def snake_case(name: str) -> str:
     """Turn `TaskStatusEvent` into `task_status_event`."""
     return _CAMEL_BOUNDARY.sub("_", name).lower()
