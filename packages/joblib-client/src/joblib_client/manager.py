@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -389,14 +388,14 @@ class JobManager:
                 # the claim still cuts the following wait short.
                 self._wakeup.clear()
                 started = time.monotonic()
+                failed = False
                 try:
                     task = self._claim_or_recover(park)
                 except (TransportError, ServerError) as exc:
                     if _any_set(stop, stop_event):
                         return
                     logger.warning("claiming failed, will retry: %s", exc)
-                    task = None
-                    started = -math.inf  # never counts as a parked wait
+                    task, failed = None, True
                 except JobLibError:
                     if _any_set(stop, stop_event):
                         return
@@ -404,11 +403,11 @@ class JobManager:
                 if task is not None:
                     yield task
                     continue
-                # A claim the server held long enough was the wait; an empty
-                # answer that came sooner (an error, a server that does not hold
-                # claims or caps the wait at nothing) needs the pause.
+                # A claim the server held long enough was the wait. A failed one,
+                # or an empty answer that came sooner (a server that does not
+                # hold claims, or caps the wait at nothing), needs the pause.
                 held = time.monotonic() - started
-                if not (park and self._claims_park and held >= park / 2):
+                if failed or not (park and self._claims_park and held >= park / 2):
                     self._sleep(polling_interval, stop, stop_event)
         finally:
             with self._lock:
