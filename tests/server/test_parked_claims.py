@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import anyio
@@ -11,7 +12,7 @@ import pytest
 from joblib_protocol import Emission, TaskStatusEvent
 from joblib_server import JobLib, RecordingEmitter, Settings
 from joblib_server.emitter import ordered
-from tests.conftest import make_settings
+from tests.conftest import ALICE, BOB, LiveServer, make_settings
 from tests.server.helpers import (
     assert_problem,
     create_worker,
@@ -200,3 +201,43 @@ async def test_observers_see_pending_before_a_held_claim_takes_the_task(
         if isinstance(e.event, TaskStatusEvent) and e.event.id == task["id"]
     ]
     assert statuses == ["pending", "claimed", "running"]
+
+
+async def test_a_claim_whose_client_left_hands_its_task_to_the_next(
+    live_server: LiveServer,
+) -> None:
+    """The oldest held claim's client hung up: the task goes to the next one."""
+    async with (
+        httpx.AsyncClient(base_url=live_server.api, headers=_auth(ALICE)) as alice,
+        httpx.AsyncClient(base_url=live_server.api, headers=_auth(BOB)) as bob,
+    ):
+        gone, job_name = await serving_job(alice)
+        staying = (
+            await register(alice, worker_id=await create_worker(alice), expect=200)
+        )["worker_id"]
+        host, port = live_server.url.removeprefix("http://").split(":")
+        stream = await anyio.connect_tcp(host, int(port))
+        body = json.dumps({"worker_id": gone, "start": True}).encode()
+        await stream.send(
+            b"POST /v1/joblib/tasks/claim HTTP/1.1\r\nHost: test\r\n"
+            + f"Authorization: Bearer {ALICE}\r\n".encode()
+            + b"Content-Type: application/json\r\nPrefer: wait=5\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await anyio.sleep(0.3)
+        await stream.aclose()  # held first, so the first in line for a task
+        answers: list[tuple[dict, float]] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(_parked_claim, alice, staying, answers)
+            await anyio.sleep(0.3)
+            submitted_at = anyio.current_time()
+            task = await submit(bob, job_name)
+        [(answer, at)] = answers
+        assert answer["task"]["id"] == task["id"]
+        assert answer["task"]["worker_id"] == staying
+        assert at - submitted_at < CAP / 2  # handed on, not found at a re-check
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

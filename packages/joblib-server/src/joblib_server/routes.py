@@ -400,10 +400,18 @@ class RestApi:
             return _json(TaskClaimResponse(task=change.task))
         deadline = anyio.current_time() + wait
         jobs: tuple[str, ...] = ()
+        woken_for: str | None = None  # the job whose new task woke this claim
         while True:
             # Parked before claiming, so a task submitted in between still wakes us.
             with self.joblib.claims.park(body.worker_id, jobs) as parked:
                 change = await claim()
+                if change.task is not None and woken_for not in (
+                    None,
+                    change.task.job_name,
+                ):
+                    # We took an older task of another job: the one that woke us
+                    # still waits for a claim.
+                    self.joblib.claims.wake(woken_for)
                 remaining = deadline - anyio.current_time()
                 if change.task is not None or remaining <= 0:
                     break
@@ -415,8 +423,11 @@ class RestApi:
                     min(remaining, settings.long_poll_recheck_seconds)
                 ):
                     await parked.woken.wait()
+                woken_for = parked.woken_for
             if await request.is_disconnected():
-                # Nobody would receive a task claimed now.
+                # Nobody would receive a task claimed now: let another claim it.
+                if woken_for is not None:
+                    self.joblib.claims.wake(woken_for)
                 return Response(status_code=204)
         await self.joblib.publish(change.emissions)
         applied = {"Preference-Applied": f"wait={_format_wait(wait)}"}

@@ -76,7 +76,7 @@ class ClaimWaiters:
         except BaseException:
             self._forget(parked)
             if parked.woken_for is not None:
-                self._wake_one(parked.woken_for)
+                self.wake(parked.woken_for)
             raise
         self._forget(parked)
 
@@ -90,7 +90,8 @@ class ClaimWaiters:
             if not queue:
                 del self._by_job[job]
 
-    def _wake_one(self, job: str) -> None:
+    def wake(self, job: str) -> None:
+        """Wake the oldest parked claim for `job` that is not awake yet."""
         for parked in self._by_job.get(job, ()):
             if not parked.woken.is_set():
                 parked.woken_for = job
@@ -101,7 +102,7 @@ class ClaimWaiters:
         """Wake one parked claim per task these emissions announce."""
         for emission in emissions:
             if isinstance(emission.event, TaskAvailable):
-                self._wake_one(emission.event.job_name)
+                self.wake(emission.event.job_name)
 
     def release(self, worker_id: uuid.UUID) -> None:
         """Wake every parked claim of a worker (it is gone; they answer at once)."""
