@@ -9,6 +9,11 @@ bulk by `bench.seed`), `backlog_repeats` rounds of submit, claim (the oldest tas
 so the claim query walks the whole pending queue's index) and complete, one request
 at a time; p50/p95/p99 per route and the server's RSS at each level. The number of
 pending tasks stays at the level during the rounds (one in, one out).
+
+This machine's speed drifts between runs and within one, and the levels are
+measured half a minute apart. So each round is followed by the same round on a
+second job that never has anything pending (the control), and each level also
+reports the loaded job's p50 over the control's, measured in the same moments.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bench.workers import PollingWorker
 
 MEMORY_WORKERS = 4
 BACKLOG_JOB = "backlog"
+CONTROL_JOB = "backlog-control"
 
 
 async def measure_memory(server: ServerProcess, config: Config) -> dict[str, Any]:
@@ -52,27 +58,32 @@ async def measure_memory(server: ServerProcess, config: Config) -> dict[str, Any
 
 
 async def measure_level(
-    client: BenchClient, worker: PollingWorker, repeats: int
+    loaded: tuple[BenchClient, PollingWorker],
+    control: tuple[BenchClient, PollingWorker],
+    repeats: int,
 ) -> dict[str, Any]:
-    """Submit, claim and complete `repeats` times, one request at a time."""
-    submitter = JoblibApi(client.session())
-    client.reset()
+    """`repeats` rounds of submit, claim, complete, one request at a time, each
+    followed by the same round on the control job."""
+    sides = [loaded, control]
+    submitters = [JoblibApi(client.session()) for client, _ in sides]
+    for client, _ in sides:
+        client.reset()
     for index in range(repeats):
-        await submitter.submit(worker.full_name, {"round": index})
-        task = await worker.api.claim(worker.id)
-        if task is None:
-            client.stats.error("backlog: the claim found no pending task")
-            continue
-        await worker.api.complete(task["id"])
-    stats = client.reset()
-    summary = stats.summary()
+        for (client, worker), submitter in zip(sides, submitters, strict=True):
+            await submitter.submit(worker.full_name, {"round": index})
+            task = await worker.api.claim(worker.id)
+            if task is None:
+                client.stats.error("backlog: the claim found no pending task")
+                continue
+            await worker.api.complete(task["id"])
+    stats, control_stats = (client.reset() for client, _ in sides)
+    summary, control_summary = stats.summary(), control_stats.summary()
+    routes = ("submit", "claim", "complete")
     return {
-        **{
-            f"{route}_ms": summary.get(route)
-            for route in ("submit", "claim", "complete")
-        },
-        "errors": stats.errors,
-        "error_samples": stats.error_samples,
+        **{f"{route}_ms": summary.get(route) for route in routes},
+        "control_ms": {route: control_summary.get(route) for route in routes},
+        "errors": stats.errors + control_stats.errors,
+        "error_samples": stats.error_samples + control_stats.error_samples,
     }
 
 
@@ -81,9 +92,15 @@ async def run(database: str, config: Config) -> dict[str, Any]:
     async with joblib_on(database) as (server, url):
         memory = await measure_memory(server, config)
         levels: list[dict[str, Any]] = []
-        async with BenchClient(server.url, TOKEN) as client:
+        async with (
+            BenchClient(server.url, TOKEN) as client,
+            BenchClient(server.url, TOKEN) as control_client,
+        ):
             worker = await PollingWorker.register(
                 client, BACKLOG_JOB, poll_interval=1.0
+            )
+            control = await PollingWorker.register(
+                control_client, CONTROL_JOB, poll_interval=1.0
             )
             pending = 0
             for level in sorted(config.backlog_levels):
@@ -94,7 +111,9 @@ async def run(database: str, config: Config) -> dict[str, Any]:
                     )
                     pending = level
                 started = time.perf_counter()
-                measured = await measure_level(client, worker, config.backlog_repeats)
+                measured = await measure_level(
+                    (client, worker), (control_client, control), config.backlog_repeats
+                )
                 levels.append(
                     {
                         "pending": level,
@@ -104,7 +123,7 @@ async def run(database: str, config: Config) -> dict[str, Any]:
                         **measured,
                     }
                 )
-            setup_errors = client.stats.errors
+            setup_errors = client.stats.errors + control_client.stats.errors
         return {
             "memory": memory,
             "levels": levels,

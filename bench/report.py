@@ -70,6 +70,15 @@ def _backlog_ratio(route: str) -> Value:
     return value
 
 
+def _control_ratio(route: str) -> Value:
+    def value(db: Results, everything: Results) -> float | None:
+        top = _get(db, "backlog", "levels", -1, f"{route}_ms", "p50")
+        control = _get(db, "backlog", "levels", -1, "control_ms", route, "p50")
+        return None if top is None or not control else top / control
+
+    return value
+
+
 def _at_most(limit: float) -> Check:
     return lambda value, db, everything: value <= limit
 
@@ -198,6 +207,13 @@ def _backlog_rows(config: Config) -> Iterator[Row]:
             "x",
             f"≤ {BACKLOG_RATIO:g}",
             _at_most(BACKLOG_RATIO),
+        )
+    for route in ("submit", "claim"):
+        yield Row(
+            "backlog",
+            f"{route} p50 at {top} pending / empty job, same moments",
+            _control_ratio(route),
+            "x",
         )
     memory = ("backlog", "memory", "rss_mib")
     batch = config.memory_tasks
