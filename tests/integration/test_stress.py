@@ -1,8 +1,9 @@
 """Sixteen workers drain two thousand tasks through a real uvicorn server.
 
 Most tasks wait in the queue from the start; the rest are submitted over loopback
-HTTP while the workers drain it. Afterwards every row is checked: each task
-completed once, by the one worker whose claim got it.
+HTTP while the workers drain it; half the workers hold their claims until a task
+comes. Afterwards every row is checked: each task completed once, by the one
+worker whose claim got it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SUBMITTERS = 4
 LIVE_SUBMITS = 400
 # Every eighth worker takes the plain path: claim, then PATCH running, then done.
 PLAIN_EVERY = 8
+# Every other worker holds its claims (`Prefer: wait`), as JobManager does.
+HELD_EVERY = 2
 ROOM = "stress"
 JOB = f"{ROOM}:modifiers:Stress"
 
@@ -77,15 +80,19 @@ async def _submit(client: httpx.AsyncClient, count: int, ledger: Ledger) -> None
 
 
 async def _work(
-    client: httpx.AsyncClient, worker_id: str, plain: bool, ledger: Ledger
+    client: httpx.AsyncClient, worker_id: str, plain: bool, held: bool, ledger: Ledger
 ) -> None:
     """Claim and complete until the queue is empty after the last submission."""
+    headers = {"Prefer": "wait=1"} if held else {}
     while True:
         # Read before claiming: an empty answer after that means truly empty.
         done_submitting = ledger.submitting_done.is_set()
         answer = await client.post(
-            "/tasks/claim", json={"worker_id": worker_id, "start": not plain}
+            "/tasks/claim",
+            json={"worker_id": worker_id, "start": not plain},
+            headers=headers,
         )
+        assert ("preference-applied" in answer.headers) == held
         task = _ok(answer)["task"]
         if task is None:
             if done_submitting:
@@ -159,7 +166,12 @@ async def _run(api: str, ledger: Ledger, database_url: str) -> list[str]:
                 zip(workers, worker_ids, strict=True)
             ):
                 group.start_soon(
-                    _work, client, worker_id, index % PLAIN_EVERY == 0, ledger
+                    _work,
+                    client,
+                    worker_id,
+                    index % PLAIN_EVERY == 0,
+                    index % HELD_EVERY == 1,
+                    ledger,
                 )
     return worker_ids
 
@@ -197,7 +209,7 @@ async def test_sixteen_workers_drain_two_thousand_tasks(
         assert row.completed_at is not None, task_id
         assert row.started_at <= row.completed_at, task_id
         assert row.error is None, task_id
-    # Every worker took part, on both the plain and the start-at-once path.
+    # Every worker took part: plain and start-at-once, held and immediate claims.
     per_worker = Counter(claimer.values())
     assert set(per_worker) == set(worker_ids)
     assert sum(per_worker.values()) == TASKS
