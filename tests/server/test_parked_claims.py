@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 import httpx
@@ -33,8 +33,12 @@ def settings() -> Settings:
     return make_settings(long_poll_max_wait_seconds=CAP, long_poll_recheck_seconds=30)
 
 
+Answers = list[tuple[dict, float]]
+"""Claim answers, each with the time it came."""
+
+
 async def _parked_claim(
-    client: httpx.AsyncClient, worker_id: str, answers: list[tuple[dict, float]]
+    client: httpx.AsyncClient, worker_id: str, answers: Answers
 ) -> None:
     """Claim with `Prefer: wait=5`; record the answer and when it came."""
     answer = await client.post(
@@ -47,16 +51,45 @@ async def _parked_claim(
     answers.append((answer.json(), anyio.current_time()))
 
 
+async def _hold_then_submit(
+    claimer: httpx.AsyncClient,
+    worker_ids: list[str],
+    submitter: httpx.AsyncClient,
+    job_name: str,
+    count: int = 1,
+    while_held: Callable[[], None] | None = None,
+) -> tuple[Answers, list[dict], float]:
+    """Hold a claim per worker, then submit `count` tasks; wait for every answer.
+
+    Returns the answers with their times, the tasks, and when submitting began.
+    """
+    answers: Answers = []
+    async with anyio.create_task_group() as group:
+        for worker_id in worker_ids:
+            group.start_soon(_parked_claim, claimer, worker_id, answers)
+        await anyio.sleep(0.3)
+        if while_held is not None:
+            while_held()
+        submitted_at = anyio.current_time()
+        tasks = [await submit(submitter, job_name) for _ in range(count)]
+    return answers, tasks, submitted_at
+
+
+async def _another_worker(client: httpx.AsyncClient) -> str:
+    """A new worker of `client`'s, serving the job of `serving_job`."""
+    registered = await register(
+        client, worker_id=await create_worker(client), expect=200
+    )
+    return str(registered["worker_id"])
+
+
 async def test_a_parked_claim_gets_the_next_task_at_once(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient
 ) -> None:
     worker_id, job_name = await serving_job(alice)
-    answers: list[tuple[dict, float]] = []
-    async with anyio.create_task_group() as group:
-        group.start_soon(_parked_claim, alice, worker_id, answers)
-        await anyio.sleep(0.3)
-        submitted_at = anyio.current_time()
-        task = await submit(bob, job_name)
+    answers, [task], submitted_at = await _hold_then_submit(
+        alice, [worker_id], bob, job_name
+    )
     [(answer, at)] = answers
     assert answer["task"]["id"] == task["id"]
     assert answer["task"]["status"] == "running"
@@ -68,7 +101,7 @@ async def test_a_parked_claim_with_nothing_to_do_answers_at_the_cap(
     alice: httpx.AsyncClient,
 ) -> None:
     worker_id, _ = await serving_job(alice)
-    answers: list[tuple[dict, float]] = []
+    answers: Answers = []
     started = anyio.current_time()
     await _parked_claim(alice, worker_id, answers)
     [(answer, at)] = answers
@@ -81,20 +114,14 @@ async def test_one_task_wakes_one_parked_claim(
 ) -> None:
     """Three idle workers, one task: one gets it, the others stay parked."""
     first, job_name = await serving_job(alice)
-    others = [
-        (await register(alice, worker_id=await create_worker(alice), expect=200))[
-            "worker_id"
-        ]
-        for _ in range(2)
-    ]
-    answers: list[tuple[dict, float]] = []
-    async with anyio.create_task_group() as group:
-        for worker_id in (first, *others):
-            group.start_soon(_parked_claim, alice, worker_id, answers)
-        await anyio.sleep(0.3)
+    workers = [first, await _another_worker(alice), await _another_worker(alice)]
+
+    def all_three_held() -> None:
         assert len(joblib.claims) == 3
-        submitted_at = anyio.current_time()
-        task = await submit(bob, job_name)
+
+    answers, [task], submitted_at = await _hold_then_submit(
+        alice, workers, bob, job_name, while_held=all_three_held
+    )
     got = [(answer, at) for answer, at in answers if answer["task"] is not None]
     assert [answer["task"]["id"] for answer, _ in got] == [task["id"]]
     assert got[0][1] - submitted_at < CAP / 2
@@ -108,19 +135,10 @@ async def test_each_task_reaches_a_different_parked_claim(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient
 ) -> None:
     first, job_name = await serving_job(alice)
-    workers = [first] + [
-        (await register(alice, worker_id=await create_worker(alice), expect=200))[
-            "worker_id"
-        ]
-        for _ in range(2)
-    ]
-    answers: list[tuple[dict, float]] = []
-    async with anyio.create_task_group() as group:
-        for worker_id in workers:
-            group.start_soon(_parked_claim, alice, worker_id, answers)
-        await anyio.sleep(0.3)
-        submitted_at = anyio.current_time()
-        tasks = [await submit(bob, job_name) for _ in workers]
+    workers = [first, await _another_worker(alice), await _another_worker(alice)]
+    answers, tasks, submitted_at = await _hold_then_submit(
+        alice, workers, bob, job_name, count=len(workers)
+    )
     assert sorted(answer["task"]["id"] for answer, _ in answers) == sorted(
         task["id"] for task in tasks
     )
@@ -188,11 +206,7 @@ async def test_observers_see_pending_before_a_held_claim_takes_the_task(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient, emitter: RecordingEmitter
 ) -> None:
     worker_id, job_name = await serving_job(alice)
-    answers: list[tuple[dict, float]] = []
-    async with anyio.create_task_group() as group:
-        group.start_soon(_parked_claim, alice, worker_id, answers)
-        await anyio.sleep(0.3)
-        task = await submit(bob, job_name)
+    answers, [task], _ = await _hold_then_submit(alice, [worker_id], bob, job_name)
     [(answer, _)] = answers
     assert answer["task"]["id"] == task["id"]
     statuses = [
@@ -212,9 +226,7 @@ async def test_a_claim_whose_client_left_hands_its_task_to_the_next(
         httpx.AsyncClient(base_url=live_server.api, headers=_auth(BOB)) as bob,
     ):
         gone, job_name = await serving_job(alice)
-        staying = (
-            await register(alice, worker_id=await create_worker(alice), expect=200)
-        )["worker_id"]
+        staying = await _another_worker(alice)
         host, port = live_server.url.removeprefix("http://").split(":")
         stream = await anyio.connect_tcp(host, int(port))
         body = json.dumps({"worker_id": gone, "start": True}).encode()
@@ -227,12 +239,9 @@ async def test_a_claim_whose_client_left_hands_its_task_to_the_next(
         )
         await anyio.sleep(0.3)
         await stream.aclose()  # held first, so the first in line for a task
-        answers: list[tuple[dict, float]] = []
-        async with anyio.create_task_group() as group:
-            group.start_soon(_parked_claim, alice, staying, answers)
-            await anyio.sleep(0.3)
-            submitted_at = anyio.current_time()
-            task = await submit(bob, job_name)
+        answers, [task], submitted_at = await _hold_then_submit(
+            alice, [staying], bob, job_name
+        )
         [(answer, at)] = answers
         assert answer["task"]["id"] == task["id"]
         assert answer["task"]["worker_id"] == staying
