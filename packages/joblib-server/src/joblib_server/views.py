@@ -42,34 +42,20 @@ class TaskRow:
     @classmethod
     def of(cls, task: Any, job_name: str) -> TaskRow:
         """The fields of an ORM `Task`, or of a Core row of the task table."""
-        return cls(
-            id=task.id,
-            job_name=job_name,
-            room_id=task.room_id,
-            status=task.status,
-            created_at=task.created_at,
-            started_at=task.started_at,
-            completed_at=task.completed_at,
-            worker_id=task.worker_id,
-            error=task.error,
-            payload=task.payload,
-        )
+        return cls(job_name=job_name, **{name: getattr(task, name) for name in _COPIED})
+
+
+# The fields a TaskRow takes from its task row, under the same names; the REST
+# shape has the same names again.
+_COPIED = tuple(name for name in TaskRow.__dataclass_fields__ if name != "job_name")
 
 
 def task_response(task: TaskRow, queue_position: int | None) -> TaskResponse:
     """The REST shape of a task."""
     return TaskResponse(
-        id=task.id,
         job_name=task.job_name,
-        room_id=task.room_id,
-        status=TaskStatus(task.status),
-        created_at=task.created_at,
-        started_at=task.started_at,
-        completed_at=task.completed_at,
-        worker_id=task.worker_id,
-        error=task.error,
-        payload=task.payload,
         queue_position=queue_position if task.status == TaskStatus.PENDING else None,
+        **{name: getattr(task, name) for name in _COPIED},
     )
 
 
