@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from joblib_protocol import TaskStatus
-from joblib_server.tables import Task
+from joblib_server.tables import TASK_TABLE
 
 StatementT = TypeVar("StatementT")
 
@@ -27,7 +27,7 @@ PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
 """The pending status as SQL text, not a parameter: SQLite only uses the partial
 index of pending tasks when the query's condition is visibly the index's own."""
 
-_task = Task.__table__  # type: ignore[attr-defined]
+_task = TASK_TABLE
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,15 @@ from joblib_server.errors import (
     job_not_found,
     worker_not_found,
 )
-from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
+from joblib_server.tables import (
+    JOB_TABLE,
+    LINK_TABLE,
+    Job,
+    Task,
+    Worker,
+    WorkerJobLink,
+    utcnow,
+)
 from joblib_server.views import job_response, job_summary, jobs_invalidate
 
 
@@ -104,7 +112,7 @@ async def register_job(
 
     inserted = await session.execute(
         dialect.insert_ignoring_conflicts(
-            Job.__table__,  # type: ignore[attr-defined]
+            JOB_TABLE,
             {
                 "id": uuid.uuid4(),
                 "room_id": room_id,
@@ -144,7 +152,7 @@ async def register_job(
 
     linked = await session.execute(
         dialect.insert_ignoring_conflicts(
-            WorkerJobLink.__table__,  # type: ignore[attr-defined]
+            LINK_TABLE,
             {"worker_id": worker.id, "job_id": job.id},
             "worker_id",
             "job_id",
@@ -286,10 +294,10 @@ async def soft_delete_orphan_jobs(
     return emissions
 
 
-_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
-
 _SERVED = (
-    sa.select(_link.c.job_id).where(_link.c.job_id == sa.bindparam("b_job")).limit(1)
+    sa.select(LINK_TABLE.c.job_id)
+    .where(LINK_TABLE.c.job_id == sa.bindparam("b_job"))
+    .limit(1)
 )
 
 

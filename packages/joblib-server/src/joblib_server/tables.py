@@ -41,6 +41,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def job_full_name(room_id: str, category: str, name: str) -> str:
+    """The wire name of a stored job's parts (already valid: no checks)."""
+    return f"{room_id}:{category}:{name}"
+
+
 class Job(SQLModel, table=True):
     """A named capability with the JSON Schema of its parameters."""
 
@@ -66,7 +71,7 @@ class Job(SQLModel, table=True):
     @property
     def full_name(self) -> str:
         """The job's wire name `<room_id>:<category>:<name>`."""
-        return f"{self.room_id}:{self.category}:{self.name}"
+        return job_full_name(self.room_id, self.category, self.name)
 
 
 class Worker(SQLModel, table=True):
@@ -158,3 +163,10 @@ class Task(SQLModel, table=True):
         self.status = "failed"
         self.error = error
         self.completed_at = now
+
+
+# The Core tables behind the models, for the prebuilt statements of the hot paths.
+JOB_TABLE: sa.Table = Job.__table__  # type: ignore[attr-defined]
+WORKER_TABLE: sa.Table = Worker.__table__  # type: ignore[attr-defined]
+LINK_TABLE: sa.Table = WorkerJobLink.__table__  # type: ignore[attr-defined]
+TASK_TABLE: sa.Table = Task.__table__  # type: ignore[attr-defined]

@@ -49,17 +49,23 @@ from joblib_server.jobs import (
     job_name_in_room,
     soft_delete_orphan_jobs,
 )
-from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
+from joblib_server.tables import (
+    JOB_TABLE,
+    LINK_TABLE,
+    TASK_TABLE,
+    WORKER_TABLE,
+    Job,
+    Task,
+    job_full_name,
+    utcnow,
+)
 from joblib_server.views import TaskRow, task_emission, task_response
 from joblib_server.workers import touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
 
 
-_task = Task.__table__  # type: ignore[attr-defined]
-_job = Job.__table__  # type: ignore[attr-defined]
-_worker = Worker.__table__  # type: ignore[attr-defined]
-_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+_task, _job, _worker, _link = TASK_TABLE, JOB_TABLE, WORKER_TABLE, LINK_TABLE
 
 # The hot paths (submit, claim, update, get) run these prebuilt Core statements:
 # building a statement and its cache key on every request, and loading ORM
@@ -149,7 +155,7 @@ _SET_STATUS = (
 
 
 def _job_name(row: Any) -> str:
-    return f"{row.job_room_id}:{row.job_category}:{row.job_name}"
+    return job_full_name(row.job_room_id, row.job_category, row.job_name)
 
 
 @dataclass

@@ -15,16 +15,22 @@ from joblib_server._dialects import dialect_of
 from joblib_server.auth import Identity
 from joblib_server.errors import forbidden, worker_not_found
 from joblib_server.jobs import check_room_id, soft_delete_orphan_jobs, visible_rooms
-from joblib_server.tables import Job, Task, Worker, WorkerJobLink, utcnow
+from joblib_server.tables import (
+    JOB_TABLE,
+    LINK_TABLE,
+    TASK_TABLE,
+    WORKER_TABLE,
+    Job,
+    Worker,
+    WorkerJobLink,
+    job_full_name,
+    utcnow,
+)
 from joblib_server.views import TaskRow, jobs_invalidate, task_emission
 
 WORKER_DISCONNECTED = "Worker disconnected"
 
-_worker = Worker.__table__  # type: ignore[attr-defined]
-
-_task = Task.__table__  # type: ignore[attr-defined]
-_job = Job.__table__  # type: ignore[attr-defined]
-_link = WorkerJobLink.__table__  # type: ignore[attr-defined]
+_task, _job, _worker, _link = TASK_TABLE, JOB_TABLE, WORKER_TABLE, LINK_TABLE
 
 _FAIL_IN_FLIGHT = (
     sa.update(_task)
@@ -196,7 +202,7 @@ async def cleanup_worker(
     emissions: set[Emission] = set()
     for row in failed:
         job = jobs[row.job_id]
-        name = f"{job.room_id}:{job.category}:{job.name}"
+        name = job_full_name(job.room_id, job.category, job.name)
         emissions.add(task_emission(TaskRow.of(row, name)))
     for job_id in unlinked:
         emissions.add(jobs_invalidate(jobs[job_id].room_id))
