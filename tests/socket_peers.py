@@ -181,11 +181,16 @@ def server_process(
                 time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 15) -> None:
+    """Ask a process to stop (SIGTERM); kill it if it is still there after `grace`."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

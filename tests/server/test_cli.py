@@ -18,6 +18,7 @@ import pytest
 
 from joblib_server.cli import default_tokens_file, main
 from tests.conftest import ALICE, TOKENS_JSON, free_port
+from tests.socket_peers import stop_process
 
 START_LINE = "joblib-server on http://"
 # The installed command of the environment running the tests, found without PATH.
@@ -77,12 +78,7 @@ def serve(
                 time.sleep(0.1)
         yield Served(api, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _create_token(tokens_file: Path, *args: str) -> str:
