@@ -399,11 +399,12 @@ class RestApi:
             await self.joblib.publish(change.emissions)
             return _json(TaskClaimResponse(task=change.task))
         deadline = anyio.current_time() + wait
-        jobs: tuple[str, ...] = ()
+        claims = self.joblib.claims
+        jobs = claims.known_jobs(body.worker_id)
         woken_for: str | None = None  # the job whose new task woke this claim
         while True:
             # Parked before claiming, so a task submitted in between still wakes us.
-            with self.joblib.claims.park(body.worker_id, jobs) as parked:
+            with claims.park(body.worker_id, jobs) as parked:
                 change = await claim()
                 if change.task is not None and woken_for not in (
                     None,
@@ -411,12 +412,15 @@ class RestApi:
                 ):
                     # We took an older task of another job: the one that woke us
                     # still waits for a claim.
-                    self.joblib.claims.wake(woken_for)
+                    claims.wake(woken_for)
                 remaining = deadline - anyio.current_time()
                 if change.task is not None or remaining <= 0:
                     break
                 if set(change.jobs) != set(jobs):
-                    jobs = change.jobs  # now we know what to wait for: claim again
+                    # Parked on the wrong jobs (or none yet): park on the right
+                    # ones and claim again, so nothing submitted meanwhile is missed.
+                    jobs = change.jobs
+                    claims.remember(body.worker_id, jobs)
                     continue
                 # The re-check also catches tasks submitted in other processes.
                 with anyio.move_on_after(
@@ -427,7 +431,7 @@ class RestApi:
             if await request.is_disconnected():
                 # Nobody would receive a task claimed now: let another claim it.
                 if woken_for is not None:
-                    self.joblib.claims.wake(woken_for)
+                    claims.wake(woken_for)
                 return Response(status_code=204)
         await self.joblib.publish(change.emissions)
         applied = {"Preference-Applied": f"wait={_format_wait(wait)}"}

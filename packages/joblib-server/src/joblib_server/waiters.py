@@ -43,6 +43,9 @@ class TaskWaiters:
         return sum(len(events) for events in self._waiting.values())
 
 
+_REMEMBERED_WORKERS = 10_000
+
+
 class ParkedClaim:
     """One long-polling claim: the jobs it waits for, and the event that wakes it."""
 
@@ -64,6 +67,21 @@ class ClaimWaiters:
 
     def __init__(self) -> None:
         self._by_job: dict[str, list[ParkedClaim]] = {}
+        # The jobs each worker's last claim reported, so its next held claim can
+        # park on them before its first claim instead of claiming twice.
+        self._jobs_of: dict[uuid.UUID, tuple[str, ...]] = {}
+
+    def known_jobs(self, worker_id: uuid.UUID) -> tuple[str, ...]:
+        """The jobs a held claim of this worker last waited on (empty: not known)."""
+        return self._jobs_of.get(worker_id, ())
+
+    def remember(self, worker_id: uuid.UUID, jobs: tuple[str, ...]) -> None:
+        """Keep the worker's jobs for its next held claim."""
+        if len(self._jobs_of) >= _REMEMBERED_WORKERS and worker_id not in self._jobs_of:
+            # Workers removed by a socket drop or the sweeper are never released
+            # here; forgetting everyone now and then bounds what they leave.
+            self._jobs_of.clear()
+        self._jobs_of[worker_id] = jobs
 
     @contextmanager
     def park(self, worker_id: uuid.UUID, jobs: Iterable[str]) -> Iterator[ParkedClaim]:
@@ -106,6 +124,7 @@ class ClaimWaiters:
 
     def release(self, worker_id: uuid.UUID) -> None:
         """Wake every parked claim of a worker (it is gone; they answer at once)."""
+        self._jobs_of.pop(worker_id, None)
         for queue in self._by_job.values():
             for parked in queue:
                 if parked.worker_id == worker_id:
