@@ -1,14 +1,16 @@
+import json
 from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
 from joblib_protocol import (
+    CLIENT_EVENTS,
+    SERVER_EVENTS,
     Emission,
     Event,
     JobsInvalidate,
     JoinJobRoom,
-    JoinRoom,
     LeaveJobRoom,
     TaskAvailable,
     TaskStatus,
@@ -50,30 +52,63 @@ def test_equal_events_hash_equal_and_emissions_deduplicate() -> None:
     assert len(emissions) == 4
 
 
-@pytest.mark.parametrize(
-    ("model", "name"),
-    [
-        (JobsInvalidate, "jobs_invalidate"),
-        (TaskAvailable, "task_available"),
-        (TaskStatusEvent, "task_status_event"),
-        (JoinJobRoom, "join_job_room"),
-        (LeaveJobRoom, "leave_job_room"),
-        (JoinRoom, "join_room"),
-    ],
-)
-def test_event_names_are_snake_case_class_names(model: type[Event], name: str) -> None:
-    assert model.event_name() == name
+EVENT_NAMES = {
+    "JobsInvalidate": "jobs_invalidate",
+    "TaskAvailable": "task_available",
+    "TaskStatusEvent": "task_status_event",
+    "JoinJobRoom": "join_job_room",
+    "LeaveJobRoom": "leave_job_room",
+    "JoinRoom": "join_room",
+    "LeaveRoom": "leave_room",
+}
+"""Every event class and the name it travels under: a change here is a wire change."""
 
 
-def test_event_name_can_be_overridden_without_leaking_to_subclasses() -> None:
-    class HTTPThingHappened(Event):
-        EVENT_NAME = "thing"
+def test_every_event_declares_the_name_we_expect() -> None:
+    events = (*SERVER_EVENTS, *CLIENT_EVENTS)
+    assert {model.__name__: model.event_name for model in events} == EVENT_NAMES
+    assert all("event_name" in vars(model) for model in events), "inherited name"
 
-    class MoreThingHappened(HTTPThingHappened):
+
+@pytest.mark.parametrize("model", [*SERVER_EVENTS, *CLIENT_EVENTS])
+def test_event_name_is_a_plain_string_and_an_accessor(model: type[Event]) -> None:
+    # A socket wrapper that reads `Model.event_name` gets the name, not a method.
+    assert isinstance(model.event_name, str)
+    assert json.dumps(model.event_name) == f'"{model.event_name}"'
+    assert model.event_name() == model.event_name
+    assert type(model.event_name()) is str
+
+
+def test_renaming_an_event_class_keeps_its_wire_name() -> None:
+    class SomethingElseEntirely(TaskAvailable):
+        """The same event under another Python name."""
+
+    assert SomethingElseEntirely.event_name == "task_available"
+    assert SomethingElseEntirely.event_name() == "task_available"
+
+
+def test_an_event_without_a_name_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match="NamelessEvent has no wire name"):
+
+        class NamelessEvent(Event):
+            pass
+
+
+def test_an_empty_event_name_is_refused() -> None:
+    with pytest.raises(TypeError, match="non-empty str"):
+
+        class BlankEvent(Event, event_name=""):
+            pass
+
+
+def test_a_subclass_may_declare_its_own_name() -> None:
+    class Thing(Event, event_name="thing"):
         pass
 
-    assert HTTPThingHappened.event_name() == "thing"
-    assert MoreThingHappened.event_name() == "more_thing_happened"
+    class OtherThing(Thing, event_name="other_thing"):
+        pass
+
+    assert (Thing.event_name, OtherThing.event_name) == ("thing", "other_thing")
 
 
 def test_task_status_event_payload_is_json_ready() -> None:

@@ -1,49 +1,65 @@
-"""Socket.IO events: frozen models whose class name gives the event name."""
+"""Socket.IO events: frozen models, each declaring the name it travels under."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from functools import cache
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from joblib_protocol.tasks import TaskStatus
 
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
+class EventName(str):
+    """An event's wire name: a plain `str`, also callable as `Event.event_name()`."""
 
-@cache  # event names are asked for on every emission; there are a handful
-def snake_case(name: str) -> str:
-    """Turn `TaskStatusEvent` into `task_status_event`."""
-    return _CAMEL_BOUNDARY.sub("_", name).lower()
+    __slots__ = ()
+
+    def __call__(self) -> str:
+        """Return the name as an exact `str`."""
+        return str(self)
 
 
 class Event(BaseModel):
-    """Base of every Socket.IO event: frozen, so equal events hash equal."""
+    """Base of every Socket.IO event: frozen, so equal events hash equal.
+
+    Each event states its wire name where it is defined,
+    `class TaskAvailable(Event, event_name="task_available")`, so renaming the
+    Python class never changes the wire. A subclass of a named event keeps its
+    parent's name; a direct subclass without one fails when it is defined.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    EVENT_NAME: ClassVar[str | None] = None
-    """Set on a subclass to use another event name than its snake_case class name."""
+    # A `str` class attribute, not a method: wrappers that read `Model.event_name`
+    # (zndraw-socketio's `get_event_name`) get the name itself.
+    event_name: ClassVar[EventName]
+    """The Socket.IO event name; `event_name()` gives the same as a plain `str`."""
 
-    @classmethod
-    def event_name(cls) -> str:
-        """Return the Socket.IO event name of this event class."""
-        override = cls.__dict__.get("EVENT_NAME")
-        return override if override else snake_case(cls.__name__)
+    def __init_subclass__(cls, *, event_name: str | None = None, **kwargs: Any) -> None:
+        """Bind the declared wire name, refusing an event class without one."""
+        super().__init_subclass__(**kwargs)
+        if event_name is None:
+            if not isinstance(getattr(cls, "event_name", None), EventName):
+                raise TypeError(
+                    f"event {cls.__name__} has no wire name: declare it with "
+                    f'`class {cls.__name__}(Event, event_name="...")`'
+                )
+            return
+        if not isinstance(event_name, str) or not event_name:
+            raise TypeError(f"event {cls.__name__}: event_name must be a non-empty str")
+        cls.event_name = EventName(event_name)
 
     def payload(self) -> dict[str, object]:
         """Return the JSON-ready payload sent on the wire."""
         return self.model_dump(mode="json")
 
 
-class JobsInvalidate(Event):
+class JobsInvalidate(Event, event_name="jobs_invalidate"):
     """The room's job list changed; observers should fetch it again."""
 
 
-class TaskAvailable(Event):
+class TaskAvailable(Event, event_name="task_available"):
     """A task was submitted; workers serving its job may claim it."""
 
     job_name: str
@@ -51,7 +67,7 @@ class TaskAvailable(Event):
     task_id: str
 
 
-class TaskStatusEvent(Event):
+class TaskStatusEvent(Event, event_name="task_status_event"):
     """A task changed state."""
 
     id: str
@@ -66,27 +82,27 @@ class TaskStatusEvent(Event):
     error: str | None = None
 
 
-class JoinJobRoom(Event):
+class JoinJobRoom(Event, event_name="join_job_room"):
     """Worker to server: put this connection in `jobs:{job_name}` for `worker_id`."""
 
     job_name: str
     worker_id: str
 
 
-class LeaveJobRoom(Event):
+class LeaveJobRoom(Event, event_name="leave_job_room"):
     """Worker to server: take this connection out of `jobs:{job_name}`."""
 
     job_name: str
     worker_id: str
 
 
-class JoinRoom(Event):
+class JoinRoom(Event, event_name="join_room"):
     """Observer to server (ours): receive the events of `room:{room_id}`."""
 
     room_id: str
 
 
-class LeaveRoom(Event):
+class LeaveRoom(Event, event_name="leave_room"):
     """Observer to server (ours): stop receiving the events of `room:{room_id}`."""
 
     room_id: str
