@@ -2,10 +2,10 @@ import joblib_protocol
 
 EXPECTED = {
     # constants
-    "CLIENT_EVENTS", "DEFAULT_CATEGORIES", "DEFAULT_PAGE_LIMIT", "GLOBAL_ROOM",
-    "INTERNAL_ROOM", "MAX_PAGE_LIMIT", "PROBLEM_CONTENT_TYPE", "PROBLEM_TYPES",
-    "RESERVED_ROOMS", "SERVER_EVENTS", "TERMINAL_STATUSES", "VALID_TRANSITIONS",
-    "__version__",
+    "API_PREFIX", "CLIENT_EVENTS", "DEFAULT_CATEGORIES", "DEFAULT_PAGE_LIMIT",
+    "GLOBAL_ROOM", "INTERNAL_ROOM", "MAX_PAGE_LIMIT", "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_TYPES", "RESERVED_ROOMS", "SERVER_EVENTS", "TERMINAL_STATUSES",
+    "VALID_TRANSITIONS", "__version__",
     # events
     "Emission", "Event", "JobsInvalidate", "JoinJobRoom", "JoinRoom", "LeaveJobRoom",
     "LeaveRoom", "TaskAvailable", "TaskStatusEvent", "job_channel", "room_channel",
@@ -15,8 +15,8 @@ EXPECTED = {
     "TaskSubmitRequest", "TaskUpdateRequest", "WorkerResponse", "WorkerSummary",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
-    "is_valid_transition", "parse_job_name", "validate_job_name", "validate_room_id",
-    "json_schemas",
+    "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",
+    "validate_job_name", "validate_room_id",
     # problems
     "Forbidden", "InternalError", "InternalJobNotConfigured", "InvalidCategory",
     "InvalidJobName", "InvalidRoomId", "InvalidTaskTransition", "JobNotFound",

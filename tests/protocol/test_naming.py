@@ -1,11 +1,13 @@
 import pytest
 
 from joblib_protocol import (
+    API_PREFIX,
     GLOBAL_ROOM,
     INTERNAL_ROOM,
     JobFullName,
     format_job_name,
     is_valid_room_id,
+    join_job_name,
     parse_job_name,
     validate_room_id,
 )
@@ -24,6 +26,7 @@ def test_parse_format_round_trip(full_name: str) -> None:
     parsed = parse_job_name(full_name)
     assert str(parsed) == full_name
     assert format_job_name(*parsed) == full_name
+    assert join_job_name(*parsed) == full_name
 
 
 def test_parse_gives_the_parts() -> None:
@@ -67,3 +70,14 @@ def test_invalid_room_ids(room: str) -> None:
     assert not is_valid_room_id(room)
     with pytest.raises(ValueError, match="room id"):
         validate_room_id(room)
+
+
+def test_join_job_name_does_not_check_its_parts() -> None:
+    # For names read back from storage: the hot paths skip the validation.
+    assert join_job_name("a:b", "", "c") == "a:b::c"
+    with pytest.raises(ValueError, match="room id"):
+        format_job_name("a:b", "modifiers", "c")
+
+
+def test_api_prefix() -> None:
+    assert API_PREFIX == "/v1/joblib"

@@ -17,6 +17,7 @@ from joblib_protocol.events import (
 )
 from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
 from joblib_protocol.naming import (
+    API_PREFIX,
     DEFAULT_CATEGORIES,
     GLOBAL_ROOM,
     INTERNAL_ROOM,
@@ -24,6 +25,7 @@ from joblib_protocol.naming import (
     JobFullName,
     format_job_name,
     is_valid_room_id,
+    join_job_name,
     parse_job_name,
     validate_job_name,
     validate_room_id,
@@ -70,6 +72,7 @@ from joblib_protocol.workers import WorkerResponse, WorkerSummary
 __version__ = "0.1.0"
 
 __all__ = [
+    "API_PREFIX",
     "CLIENT_EVENTS",
     "DEFAULT_CATEGORIES",
     "DEFAULT_PAGE_LIMIT",
@@ -128,6 +131,7 @@ __all__ = [
     "is_valid_room_id",
     "is_valid_transition",
     "job_channel",
+    "join_job_name",
     "json_schemas",
     "parse_job_name",
     "problem_type_for",

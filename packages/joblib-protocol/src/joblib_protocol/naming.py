@@ -1,8 +1,11 @@
-"""Room ids, reserved rooms and job full names (`<room_id>:<category>:<name>`)."""
+"""Names on the wire: the API prefix, room ids, reserved rooms and job full names."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+API_PREFIX = "/v1/joblib"
+"""Where the REST routes live, relative to the server's root."""
 
 GLOBAL_ROOM = "@global"
 """Jobs registered here are visible from every room."""
@@ -65,6 +68,11 @@ def validate_job_name(name: str) -> str:
     return name
 
 
+def join_job_name(room_id: str, category: str, name: str) -> str:
+    """Return `<room_id>:<category>:<name>` without checking the parts (hot paths)."""
+    return f"{room_id}{_SEPARATOR}{category}{_SEPARATOR}{name}"
+
+
 class JobFullName(NamedTuple):
     """The three parts of a job's full name; `str()` gives the wire form."""
 
@@ -73,7 +81,7 @@ class JobFullName(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return _SEPARATOR.join(self)
+        return join_job_name(*self)
 
     @classmethod
     def parse(cls, full_name: str) -> JobFullName:
