@@ -12,6 +12,7 @@ import httpx
 
 from joblib_client.exceptions import JobLibError, TransportError, error_for_problem
 from joblib_protocol import (
+    API_PREFIX,
     JobRegisterRequest,
     JobResponse,
     ProblemDetail,
@@ -20,8 +21,6 @@ from joblib_protocol import (
     TaskStatus,
     WorkerResponse,
 )
-
-API_PREFIX = "/v1/joblib"
 
 _ERROR_TEXT_LIMIT = 500
 

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from joblib_protocol import API_PREFIX
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
 from joblib_server.problems import EXCEPTION_HANDLERS
@@ -17,8 +18,6 @@ from joblib_server.runtime import JobLib
 from joblib_server.settings import Settings
 
 logger = logging.getLogger("joblib_server")
-
-API_PREFIX = "/v1/joblib"
 
 
 def create_app(

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from joblib_protocol import join_job_name
+
 
 def utcnow() -> datetime:
     """Return the current time, timezone-aware, in UTC."""
@@ -41,9 +43,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def job_full_name(room_id: str, category: str, name: str) -> str:
-    """The wire name of a stored job's parts (already valid: no checks)."""
-    return f"{room_id}:{category}:{name}"
+job_full_name = join_job_name
+"""The wire name of a stored job's parts (already valid: no checks)."""
 
 
 class Job(SQLModel, table=True):
