@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 import anyio
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlmodel import SQLModel
 
 from joblib_server import _inline_sqlite
 from joblib_server import tables as _tables  # noqa: F401 - registers the tables
@@ -139,23 +138,11 @@ class Database:
         return cls(create_engine(url, **engine_kwargs))
 
     async def create_tables(self) -> None:
-        """Create joblib's tables where they do not exist yet."""
-        async with self.engine.begin() as connection:
-            # Several server processes may start at once on a new database.
-            if self.dialect.is_sqlite:
-                # Once, at start-up, waiting on the event loop is acceptable.
-                await connection.exec_driver_sql("PRAGMA busy_timeout=30000")
-            else:
-                await connection.execute(
-                    text(
-                        "SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))"
-                    )
-                )
-            await connection.run_sync(SQLModel.metadata.create_all)
-            if self.dialect.is_sqlite:
-                await connection.exec_driver_sql(
-                    f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}"
-                )
+        """Upgrade joblib's tables to the newest revision (`schema.upgrade_schema`)."""
+        # Imported here: `schema` opens its write transaction through this module.
+        from joblib_server.schema import upgrade_schema
+
+        await upgrade_schema(self.engine)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

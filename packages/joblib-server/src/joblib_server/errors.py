@@ -19,6 +19,14 @@ class JobLibError(Exception):
     """Base of every error joblib-server raises on purpose."""
 
 
+class SchemaError(JobLibError):
+    """joblib's tables are in a state this server cannot use or upgrade."""
+
+
+class SchemaNotCurrent(SchemaError):
+    """The database is not at this server's schema revision, and upgrading is off."""
+
+
 class ProblemError(JobLibError):
     """An error the client caused; it becomes an RFC 9457 answer."""
 

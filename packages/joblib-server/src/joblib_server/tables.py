@@ -7,10 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from joblib_protocol import join_job_name
+
+METADATA = sa.MetaData()
+"""joblib's tables and nothing else: never `SQLModel.metadata`, which also holds
+every SQLModel table of a host that imports joblib."""
 
 
 def utcnow() -> datetime:
@@ -47,7 +52,11 @@ job_full_name = join_job_name
 """The wire name of a stored job's parts (already valid: no checks)."""
 
 
-class Job(SQLModel, table=True):
+class JoblibModel(SQLModel, registry=registry(metadata=METADATA)):
+    """Base of joblib's table models: they register on `METADATA` only."""
+
+
+class Job(JoblibModel, table=True):
     """A named capability with the JSON Schema of its parameters."""
 
     __tablename__ = "joblib_job"
@@ -75,7 +84,7 @@ class Job(SQLModel, table=True):
         return job_full_name(self.room_id, self.category, self.name)
 
 
-class Worker(SQLModel, table=True):
+class Worker(JoblibModel, table=True):
     """One running worker process, owned by an identity."""
 
     __tablename__ = "joblib_worker"
@@ -91,7 +100,7 @@ class Worker(SQLModel, table=True):
     )
 
 
-class WorkerJobLink(SQLModel, table=True):
+class WorkerJobLink(JoblibModel, table=True):
     """A worker serves a job."""
 
     __tablename__ = "joblib_worker_job"
@@ -113,7 +122,7 @@ class WorkerJobLink(SQLModel, table=True):
     )
 
 
-class Task(SQLModel, table=True):
+class Task(JoblibModel, table=True):
     """One request to run a job with a payload, submitted in a room."""
 
     __tablename__ = "joblib_task"
