@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -17,10 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from joblib_protocol import Emission, JobsInvalidate, TaskStatusEvent
 from joblib_server import (
+    CleanupReceipt,
     Database,
     Job,
     JobLib,
+    RecordingEmitter,
     Settings,
+    TokenAuth,
     Worker,
     WorkerJobLink,
     cleanup_stale_workers,
@@ -44,6 +47,7 @@ from tests.server.helpers import (
     submit,
     task_row,
 )
+from tests.support import aeventually
 
 pytestmark = pytest.mark.anyio
 
@@ -139,13 +143,26 @@ async def test_cleanup_worker_does_not_commit(
     assert (await alice.patch(f"/workers/{worker_id}")).status_code == 200
 
 
-async def test_cleanup_is_idempotent(alice: httpx.AsyncClient, joblib: JobLib) -> None:
-    worker_id, _ = await serving_job(alice)
-    async with joblib.database.write() as session:
-        assert await cleanup_worker_by_id(session, uuid.UUID(worker_id))
-    async with joblib.database.write() as session:
-        assert await cleanup_worker_by_id(session, uuid.UUID(worker_id)) == set()
-        assert await cleanup_worker_by_id(session, uuid.uuid4()) == set()
+async def test_cleanup_is_idempotent(
+    alice: httpx.AsyncClient, joblib: JobLib, emitter: RecordingEmitter
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    task = await submit(alice, job_name)
+    await claim(alice, worker_id)
+    emitter.clear()
+    first = await joblib.execute(cleanup_worker_by_id, uuid.UUID(worker_id))
+    assert first == CleanupReceipt(
+        uuid.UUID(worker_id), failed=(uuid.UUID(task["id"]),), jobs_removed=(job_name,)
+    )
+    assert _status_events(set(emitter.sent)).keys() == {task["id"]}
+    emitter.clear()
+    again = await joblib.execute(cleanup_worker_by_id, uuid.UUID(worker_id))
+    assert again == CleanupReceipt(uuid.UUID(worker_id))
+    unknown = uuid.uuid4()
+    assert await joblib.execute(cleanup_worker_by_id, unknown) == CleanupReceipt(
+        unknown
+    )
+    assert emitter.sent == []
 
 
 async def test_worker_with_another_worker_keeps_the_job(
@@ -185,7 +202,10 @@ async def test_foreign_keys_are_enforced(
 
 
 async def test_stale_workers_are_cleaned_and_fresh_ones_kept(
-    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
+    alice: httpx.AsyncClient,
+    bob: httpx.AsyncClient,
+    joblib: JobLib,
+    emitter: RecordingEmitter,
 ) -> None:
     stale, job_name = await serving_job(alice)
     fresh, _ = await serving_job(bob, "room2")
@@ -193,9 +213,10 @@ async def test_stale_workers_are_cleaned_and_fresh_ones_kept(
     await claim(alice, stale)
     await _age_worker(joblib, stale)
 
-    async with joblib.database.write() as session:
-        emissions = await cleanup_stale_workers(session, timeout_seconds=60)
-    assert _status_events(emissions).keys() == {task["id"]}
+    emitter.clear()
+    [receipt] = await joblib.execute(cleanup_stale_workers, timeout_seconds=60)
+    assert receipt.worker_id == uuid.UUID(stale)
+    assert _status_events(set(emitter.sent)).keys() == {task["id"]}
     assert (await alice.patch(f"/workers/{stale}")).status_code == 404
     assert (await bob.patch(f"/workers/{fresh}")).status_code == 200
     assert (await get_task(bob, task["id"]))["error"] == "Worker disconnected"
@@ -205,11 +226,9 @@ async def test_the_timeout_decides_who_is_stale(
     alice: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     await serving_job(alice)
-    async with joblib.database.write() as session:
-        assert await cleanup_stale_workers(session, timeout_seconds=60) == set()
+    assert await joblib.execute(cleanup_stale_workers, timeout_seconds=60) == []
     later = utcnow() + timedelta(seconds=61)
-    async with joblib.database.write() as session:
-        assert await cleanup_stale_workers(session, 60, now=later)
+    assert await joblib.execute(cleanup_stale_workers, 60, now=later)
     assert (await row_counts(joblib))["joblib_worker"] == 0
 
 
@@ -225,7 +244,10 @@ async def _internal_running_tasks(
 
 
 async def test_stuck_internal_tasks_are_failed(
-    admin: httpx.AsyncClient, alice: httpx.AsyncClient, joblib: JobLib
+    admin: httpx.AsyncClient,
+    alice: httpx.AsyncClient,
+    joblib: JobLib,
+    emitter: RecordingEmitter,
 ) -> None:
     stuck, recent = await _internal_running_tasks(admin, joblib, 2)
     await _age_task(joblib, stuck)
@@ -235,8 +257,10 @@ async def test_stuck_internal_tasks_are_failed(
     await claim(alice, worker_id, start=True)
     await _age_task(joblib, ordinary["id"])
 
-    async with joblib.database.write() as session:
-        emissions = await cleanup_stuck_internal_tasks(session, timeout_seconds=60)
+    emitter.clear()
+    ids = await joblib.execute(cleanup_stuck_internal_tasks, timeout_seconds=60)
+    assert ids == [uuid.UUID(stuck)]
+    emissions = set(emitter.sent)
     failed = await get_task(admin, stuck)
     assert (failed["status"], failed["error"]) == ("failed", "Internal task timed out")
     assert parse_time(failed["completed_at"])
@@ -246,64 +270,66 @@ async def test_stuck_internal_tasks_are_failed(
 
 
 async def test_sweep_once_does_both(
-    admin: httpx.AsyncClient, alice: httpx.AsyncClient, joblib: JobLib
+    admin: httpx.AsyncClient,
+    alice: httpx.AsyncClient,
+    joblib: JobLib,
+    emitter: RecordingEmitter,
 ) -> None:
     [stuck] = await _internal_running_tasks(admin, joblib, 1)
     await _age_task(joblib, stuck)
     stale, _ = await serving_job(alice)
     await _age_worker(joblib, stale)
-    settings = make_settings(
+    joblib.settings = make_settings(
         worker_timeout_seconds=60, internal_task_timeout_seconds=60
     )
-    emissions = await sweep_once(joblib.database, settings)
+    emitter.clear()
+    sweep = await sweep_once(joblib)
+    assert [r.worker_id for r in sweep.workers] == [uuid.UUID(stale)]
+    assert sweep.internal_tasks == [uuid.UUID(stuck)]
+    emissions = set(emitter.sent)
     assert set(_status_events(emissions)) == {stuck}
     assert "room:room1" in _invalidated_rooms(emissions)
     assert (await alice.patch(f"/workers/{stale}")).status_code == 404
 
 
-class Published:
-    """A publish callback that records, and fails the first `failures` calls."""
+class FlakyEmitter(RecordingEmitter):
+    """Records what it sends, and fails its first `failures` batches."""
 
     def __init__(self, failures: int = 0) -> None:
+        super().__init__()
         self.failures = failures
-        self.calls: list[set[Emission]] = []
-        self._called = anyio.Event()
+        self.batches = 0
 
-    async def __call__(self, emissions: set[Emission]) -> None:
-        self.calls.append(emissions)
-        self._called.set()
-        self._called = anyio.Event()
-        if len(self.calls) <= self.failures:
+    async def emit(self, emissions: Iterable[Emission]) -> None:
+        self.batches += 1
+        if self.batches <= self.failures:
             raise RuntimeError("the emitter is down")
-
-    async def wait_for(self, calls: int) -> None:
-        """Wait until the sweeper has published `calls` times."""
-        with anyio.fail_after(10):
-            while len(self.calls) < calls:
-                await self._called.wait()
+        await super().emit(emissions)
 
 
 def _sweeper_settings() -> Settings:
     return make_settings(sweeper_interval_seconds=0.05, worker_timeout_seconds=60)
 
 
-async def test_sweeper_survives_a_failing_publish(
+async def test_sweeper_survives_a_failing_emitter(
     alice: httpx.AsyncClient,
     joblib: JobLib,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    published = Published(failures=1)
+    joblib.settings = _sweeper_settings()
     first, _ = await serving_job(alice, "room1")
+    second, _ = await serving_job(alice, "room2")
     await _age_worker(joblib, first)
+    joblib.emitter = emitter = FlakyEmitter(failures=1)
     async with anyio.create_task_group() as group:
-        group.start_soon(run_sweeper, joblib.database, _sweeper_settings(), published)
-        await published.wait_for(1)
-        second, _ = await serving_job(alice, "room2")
+        group.start_soon(run_sweeper, joblib)
+        await aeventually(lambda: emitter.batches >= 1, what="the first sweep")
         await _age_worker(joblib, second)
-        await published.wait_for(2)
+        await aeventually(lambda: emitter.sent, what="the second sweep's events")
         group.cancel_scope.cancel()
-    assert _invalidated_rooms(published.calls[1]) == {"room:room2"}
-    assert "sweep failed" in caplog.text
+    assert _invalidated_rooms(set(emitter.sent)) == {"room:room2"}
+    assert "emitting 1 events failed" in caplog.text
+    assert (await row_counts(joblib))["joblib_worker"] == 0
 
 
 @asynccontextmanager
@@ -333,13 +359,18 @@ async def _tableless_database(
 async def test_sweeper_survives_a_failing_sweep(
     database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    published = Published()
+    emitter = RecordingEmitter()
     async with _tableless_database(database_url, tmp_path) as database:
+        joblib = JobLib(
+            database=database,
+            auth=TokenAuth({}),
+            settings=_sweeper_settings(),
+            emitter=emitter,
+        )
         async with anyio.create_task_group() as group:
-            group.start_soon(run_sweeper, database, _sweeper_settings(), published)
-            # The first sweep runs at once; several have failed by now.
-            await anyio.sleep(0.3)
-            assert "sweep failed" in caplog.text
+            group.start_soon(run_sweeper, joblib)
+            # The first sweep runs at once, and fails: there are no tables.
+            await aeventually(lambda: "sweep failed" in caplog.text)
             await database.create_tables()
             async with database.write() as session:
                 worker = Worker(owner_id="alice", last_heartbeat=utcnow() - LONG_AGO)
@@ -347,9 +378,9 @@ async def test_sweeper_survives_a_failing_sweep(
                 session.add_all([worker, job])
                 await session.flush()
                 session.add(WorkerJobLink(worker_id=worker.id, job_id=job.id))
-            await published.wait_for(1)
+            await aeventually(lambda: emitter.sent, what="the sweep after the fix")
             group.cancel_scope.cancel()
         async with database.read() as session:
             left = await session.execute(sa.select(sa.func.count()).select_from(Worker))
             assert left.scalar_one() == 0
-    assert published.calls == [{Emission(JobsInvalidate(), "room:room1")}]
+    assert emitter.sent == [Emission(JobsInvalidate(), "room:room1")]

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from joblib_server import JobLib
-from joblib_server import database as database_module
+from joblib_server.backends import PostgresBackend
 from tests.conftest import _pg_exec
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,7 @@ async def test_a_pooled_connection_cut_while_idle_is_replaced(
     assert (await alice.post("/workers")).status_code == 201
     assert (await alice.get("/workers")).status_code == 200
     # Every pooled connection now counts as idle long enough to be checked.
-    monkeypatch.setattr(database_module, "_PING_AFTER_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(PostgresBackend, "PING_AFTER_IDLE_SECONDS", 0.0)
     name = database_url.rsplit("/", 1)[1]
     await _pg_exec(
         database_url,

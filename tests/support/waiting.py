@@ -38,7 +38,7 @@ def eventually(
 async def aeventually(
     condition: Callable[[], T | Awaitable[T]],
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a deadline, not a cancel scope
     interval: float = 0.01,
     what: str = "the condition",
 ) -> T:

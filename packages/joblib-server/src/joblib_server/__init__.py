@@ -8,10 +8,12 @@ from joblib_server.auth import (
     TokenStore,
     bearer_token,
 )
+from joblib_server.backends import Backend, PostgresBackend, SqliteBackend
 from joblib_server.database import Database, create_engine
 from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
 from joblib_server.errors import JobLibError, ProblemError
 from joblib_server.jobs import soft_delete_orphan_jobs
+from joblib_server.outcome import Operation, Outcome
 from joblib_server.realtime import (
     Realtime,
     SocketIOEmitter,
@@ -20,10 +22,11 @@ from joblib_server.realtime import (
 )
 from joblib_server.runtime import JobLib
 from joblib_server.settings import Settings
-from joblib_server.sweeper import run_sweeper, sweep_once
+from joblib_server.sweeper import Sweep, run_sweeper, sweep_once
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink
 from joblib_server.tasks import cleanup_stuck_internal_tasks
 from joblib_server.workers import (
+    CleanupReceipt,
     cleanup_stale_workers,
     cleanup_worker,
     cleanup_worker_by_id,
@@ -34,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "API_PREFIX",
     "AuthBackend",
+    "Backend",
+    "CleanupReceipt",
     "Database",
     "Emitter",
     "Identity",
@@ -41,11 +46,16 @@ __all__ = [
     "JobLib",
     "JobLibError",
     "NullEmitter",
+    "Operation",
+    "Outcome",
+    "PostgresBackend",
     "ProblemError",
     "Realtime",
     "RecordingEmitter",
     "Settings",
     "SocketIOEmitter",
+    "SqliteBackend",
+    "Sweep",
     "Task",
     "TokenAuth",
     "TokenStore",

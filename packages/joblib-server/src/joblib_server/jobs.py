@@ -27,14 +27,15 @@ from joblib_protocol import (
     validate_job_name,
     validate_room_id,
 )
-from joblib_server._dialects import dialect_of
 from joblib_server.auth import Identity
+from joblib_server.backends import backend_of
 from joblib_server.errors import (
     ProblemError,
     forbidden,
     job_not_found,
     worker_not_found,
 )
+from joblib_server.outcome import Outcome
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -62,13 +63,12 @@ def visible_rooms(room_id: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((room_id, GLOBAL_ROOM, INTERNAL_ROOM)))
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Registration:
     """What `register_job` did."""
 
     job: JobResponse
     created: bool
-    emissions: set[Emission]
 
 
 async def register_job(
@@ -77,9 +77,9 @@ async def register_job(
     room_id: str,
     request: JobRegisterRequest,
     allowed_categories: Sequence[str],
-) -> Registration:
+) -> Outcome[Registration]:
     """Register (or revive) a job and link the worker that serves it."""
-    dialect = dialect_of(session)
+    backend = backend_of(session)
     check_room_id(room_id)
     if room_id in RESERVED_ROOMS and not identity.is_admin:
         raise forbidden(f"only admins may register jobs in {room_id}")
@@ -102,7 +102,7 @@ async def register_job(
         # foreign key when we insert it below.
         found = (
             await session.execute(
-                dialect.locked(select(Worker).where(Worker.id == request.worker_id))
+                backend.locked(select(Worker).where(Worker.id == request.worker_id))
             )
         ).scalar_one_or_none()
         # Another identity's worker is reported as unknown, not as forbidden.
@@ -111,7 +111,7 @@ async def register_job(
         worker = found
 
     inserted = await session.execute(
-        dialect.insert_ignoring_conflicts(
+        backend.insert_ignoring_conflicts(
             JOB_TABLE,
             {
                 "id": uuid.uuid4(),
@@ -131,7 +131,7 @@ async def register_job(
     created = inserted.rowcount == 1  # type: ignore[attr-defined]
     job = (
         await session.execute(
-            dialect.locked(
+            backend.locked(
                 select(Job).where(
                     Job.room_id == room_id,
                     Job.category == request.category,
@@ -151,7 +151,7 @@ async def register_job(
         )
 
     linked = await session.execute(
-        dialect.insert_ignoring_conflicts(
+        backend.insert_ignoring_conflicts(
             LINK_TABLE,
             {"worker_id": worker.id, "job_id": job.id},
             "worker_id",
@@ -162,11 +162,10 @@ async def register_job(
     if created or linked.rowcount == 1:  # type: ignore[attr-defined]
         emissions.add(jobs_invalidate(job.room_id))
     workers = await job_workers(session, [job.id])
-    return Registration(
-        job=job_response(job, workers.get(job.id, []), worker.id),
-        created=created,
-        emissions=emissions,
+    registration = Registration(
+        job=job_response(job, workers.get(job.id, []), worker.id), created=created
     )
+    return Outcome(registration, emissions)
 
 
 async def job_workers(
@@ -259,7 +258,16 @@ async def soft_delete_orphan_jobs(
     session: AsyncSession, job_ids: Iterable[uuid.UUID]
 ) -> set[Emission]:
     """Hide the jobs among `job_ids` that no worker serves and no open task needs."""
-    dialect = dialect_of(session)
+    _hidden, emissions = await hide_orphan_jobs(session, job_ids)
+    return emissions
+
+
+async def hide_orphan_jobs(
+    session: AsyncSession, job_ids: Iterable[uuid.UUID]
+) -> tuple[list[Job], set[Emission]]:
+    """Soft-delete the orphans among `job_ids`; return them and the emissions."""
+    backend = backend_of(session)
+    hidden: list[Job] = []
     emissions: set[Emission] = set()
     for job_id in sorted(set(job_ids)):
         if await _served(session, job_id):
@@ -268,7 +276,7 @@ async def soft_delete_orphan_jobs(
         # fresh snapshot and see a task or link committed while we waited.
         job = (
             await session.execute(
-                dialect.locked(select(Job).where(Job.id == job_id)).execution_options(
+                backend.locked(select(Job).where(Job.id == job_id)).execution_options(
                     populate_existing=True
                 )
             )
@@ -290,8 +298,9 @@ async def soft_delete_orphan_jobs(
         if open_task is not None:
             continue
         job.deleted = True
+        hidden.append(job)
         emissions.add(jobs_invalidate(job.room_id))
-    return emissions
+    return hidden, emissions
 
 
 _SERVED = (

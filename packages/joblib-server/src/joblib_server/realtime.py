@@ -6,7 +6,6 @@ Event names and payloads come from `joblib_protocol` only.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 from pydantic import ValidationError
-from sqlmodel import select
 
 from joblib_protocol import (
     Emission,
@@ -27,15 +25,14 @@ from joblib_protocol import (
     LeaveRoom,
     ProblemType,
     ValidationFailed,
-    WorkerNotFound,
     job_channel,
     room_channel,
     validate_room_id,
 )
 from joblib_server.auth import Identity
 from joblib_server.emitter import ordered
-from joblib_server.tables import Job, Worker, WorkerJobLink
-from joblib_server.workers import cleanup_worker_by_id
+from joblib_server.errors import ProblemError
+from joblib_server.workers import cleanup_worker_by_id, heartbeat, join_job
 
 if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
@@ -165,76 +162,71 @@ class Realtime:
             # A worker that reconnected joins from its new socket before the old
             # one is found dead; only the last of its sockets cleans it up.
             try:
-                emissions = await self.joblib.write(
-                    functools.partial(cleanup_worker_by_id, worker_id=worker_id)
-                )
+                receipt = await self.joblib.execute(cleanup_worker_by_id, worker_id)
             except Exception:
                 logger.exception(
                     "cleaning up worker %s after disconnect failed", worker_id
                 )
                 continue
-            if emissions:
-                logger.info("worker %s disconnected; cleaned up", worker_id)
-            await self.joblib.publish(emissions)
+            logger.info(
+                "worker %s disconnected; cleaned up (%d tasks failed)",
+                worker_id,
+                len(receipt.failed),
+            )
 
     # worker rooms
 
-    async def _check_worker(
-        self, sid: str, data: Any, model: type[JoinJobRoom] | type[LeaveJobRoom]
-    ) -> tuple[JoinJobRoom | LeaveJobRoom, uuid.UUID] | dict[str, Any]:
+    async def _as_worker(
+        self,
+        sid: str,
+        data: Any,
+        model: type[JoinJobRoom] | type[LeaveJobRoom],
+        operation: Callable[[Identity, uuid.UUID, str], Awaitable[object]],
+    ) -> tuple[str, uuid.UUID] | dict[str, Any]:
+        """Validate a worker event and run `operation` for it; a refusal otherwise."""
         connection = self.connections.get(sid)
         if connection is None:
             return _refusal(Forbidden, "this connection is not authenticated")
         try:
             event = model.model_validate(data)
             worker_id = uuid.UUID(event.worker_id)
-            name = JobFullName.parse(event.job_name)
+            JobFullName.parse(event.job_name)
         except (ValidationError, ValueError) as exc:
             return _refusal(ValidationFailed, str(exc))
-        async with self.joblib.database.read() as session:
-            owner = (
-                await session.execute(
-                    select(Worker.owner_id).where(Worker.id == worker_id)
-                )
-            ).scalar_one_or_none()
-            if owner is None or owner != connection.identity.id:
-                return _refusal(WorkerNotFound, f"no worker {worker_id} of yours")
-            if isinstance(event, JoinJobRoom):
-                linked = (
-                    await session.execute(
-                        select(WorkerJobLink.worker_id)
-                        .join(Job, Job.id == WorkerJobLink.job_id)  # type: ignore[arg-type]
-                        .where(
-                            WorkerJobLink.worker_id == worker_id,
-                            Job.room_id == name.room_id,
-                            Job.category == name.category,
-                            Job.name == name.name,
-                        )
-                    )
-                ).first()
-                if linked is None:
-                    return _refusal(
-                        Forbidden, f"worker {worker_id} does not serve {event.job_name}"
-                    )
-        return event, worker_id
+        try:
+            await operation(connection.identity, worker_id, event.job_name)
+        except ProblemError as exc:
+            return {"ok": False, "error": exc.document().model_dump(exclude_none=True)}
+        return event.job_name, worker_id
 
     async def join_job_room(self, sid: str, data: Any) -> dict[str, Any]:
         """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns."""
-        checked = await self._check_worker(sid, data, JoinJobRoom)
+
+        async def join(identity: Identity, worker_id: uuid.UUID, job: str) -> None:
+            await self.joblib.execute(join_job, identity, worker_id, job)
+
+        checked = await self._as_worker(sid, data, JoinJobRoom, join)
         if isinstance(checked, dict):
             return checked
-        event, worker_id = checked
-        await self.sio.enter_room(sid, job_channel(event.job_name))
-        self.connections[sid].workers.add(worker_id)
+        job_name, worker_id = checked
+        await self.sio.enter_room(sid, job_channel(job_name))
+        connection = self.connections.get(sid)
+        if connection is not None:
+            connection.workers.add(worker_id)
         return _OK
 
     async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:
-        """`leave_job_room`: leave `jobs:{job_name}`."""
-        checked = await self._check_worker(sid, data, LeaveJobRoom)
+        """`leave_job_room`: leave `jobs:{job_name}` (the caller's own worker only)."""
+
+        async def leave(identity: Identity, worker_id: uuid.UUID, _job: str) -> None:
+            # The heartbeat's ownership rule; leaving is a sign of life too.
+            await self.joblib.execute(heartbeat, worker_id, identity)
+
+        checked = await self._as_worker(sid, data, LeaveJobRoom, leave)
         if isinstance(checked, dict):
             return checked
-        event, _worker_id = checked
-        await self.sio.leave_room(sid, job_channel(event.job_name))
+        job_name, _worker_id = checked
+        await self.sio.leave_room(sid, job_channel(job_name))
         return _OK
 
     # observers

@@ -1,4 +1,4 @@
-"""The REST endpoints: protocol model in, one operation, commit, emit, model out."""
+"""The REST endpoints: parse a protocol model, execute one operation, answer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,15 +22,14 @@ from joblib_protocol import (
     PayloadTooLarge,
     TaskClaimRequest,
     TaskClaimResponse,
+    TaskResponse,
     TaskStatus,
     TaskSubmitRequest,
     TaskUpdateRequest,
     Unauthorized,
     ValidationFailed,
-    WorkerResponse,
-    is_terminal,
 )
-from joblib_server import jobs, tasks, workers
+from joblib_server import dispatch, jobs, tasks, workers
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
 from joblib_server.problems import validation_problem
@@ -235,12 +233,8 @@ class RestApi:
     async def create_worker(self, request: Request) -> Response:
         """`POST /workers`."""
         identity = await self.identity(request)
-        worker = await self.joblib.write(
-            lambda session: workers.create_worker(session, identity)
-        )
-        return _json(
-            WorkerResponse(id=worker.id, last_heartbeat=worker.last_heartbeat), 201
-        )
+        worker = await self.joblib.execute(workers.create_worker, identity)
+        return _json(worker, 201)
 
     async def list_workers(self, request: Request) -> Response:
         """`GET /workers`."""
@@ -256,20 +250,14 @@ class RestApi:
         """`PATCH /workers/{worker_id}`."""
         identity = await self.identity(request)
         worker_id = _uuid(request, "worker_id")
-        beat = await self.joblib.write(
-            lambda session: workers.heartbeat(session, worker_id, identity)
-        )
+        beat = await self.joblib.execute(workers.heartbeat, worker_id, identity)
         return _json(beat)
 
     async def delete_worker(self, request: Request) -> Response:
         """`DELETE /workers/{worker_id}`."""
         identity = await self.identity(request)
         worker_id = _uuid(request, "worker_id")
-        emissions = await self.joblib.write(
-            lambda session: workers.delete_worker(session, worker_id, identity)
-        )
-        self.joblib.claims.release(worker_id)
-        await self.joblib.publish(emissions)
+        await self.joblib.execute(workers.delete_worker, worker_id, identity)
         return Response(status_code=204)
 
     # jobs
@@ -278,17 +266,13 @@ class RestApi:
         """`PUT /rooms/{room_id}/jobs`."""
         identity = await self.identity(request)
         body = await self.body(request, JobRegisterRequest)
-        room_id = request.path_params["room_id"]
-        registration = await self.joblib.write(
-            lambda session: jobs.register_job(
-                session,
-                identity,
-                room_id,
-                body,
-                self.joblib.settings.allowed_categories,
-            )
+        registration = await self.joblib.execute(
+            jobs.register_job,
+            identity,
+            request.path_params["room_id"],
+            body,
+            self.joblib.settings.allowed_categories,
         )
-        await self.joblib.publish(registration.emissions)
         return _json(registration.job, 201 if registration.created else 200)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -357,27 +341,21 @@ class RestApi:
         """`POST /rooms/{room_id}/tasks/{full_name}`."""
         identity = await self.identity(request)
         body = await self.body(request, TaskSubmitRequest)
-        room_id = request.path_params["room_id"]
-        full_name = request.path_params["full_name"]
-        change = await self.joblib.write(
-            lambda session: tasks.submit_task(
-                session,
-                identity,
-                room_id,
-                full_name,
-                body.payload,
-                internal_jobs=self.joblib.internal_jobs,
-            )
+        task = await self.joblib.execute(
+            tasks.submit_task,
+            identity,
+            request.path_params["room_id"],
+            request.path_params["full_name"],
+            body.payload,
+            internal_jobs=self.joblib.internal_jobs,
         )
-        await self.joblib.publish(change.emissions)
-        assert change.task is not None
         # What url_for("get_task") gives, without matching the route table again:
         # root_path holds the mount point (and any proxy prefix).
-        location = f"{request.scope.get('root_path', '')}/tasks/{change.task.id}"
-        return _json(change.task, 202, {"Location": location, "Retry-After": "1"})
+        location = f"{request.scope.get('root_path', '')}/tasks/{task.id}"
+        return _json(task, 202, {"Location": location, "Retry-After": "1"})
 
     async def claim_task(self, request: Request) -> Response:
-        """`POST /tasks/claim`; with `Prefer: wait=N`, parked until a task comes."""
+        """`POST /tasks/claim`; with `Prefer: wait=N`, held until a task comes."""
         identity = await self.identity(request)
         body = await self.body(request, TaskClaimRequest)
         settings = self.joblib.settings
@@ -385,57 +363,27 @@ class RestApi:
             request.headers.get("prefer"), settings.long_poll_max_wait_seconds
         )
 
-        async def claim() -> tasks.TaskChange:
-            return await self.joblib.write(
-                lambda session: tasks.claim_task(
-                    session, identity, body.worker_id, start=body.start
-                )
+        async def claim() -> dispatch.Claim:
+            return await self.joblib.execute(
+                tasks.claim_task, identity, body.worker_id, start=body.start
             )
 
         if not wait:
             # No wait asked, or the server caps it at nothing: answer at once,
             # without Preference-Applied, so the client knows to pause itself.
-            change = await claim()
-            await self.joblib.publish(change.emissions)
-            return _json(TaskClaimResponse(task=change.task))
-        deadline = anyio.current_time() + wait
-        claims = self.joblib.claims
-        jobs = claims.known_jobs(body.worker_id)
-        woken_for: str | None = None  # the job whose new task woke this claim
-        while True:
-            # Parked before claiming, so a task submitted in between still wakes us.
-            with claims.park(body.worker_id, jobs) as parked:
-                change = await claim()
-                if change.task is not None and woken_for not in (
-                    None,
-                    change.task.job_name,
-                ):
-                    # We took an older task of another job: the one that woke us
-                    # still waits for a claim.
-                    claims.wake(woken_for)
-                remaining = deadline - anyio.current_time()
-                if change.task is not None or remaining <= 0:
-                    break
-                if set(change.jobs) != set(jobs):
-                    # Parked on the wrong jobs (or none yet): park on the right
-                    # ones and claim again, so nothing submitted meanwhile is missed.
-                    jobs = change.jobs
-                    claims.remember(body.worker_id, jobs)
-                    continue
-                # The re-check also catches tasks submitted in other processes.
-                with anyio.move_on_after(
-                    min(remaining, settings.long_poll_recheck_seconds)
-                ):
-                    await parked.woken.wait()
-                woken_for = parked.woken_for
-            if await request.is_disconnected():
-                # Nobody would receive a task claimed now: let another claim it.
-                if woken_for is not None:
-                    claims.wake(woken_for)
-                return Response(status_code=204)
-        await self.joblib.publish(change.emissions)
+            return _json(TaskClaimResponse(task=(await claim()).task))
+        held = await dispatch.hold_claim(
+            claim,
+            self.joblib.claims,
+            body.worker_id,
+            wait=wait,
+            recheck=settings.long_poll_recheck_seconds,
+            client_gone=request.is_disconnected,
+        )
+        if held is None:
+            return Response(status_code=204)
         applied = {"Preference-Applied": f"wait={_format_wait(wait)}"}
-        return _json(TaskClaimResponse(task=change.task), 200, applied)
+        return _json(TaskClaimResponse(task=held.task), 200, applied)
 
     async def get_task(self, request: Request) -> Response:
         """`GET /tasks/{task_id}`, long-polling with `Prefer: wait=N`."""
@@ -445,23 +393,20 @@ class RestApi:
         wait = prefer_wait(
             request.headers.get("prefer"), settings.long_poll_max_wait_seconds
         )
-        deadline = anyio.current_time() + (wait or 0)
-        while True:
-            # Watch before reading, so a change committed in between still wakes us.
-            with self.joblib.waiters.watch(task_id) as finished:
-                async with self.joblib.database.read() as session:
-                    task = await tasks.get_task(session, task_id)
-                remaining = deadline - anyio.current_time()
-                if wait is None or is_terminal(task.status) or remaining <= 0:
-                    break
-                # No connection is held while waiting; the re-check sees changes
-                # made by other server processes.
-                with anyio.move_on_after(
-                    min(remaining, settings.long_poll_recheck_seconds)
-                ):
-                    await finished.wait()
+
+        async def read() -> TaskResponse:
+            async with self.joblib.database.read() as session:
+                return await tasks.get_task(session, task_id)
+
         if wait is None:
-            return _json(task)
+            return _json(await read())
+        task = await dispatch.wait_until_terminal(
+            read,
+            self.joblib.waiters,
+            task_id,
+            wait=wait,
+            recheck=settings.long_poll_recheck_seconds,
+        )
         return _json(task, 200, {"Preference-Applied": f"wait={_format_wait(wait)}"})
 
     async def update_task(self, request: Request) -> Response:
@@ -469,12 +414,8 @@ class RestApi:
         identity = await self.identity(request)
         task_id = _uuid(request, "task_id")
         body = await self.body(request, TaskUpdateRequest)
-        change = await self.joblib.write(
-            lambda session: tasks.update_task(session, identity, task_id, body)
-        )
-        await self.joblib.publish(change.emissions)
-        assert change.task is not None
-        return _json(change.task)
+        task = await self.joblib.execute(tasks.update_task, identity, task_id, body)
+        return _json(task)
 
     async def openapi(self, request: Request) -> Response:
         """`GET /openapi.json`: the OpenAPI description of these routes."""

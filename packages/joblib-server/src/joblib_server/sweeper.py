@@ -3,46 +3,61 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
-from joblib_protocol import Emission
-from joblib_server.database import Database
-from joblib_server.settings import Settings
 from joblib_server.tasks import cleanup_stuck_internal_tasks
-from joblib_server.workers import cleanup_stale_workers
+from joblib_server.workers import CleanupReceipt, cleanup_stale_workers
+
+if TYPE_CHECKING:
+    from joblib_server.runtime import JobLib
 
 logger = logging.getLogger("joblib_server.sweeper")
 
-Publish = Callable[[set[Emission]], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one sweep did."""
+
+    workers: list[CleanupReceipt] = field(default_factory=list)
+    """The workers removed for a stale heartbeat."""
+    internal_tasks: list[uuid.UUID] = field(default_factory=list)
+    """The ids of the `@internal` tasks failed for running too long."""
+
+    def __bool__(self) -> bool:
+        """Whether the sweep changed anything."""
+        return bool(self.workers or self.internal_tasks)
 
 
-async def sweep_once(database: Database, settings: Settings) -> set[Emission]:
-    """Run one sweep in its own transactions and return what to emit."""
-    async with database.write() as session:
-        emissions = await cleanup_stale_workers(
-            session, settings.worker_timeout_seconds
-        )
-    async with database.write() as session:
-        emissions |= await cleanup_stuck_internal_tasks(
-            session, settings.internal_task_timeout_seconds
-        )
-    return emissions
+async def sweep_once(joblib: JobLib) -> Sweep:
+    """Run one sweep: each part a change of its own, through `JobLib.execute`."""
+    settings = joblib.settings
+    workers = await joblib.execute(
+        cleanup_stale_workers, settings.worker_timeout_seconds
+    )
+    tasks = await joblib.execute(
+        cleanup_stuck_internal_tasks, settings.internal_task_timeout_seconds
+    )
+    return Sweep(workers, list(tasks))
 
 
-async def run_sweeper(database: Database, settings: Settings, publish: Publish) -> None:
+async def run_sweeper(joblib: JobLib) -> None:
     """Sweep every interval until cancelled; a failed sweep is logged, not fatal."""
     while True:
         try:
             # A sweep cut off mid-transaction by shutdown can leave its pooled
             # connection half-closed and shutdown hanging: finish it first.
             with anyio.CancelScope(shield=True):
-                emissions = await sweep_once(database, settings)
-            if emissions:
-                logger.info("sweeper cleaned up; %d events", len(emissions))
-                # Inside the try: a publish that fails must not end the sweeper.
-                await publish(emissions)
+                sweep = await sweep_once(joblib)
+            if sweep:
+                logger.info(
+                    "sweeper removed %d workers and failed %d internal tasks",
+                    len(sweep.workers),
+                    len(sweep.internal_tasks),
+                )
         except Exception:
             logger.exception("sweep failed; trying again next interval")
-        await anyio.sleep(settings.sweeper_interval_seconds)
+        await anyio.sleep(joblib.settings.sweeper_interval_seconds)

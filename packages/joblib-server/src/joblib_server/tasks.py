@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,8 +34,9 @@ from joblib_protocol import (
     is_valid_transition,
     job_channel,
 )
-from joblib_server._dialects import PENDING, dialect_of
 from joblib_server.auth import Identity
+from joblib_server.backends import PENDING, backend_of
+from joblib_server.dispatch import Claim
 from joblib_server.errors import (
     ProblemError,
     forbidden,
@@ -49,6 +50,7 @@ from joblib_server.jobs import (
     job_name_in_room,
     soft_delete_orphan_jobs,
 )
+from joblib_server.outcome import Outcome
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -158,16 +160,6 @@ def _job_name(row: Any) -> str:
     return job_full_name(row.job_room_id, row.job_category, row.job_name)
 
 
-@dataclass
-class TaskChange:
-    """A task as it is after an operation, and what to tell the world about it."""
-
-    task: TaskResponse | None
-    emissions: set[Emission] = field(default_factory=set)
-    # After an empty claim: the full names of the worker's jobs, to wait on.
-    jobs: tuple[str, ...] = ()
-
-
 async def _pending_heads(
     session: AsyncSession, job_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
@@ -219,7 +211,7 @@ async def submit_task(
     payload: dict[str, Any],
     *,
     internal_jobs: bool = False,
-) -> TaskChange:
+) -> Outcome[TaskResponse]:
     """Queue a task for a job visible from `room_id`."""
     name = job_name_in_room(room_id, full_name)
     if name.room_id == INTERNAL_ROOM and not internal_jobs:
@@ -274,7 +266,7 @@ async def submit_task(
                 job_channel(full_name),
             )
         )
-    return TaskChange(task_response(task, position), emissions)
+    return Outcome(task_response(task, position), emissions)
 
 
 async def claim_task(
@@ -283,9 +275,9 @@ async def claim_task(
     worker_id: uuid.UUID,
     *,
     start: bool = False,
-) -> TaskChange:
-    """Claim the worker's oldest pending task, atomically; None when there is none."""
-    claim = dialect_of(session).claim_statement(start=start)
+) -> Outcome[Claim]:
+    """Claim the worker's oldest pending task, atomically; none when there is none."""
+    claim = backend_of(session).claim_statement(start=start)
     now = utcnow()
     await touch_worker(session, worker_id, identity, now)  # a claim proves life
     connection = await session.connection()
@@ -304,8 +296,8 @@ async def claim_task(
             # Observers still see the task pass through claimed.
             claimed = replace(task, status=TaskStatus.CLAIMED.value, started_at=None)
             emissions.add(task_emission(claimed))
-        return TaskChange(task_response(task, None), emissions)
-    return TaskChange(None, jobs=tuple(_job_name(row) for row in queues))
+        return Outcome(Claim(task_response(task, None)), emissions)
+    return Outcome(Claim(None, jobs=tuple(_job_name(row) for row in queues)))
 
 
 def _oldest(row: Any) -> Any:
@@ -317,13 +309,12 @@ async def update_task(
     identity: Identity,
     task_id: uuid.UUID,
     request: TaskUpdateRequest,
-) -> TaskChange:
+) -> Outcome[TaskResponse]:
     """Move a task to a new state, as its worker's owner, an admin, or its submitter."""
-    dialect = dialect_of(session)
     connection = await session.connection()
     # Only the task row is locked: locking the job row too would queue every
     # update of a job behind the others.
-    locked = dialect.locked(_TASK_TO_UPDATE, of=_task)
+    locked = backend_of(session).locked(_TASK_TO_UPDATE, of=_task)
     row = (await connection.execute(locked, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
@@ -357,7 +348,7 @@ async def update_task(
     emissions = {task_emission(task)}
     if is_terminal(new):
         emissions |= await soft_delete_orphan_jobs(session, [row.job_id])
-    return TaskChange(task_response(task, None), emissions)
+    return Outcome(task_response(task, None), emissions)
 
 
 def _invalid_error(msg: str) -> ProblemError:
@@ -413,13 +404,13 @@ async def list_tasks(
 
 async def cleanup_stuck_internal_tasks(
     session: AsyncSession, timeout_seconds: float, now: datetime | None = None
-) -> set[Emission]:
+) -> Outcome[list[uuid.UUID]]:
     """Fail `@internal` tasks that have been running longer than the timeout."""
-    dialect = dialect_of(session)
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
     rows = await session.execute(
-        dialect.locked(
+        backend_of(session)
+        .locked(
             select(Task, Job)
             .join(Job, col(Job.id) == Task.job_id)
             .where(
@@ -429,14 +420,17 @@ async def cleanup_stuck_internal_tasks(
             ),
             skip_locked=True,
             of=Task,
-        ).execution_options(populate_existing=True)
+        )
+        .execution_options(populate_existing=True)
     )
     emissions: set[Emission] = set()
     jobs: set[uuid.UUID] = set()
+    failed: list[uuid.UUID] = []
     for task, job in rows:
         task.fail(INTERNAL_TASK_TIMED_OUT, now)
         emissions.add(task_emission(TaskRow.of(task, job.full_name)))
         jobs.add(job.id)
+        failed.append(task.id)
     await session.flush()
     emissions |= await soft_delete_orphan_jobs(session, jobs)
-    return emissions
+    return Outcome(failed, emissions)

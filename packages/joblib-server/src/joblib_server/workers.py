@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,11 +11,18 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from joblib_protocol import Emission, TaskStatus, WorkerResponse, WorkerSummary
-from joblib_server._dialects import dialect_of
+from joblib_protocol import (
+    Emission,
+    JobFullName,
+    TaskStatus,
+    WorkerResponse,
+    WorkerSummary,
+)
 from joblib_server.auth import Identity
+from joblib_server.backends import backend_of
 from joblib_server.errors import forbidden, worker_not_found
-from joblib_server.jobs import check_room_id, soft_delete_orphan_jobs, visible_rooms
+from joblib_server.jobs import check_room_id, hide_orphan_jobs, visible_rooms
+from joblib_server.outcome import Outcome
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -58,6 +66,17 @@ _JOB_NAMES = sa.select(_job.c.id, _job.c.room_id, _job.c.category, _job.c.name).
     _job.c.id.in_(sa.bindparam("b_jobs", expanding=True))
 )
 
+_SERVES = (
+    sa.select(_link.c.job_id)
+    .join(_job, _job.c.id == _link.c.job_id)
+    .where(
+        _link.c.worker_id == sa.bindparam("b_worker"),
+        _job.c.room_id == sa.bindparam("b_room"),
+        _job.c.category == sa.bindparam("b_category"),
+        _job.c.name == sa.bindparam("b_name"),
+    )
+)
+
 _TOUCH = (
     sa.update(_worker)
     .where(
@@ -69,19 +88,48 @@ _TOUCH = (
 )
 
 
-async def create_worker(session: AsyncSession, identity: Identity) -> Worker:
+@dataclass(frozen=True, slots=True)
+class CleanupReceipt:
+    """What cleaning up one worker did."""
+
+    worker_id: uuid.UUID
+    failed: tuple[uuid.UUID, ...] = ()
+    """The worker's claimed and running tasks, now failed."""
+    jobs_removed: tuple[str, ...] = ()
+    """The jobs soft-deleted because nobody serves them any more."""
+
+
+async def create_worker(
+    session: AsyncSession, identity: Identity
+) -> Outcome[WorkerResponse]:
     """Create a worker owned by `identity`."""
     worker = Worker(owner_id=identity.id)
     session.add(worker)
     await session.flush()
-    return worker
+    return Outcome(WorkerResponse(id=worker.id, last_heartbeat=worker.last_heartbeat))
 
 
 async def _locked_worker(session: AsyncSession, worker_id: uuid.UUID) -> Worker | None:
     # Locked so that concurrent cleanups of one worker run one after the other:
     # the second then finds the row gone and does nothing.
-    statement = dialect_of(session).locked(select(Worker).where(Worker.id == worker_id))
+    statement = backend_of(session).locked(select(Worker).where(Worker.id == worker_id))
     return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def refuse_foreign_worker(
+    session: AsyncSession, worker_id: uuid.UUID, identity: Identity
+) -> None:
+    """The one rule for a worker the caller may not act as: 404 unknown, 403 another's.
+
+    Returns when the worker exists and is the caller's.
+    """
+    owner = (
+        await session.execute(select(Worker.owner_id).where(Worker.id == worker_id))
+    ).scalar_one_or_none()
+    if owner is None:
+        raise worker_not_found(worker_id)
+    if owner != identity.id:
+        raise forbidden(f"worker {worker_id} belongs to another identity")
 
 
 async def owned_worker(
@@ -95,8 +143,8 @@ async def owned_worker(
     worker = await _locked_worker(session, worker_id)
     if worker is None:
         raise worker_not_found(worker_id)
-    if worker.owner_id != identity.id and not (admin_may and identity.is_admin):
-        raise forbidden(f"worker {worker_id} belongs to another identity")
+    if not (admin_may and identity.is_admin):
+        await refuse_foreign_worker(session, worker_id, identity)
     return worker
 
 
@@ -112,21 +160,44 @@ async def touch_worker(
     beat = (await connection.execute(_TOUCH, params)).scalar_one_or_none()
     if beat is None:
         # Only on the error path: tell an unknown worker from another's.
-        owner = await session.execute(
-            select(Worker.owner_id).where(Worker.id == worker_id)
-        )
-        if owner.first() is None:
-            raise worker_not_found(worker_id)
-        raise forbidden(f"worker {worker_id} belongs to another identity")
+        await refuse_foreign_worker(session, worker_id, identity)
+        raise worker_not_found(worker_id)  # deleted between the two statements
     return beat
 
 
 async def heartbeat(
     session: AsyncSession, worker_id: uuid.UUID, identity: Identity
-) -> WorkerResponse:
+) -> Outcome[WorkerResponse]:
     """Record that the worker is alive."""
     beat = await touch_worker(session, worker_id, identity)
-    return WorkerResponse(id=worker_id, last_heartbeat=beat)
+    return Outcome(WorkerResponse(id=worker_id, last_heartbeat=beat))
+
+
+async def join_job(
+    session: AsyncSession, identity: Identity, worker_id: uuid.UUID, job_name: str
+) -> Outcome[None]:
+    """Check that the caller's worker serves `job_name` (Socket.IO `join_job_room`).
+
+    Joining is a sign of life, like a heartbeat, and follows the same ownership rule.
+    """
+    await touch_worker(session, worker_id, identity)
+    try:
+        name = JobFullName.parse(job_name)
+    except ValueError:
+        name = None
+    linked = None
+    if name is not None:
+        connection = await session.connection()
+        params = {
+            "b_worker": worker_id,
+            "b_room": name.room_id,
+            "b_category": name.category,
+            "b_name": name.name,
+        }
+        linked = (await connection.execute(_SERVES, params)).first()
+    if linked is None:
+        raise forbidden(f"worker {worker_id} does not serve {job_name}")
+    return Outcome(None)
 
 
 async def list_workers(
@@ -170,10 +241,11 @@ async def list_workers(
 
 async def delete_worker(
     session: AsyncSession, worker_id: uuid.UUID, identity: Identity
-) -> set[Emission]:
+) -> Outcome[CleanupReceipt]:
     """Remove a worker as its owner or an admin (`DELETE /workers/{id}`)."""
     worker = await owned_worker(session, worker_id, identity, admin_may=True)
-    return await cleanup_worker(session, worker)
+    receipt, emissions = await _cleanup(session, worker, WORKER_DISCONNECTED)
+    return Outcome(receipt, emissions, frozenset({worker.id}))
 
 
 async def cleanup_worker(
@@ -184,9 +256,17 @@ async def cleanup_worker(
 ) -> set[Emission]:
     """Fail the worker's in-flight tasks, remove it, and hide the jobs left orphaned.
 
-    Runs in the caller's transaction and does not commit: the caller commits and
-    then emits the returned emissions.
+    A building block: it runs in the caller's transaction, does not commit, and
+    returns the emissions. To clean up a worker as one change, with everything
+    that follows the commit, run `JobLib.execute(cleanup_worker_by_id, worker_id)`.
     """
+    _receipt, emissions = await _cleanup(session, worker, error)
+    return emissions
+
+
+async def _cleanup(
+    session: AsyncSession, worker: Worker, error: str
+) -> tuple[CleanupReceipt, set[Emission]]:
     connection = await session.connection()
     params = {"b_worker": worker.id, "b_error": error, "b_now": utcnow()}
     # On PostgreSQL the UPDATE locks the failed tasks (the same row locks a
@@ -206,34 +286,40 @@ async def cleanup_worker(
         emissions.add(task_emission(TaskRow.of(row, name)))
     for job_id in unlinked:
         emissions.add(jobs_invalidate(jobs[job_id].room_id))
-    emissions |= await soft_delete_orphan_jobs(session, affected)
-    return emissions
+    hidden, more = await hide_orphan_jobs(session, affected)
+    emissions |= more
+    receipt = CleanupReceipt(
+        worker_id=worker.id,
+        failed=tuple(row.id for row in failed),
+        jobs_removed=tuple(sorted(job.full_name for job in hidden)),
+    )
+    return receipt, emissions
 
 
 async def cleanup_worker_by_id(
     session: AsyncSession, worker_id: uuid.UUID
-) -> set[Emission]:
-    """Clean up a worker by id; a worker already gone is a no-op."""
+) -> Outcome[CleanupReceipt]:
+    """Clean up a worker by id, as one change; a worker already gone is a no-op."""
     worker = await _locked_worker(session, worker_id)
     if worker is None:
-        return set()
-    return await cleanup_worker(session, worker)
+        return Outcome(CleanupReceipt(worker_id))
+    receipt, emissions = await _cleanup(session, worker, WORKER_DISCONNECTED)
+    return Outcome(receipt, emissions, frozenset({worker_id}))
 
 
 async def cleanup_stale_workers(
     session: AsyncSession,
     timeout_seconds: float,
     now: datetime | None = None,
-) -> set[Emission]:
+) -> Outcome[list[CleanupReceipt]]:
     """Clean up every worker whose last heartbeat is older than the timeout."""
-    dialect = dialect_of(session)
     cutoff = (now or utcnow()) - timedelta(seconds=timeout_seconds)
     # SKIP LOCKED: another server process sweeping at the same moment takes
     # the rows we do not, instead of both cleaning up the same worker.
     stale = (
         (
             await session.execute(
-                dialect.locked(
+                backend_of(session).locked(
                     select(Worker)
                     .where(col(Worker.last_heartbeat) < cutoff)
                     .order_by(col(Worker.last_heartbeat)),
@@ -244,7 +330,10 @@ async def cleanup_stale_workers(
         .scalars()
         .all()
     )
+    receipts: list[CleanupReceipt] = []
     emissions: set[Emission] = set()
     for worker in stale:
-        emissions |= await cleanup_worker(session, worker)
-    return emissions
+        receipt, more = await _cleanup(session, worker, WORKER_DISCONNECTED)
+        receipts.append(receipt)
+        emissions |= more
+    return Outcome(receipts, emissions, frozenset(r.worker_id for r in receipts))

@@ -1,14 +1,29 @@
-"""In-process wake-ups for long-polls: a GET waiting on a task, a parked claim."""
+"""Waiting for work: held claims and task long-polls, and what wakes them.
+
+A held claim (`POST /tasks/claim` with `Prefer: wait=N`) parks until a task of one
+of its worker's jobs is submitted; a long-poll (`GET /tasks/{id}` with `Prefer:
+wait=N`) waits until its task is terminal. Both are woken in-process by the
+emissions `JobLib.execute` publishes after each commit, and re-check every
+`long_poll_recheck_seconds` for changes made by other server processes. The loops
+take their database work as callables, so routes stay parse, call, answer.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import anyio
 
-from joblib_protocol import Emission, TaskAvailable, TaskStatusEvent, is_terminal
+from joblib_protocol import (
+    Emission,
+    TaskAvailable,
+    TaskResponse,
+    TaskStatusEvent,
+    is_terminal,
+)
 
 
 class TaskWaiters:
@@ -132,3 +147,80 @@ class ClaimWaiters:
 
     def __len__(self) -> int:
         return len({id(p) for queue in self._by_job.values() for p in queue})
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim found: a task, or none and the jobs the worker serves."""
+
+    task: TaskResponse | None
+    jobs: tuple[str, ...] = ()
+    """After an empty claim: the full names of the worker's jobs, to park on."""
+
+
+async def hold_claim(
+    claim: Callable[[], Awaitable[Claim]],
+    claims: ClaimWaiters,
+    worker_id: uuid.UUID,
+    *,
+    wait: float,
+    recheck: float,
+    client_gone: Callable[[], Awaitable[bool]],
+) -> Claim | None:
+    """Claim, parking between tries until a task comes or `wait` seconds pass.
+
+    Returns the last claim (its task is None when the wait ran out), or None when
+    the client left while parked: nobody would receive a task claimed then.
+    """
+    deadline = anyio.current_time() + wait
+    jobs = claims.known_jobs(worker_id)
+    woken_for: str | None = None  # the job whose new task woke this claim
+    while True:
+        # Parked before claiming, so a task submitted in between still wakes us.
+        with claims.park(worker_id, jobs) as parked:
+            found = await claim()
+            if found.task is not None and woken_for not in (None, found.task.job_name):
+                # We took an older task of another job: the one that woke us
+                # still waits for a claim.
+                claims.wake(woken_for)
+            remaining = deadline - anyio.current_time()
+            if found.task is not None or remaining <= 0:
+                return found
+            if set(found.jobs) != set(jobs):
+                # Parked on the wrong jobs (or none yet): park on the right ones
+                # and claim again, so nothing submitted meanwhile is missed.
+                jobs = found.jobs
+                claims.remember(worker_id, jobs)
+                continue
+            # The re-check also catches tasks submitted in other processes.
+            with anyio.move_on_after(min(remaining, recheck)):
+                await parked.woken.wait()
+            woken_for = parked.woken_for
+        if await client_gone():
+            # Let another claim take the task that woke this one.
+            if woken_for is not None:
+                claims.wake(woken_for)
+            return None
+
+
+async def wait_until_terminal(
+    read: Callable[[], Awaitable[TaskResponse]],
+    waiters: TaskWaiters,
+    task_id: uuid.UUID,
+    *,
+    wait: float,
+    recheck: float,
+) -> TaskResponse:
+    """Read the task until it is terminal or `wait` seconds pass; return the last."""
+    deadline = anyio.current_time() + wait
+    while True:
+        # Watch before reading, so a change committed in between still wakes us.
+        with waiters.watch(task_id) as finished:
+            task = await read()
+            remaining = deadline - anyio.current_time()
+            if is_terminal(task.status) or remaining <= 0:
+                return task
+            # No connection is held while waiting; the re-check sees changes made
+            # by other server processes.
+            with anyio.move_on_after(min(remaining, recheck)):
+                await finished.wait()

@@ -1,0 +1,389 @@
+"""One class per database: everything in which SQLite and PostgreSQL differ.
+
+SQLite has one writer at a time: write transactions start with `BEGIN IMMEDIATE`
+after an in-process lock, so a claim's read-then-update cannot interleave with
+another writer and nothing needs row locks. PostgreSQL has many writers: a claim
+locks the chosen row with `FOR UPDATE SKIP LOCKED`, so concurrent claimers pass
+over each other's rows instead of queueing on them. Nothing outside this module
+asks which database it talks to.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache, partial
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from joblib_protocol import TaskStatus
+from joblib_server import _inline_sqlite
+from joblib_server.tables import TASK_TABLE
+
+StatementT = TypeVar("StatementT")
+
+PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
+"""The pending status as SQL text, not a parameter: SQLite only uses the partial
+index of pending tasks when the query's condition is visibly the index's own."""
+
+_task = TASK_TABLE
+
+_WRITE_OPTION = "joblib_write"
+_BACKEND_KEY = "joblib_backend"
+
+
+class Backend(ABC):
+    """The SQL flavour and transaction rules of one database engine."""
+
+    name: ClassVar[str]
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        info = {_BACKEND_KEY: self}
+        self._read = async_sessionmaker(
+            self._reader(engine), expire_on_commit=False, info=info
+        )
+        self._write = async_sessionmaker(
+            engine.execution_options(**{_WRITE_OPTION: True}),
+            expire_on_commit=False,
+            info=info,
+        )
+
+    @staticmethod
+    def for_engine(engine: AsyncEngine) -> Backend:
+        """The backend of `engine`'s database."""
+        for backend in (SqliteBackend, PostgresBackend):
+            if engine.dialect.name == backend.name:
+                return backend(engine)
+        raise ValueError(
+            f"unsupported database {engine.dialect.name!r}: use SQLite or PostgreSQL"
+        )
+
+    def _reader(self, engine: AsyncEngine) -> AsyncEngine:
+        return engine
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only."""
+        async with self._read() as session:
+            yield session
+
+    @abstractmethod
+    def write(self) -> Any:
+        """An async context manager: a write transaction, committed on success."""
+
+    @abstractmethod
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        """Whether a failed write transaction may safely be run again."""
+
+    @abstractmethod
+    def insert_ignoring_conflicts(
+        self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
+    ) -> Any:
+        """An INSERT that does nothing when the row already exists."""
+
+    def locked(
+        self, statement: StatementT, *, skip_locked: bool = False, of: Any = None
+    ) -> StatementT:
+        """Lock the selected rows (of `of` only, if given) until commit."""
+        return statement
+
+    def claim_statement(self, *, start: bool) -> Any:
+        """The statement that claims a job's oldest pending task, or nothing.
+
+        Built once per backend and mode; run it with `b_job`, `b_worker` and
+        `b_now` (the claim time, used as `started_at` with `start`).
+        """
+        return _claim_statement(self.name == SqliteBackend.name, start)
+
+    @asynccontextmanager
+    async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
+        """Hold off other processes changing the schema at the same time."""
+        yield
+
+    async def dispose(self) -> None:  # noqa: B027 - most backends keep no loop state
+        """Forget per-event-loop state (the engine itself is disposed by its owner)."""
+
+
+class SqliteBackend(Backend):
+    """SQLite: statements run in place, one writer at a time."""
+
+    name = "sqlite"
+
+    BUSY_MS: ClassVar[int] = 20
+    """How long one SQLite call may wait for another process's lock. Calls run on the
+    event loop (see `_inline_sqlite`), so a longer wait would stall every request."""
+
+    WRITE_WAIT_SECONDS: ClassVar[float] = 30.0
+    """How long a write waits, sleeping between tries, for another process's write."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._writer: anyio.Lock | None = None
+
+    @staticmethod
+    def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+        """An engine on the in-place connection, with the pragmas joblib relies on."""
+        path = make_url(url).database or ":memory:"
+        kwargs.setdefault("async_creator", partial(_inline_sqlite.connect, path))
+        engine = create_async_engine(url, **kwargs)
+        sync_engine = engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # The driver connection already leaves BEGIN to us (see `_on_begin`).
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SqliteBackend.BUSY_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            # A writer that starts deferred can fail to upgrade its lock with
+            # SQLITE_BUSY at once, ignoring busy_timeout; IMMEDIATE waits its turn.
+            write = connection.get_execution_options().get(_WRITE_OPTION, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A `BEGIN IMMEDIATE` transaction, one at a time in this process."""
+        # SQLite runs one writer at a time anyway. Waiting for our turn here, first
+        # come first served, beats waiting in SQLite's busy handler, which sleeps
+        # and retries and made the slowest writes take seconds under load. Reads
+        # never take this lock; other processes are still held off by BEGIN
+        # IMMEDIATE and the busy timeout.
+        if self._writer is None:
+            self._writer = anyio.Lock()
+        async with self._writer, self._write() as session:
+            await self._begin(session)
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+
+    async def _begin(self, session: AsyncSession) -> None:
+        """Start `BEGIN IMMEDIATE`, sleeping between tries while another process writes.
+
+        SQLite's own busy handler would wait on the event loop; sleeping between
+        tries lets the loop serve other requests meanwhile.
+        """
+        deadline = anyio.current_time() + self.WRITE_WAIT_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                await session.connection()
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or anyio.current_time() >= deadline:
+                    raise
+            await session.rollback()
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        """Another process held the write lock past every wait."""
+        return "database is locked" in str(exc.orig)
+
+    def insert_ignoring_conflicts(
+        self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
+    ) -> Any:
+        """`INSERT … ON CONFLICT DO NOTHING`."""
+        return (
+            sqlite.insert(table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=list(conflict_columns))
+        )
+
+    @asynccontextmanager
+    async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
+        """Wait for another process's schema change (on the loop: once, at start)."""
+        await connection.exec_driver_sql("PRAGMA busy_timeout=30000")
+        try:
+            yield
+        finally:
+            await connection.exec_driver_sql(f"PRAGMA busy_timeout={self.BUSY_MS}")
+
+    async def dispose(self) -> None:
+        """Drop the writer lock: a lock belongs to one event loop."""
+        self._writer = None
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL through asyncpg: many writers, row locks, retried conflicts."""
+
+    name = "postgresql"
+
+    PING_AFTER_IDLE_SECONDS: ClassVar[float] = 5.0
+    """A pooled connection idle for longer is pinged before it is used again."""
+
+    # Serialization failure and deadlock: the transaction did nothing, run it again.
+    RETRYABLE_SQLSTATES: ClassVar[frozenset[str]] = frozenset({"40001", "40P01"})
+
+    @staticmethod
+    def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+        """A pooled asyncpg engine that pings only connections that sat idle."""
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        engine = create_async_engine(url, **kwargs)
+        # pool_pre_ping pings at every checkout, and asyncpg's ping is three round
+        # trips (BEGIN, a query, ROLLBACK): a third of a busy request's database
+        # time. A connection in steady use has just proven itself; only one that
+        # sat idle (and may have been cut meanwhile) is pinged before use.
+        sync_engine = engine.sync_engine
+        idle_since = "joblib_idle_since"
+
+        @event.listens_for(sync_engine, "checkin")
+        def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+            record.info[idle_since] = time.monotonic()
+
+        @event.listens_for(sync_engine, "checkout")
+        def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            since = record.info.get(idle_since)
+            limit = PostgresBackend.PING_AFTER_IDLE_SECONDS
+            if since is None or time.monotonic() - since < limit:
+                return
+            try:
+                sync_engine.dialect.do_ping(dbapi_connection)
+            except Exception as exc:
+                # The pool drops this connection and checks out another.
+                raise DisconnectionError(f"idle connection is gone: {exc}") from exc
+
+        return engine
+
+    def _reader(self, engine: AsyncEngine) -> AsyncEngine:
+        # Reads run in autocommit: each statement sees the latest commits either
+        # way (READ COMMITTED), and BEGIN and ROLLBACK would cost two round trips.
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A transaction; concurrent ones meet at row locks."""
+        async with self._write() as session, session.begin():
+            yield session
+
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        """A serialization failure or a deadlock."""
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
+            exc.orig, "pgcode", None
+        )
+        return sqlstate in self.RETRYABLE_SQLSTATES
+
+    def insert_ignoring_conflicts(
+        self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
+    ) -> Any:
+        """`INSERT … ON CONFLICT DO NOTHING`."""
+        return (
+            postgresql.insert(table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=list(conflict_columns))
+        )
+
+    def locked(
+        self, statement: StatementT, *, skip_locked: bool = False, of: Any = None
+    ) -> StatementT:
+        """`SELECT … FOR UPDATE [SKIP LOCKED]`."""
+        return statement.with_for_update(skip_locked=skip_locked, of=of)  # type: ignore[attr-defined]
+
+    @asynccontextmanager
+    async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
+        """An advisory lock, held until the connection's transaction ends."""
+        await connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))")
+        )
+        yield
+
+
+BACKENDS: dict[str, type[SqliteBackend] | type[PostgresBackend]] = {
+    "sqlite": SqliteBackend,
+    "postgresql": PostgresBackend,
+    "postgres": PostgresBackend,
+}
+
+
+def backend_of(session: AsyncSession) -> Backend:
+    """The backend of the database `session` talks to."""
+    backend = session.info.get(_BACKEND_KEY)
+    if isinstance(backend, Backend):
+        return backend
+    # A session the host opened itself: wrap its engine once and remember it.
+    bind = session.bind
+    engine = bind if isinstance(bind, AsyncEngine) else None
+    if engine is None:
+        raise ValueError("joblib needs a session bound to an AsyncEngine")
+    backend = _by_engine.get(engine)
+    if backend is None:
+        backend = _by_engine[engine] = Backend.for_engine(engine)
+    session.info[_BACKEND_KEY] = backend
+    return backend
+
+
+_by_engine: weakref.WeakKeyDictionary[AsyncEngine, Backend] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def normalize_url(url: str) -> str:
+    """Pick the async driver for a URL as users write it (`postgresql://…`)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    driver = drivers.get("postgresql" if backend == "postgres" else backend)
+    if driver is None:
+        raise ValueError(
+            f"unsupported database URL {url!r}: use sqlite:// or postgresql://"
+        )
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create an async engine for `url`, set up the way joblib's backend needs it."""
+    url = normalize_url(url)
+    return BACKENDS[make_url(url).get_backend_name()].create_engine(url, **kwargs)
+
+
+@cache
+def _claim_statement(is_sqlite: bool, start: bool) -> Any:
+    oldest = (
+        sa.select(_task.c.id)
+        .where(_task.c.job_id == sa.bindparam("b_job"), _task.c.status == PENDING)
+        .order_by(_task.c.created_at, _task.c.seq, _task.c.id)
+        .limit(1)
+    )
+    if not is_sqlite:
+        # Concurrent claimers pass over each other's rows instead of queueing.
+        oldest = oldest.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {
+        "status": (TaskStatus.RUNNING if start else TaskStatus.CLAIMED).value,
+        "worker_id": sa.bindparam("b_worker"),
+    }
+    if start:
+        values["started_at"] = sa.bindparam("b_now")
+    return (
+        sa.update(_task)
+        .where(_task.c.id == oldest.scalar_subquery())
+        .where(_task.c.status == PENDING)
+        .values(**values)
+        .returning(*_task.c)
+    )

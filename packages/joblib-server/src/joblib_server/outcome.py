@@ -1,0 +1,37 @@
+"""`Outcome`: what every change returns, so the after-commit work cannot be forgotten.
+
+An operation is an async function `(session, *args) -> Outcome[T]` that changes
+rows in the transaction it is given and never commits. `JobLib.execute` runs it,
+commits, and only then acts on the outcome: releases the held claims of removed
+workers and publishes the emissions (long-polls, held claims, Socket.IO).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Concatenate, Generic, ParamSpec, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from joblib_protocol import Emission
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """An operation's value and the after-commit work its change calls for."""
+
+    value: T
+    emissions: AbstractSet[Emission] = field(default_factory=frozenset)
+    """Events to publish once the change is committed."""
+    removed_workers: AbstractSet[uuid.UUID] = field(default_factory=frozenset)
+    """Workers the change deleted: their held claims are answered at once."""
+
+
+Operation = Callable[Concatenate[AsyncSession, P], Awaitable[Outcome[T]]]
+"""A change: runs in the given write transaction and returns its `Outcome`."""
