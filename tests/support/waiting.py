@@ -49,7 +49,7 @@ async def aeventually(
         if isinstance(value, Awaitable):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if anyio.current_time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await anyio.sleep(interval)
