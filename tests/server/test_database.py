@@ -1,13 +1,14 @@
-"""Database connections: pooled PostgreSQL connections that the server cut."""
+"""Database connections: pools the server cut, and engines a host owns."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from joblib_server import JobLib
+from joblib_server import Database, JobLib, TokenAuth, create_engine
 from joblib_server.backends import PostgresBackend
-from tests.conftest import _pg_exec
+from tests.support.services import pg_exec as _pg_exec
+from tests.support.tokens import TOKENS
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +36,20 @@ async def test_a_pooled_connection_cut_while_idle_is_replaced(
     listed = await alice.get("/workers")
     assert listed.status_code == 200, listed.text
     assert listed.json()["total"] == 2
+
+
+async def test_an_engine_the_host_passed_in_stays_open(database_url: str) -> None:
+    """A host's engine serves the host after joblib's lifespan ends; ours is closed."""
+    engine = create_engine(database_url)
+    hosted = JobLib(database=Database(engine), auth=TokenAuth(TOKENS), sweeper=False)
+    async with hosted.lifespan():
+        pass
+    # The pool kept the connection the lifespan used: nobody disposed of it.
+    assert engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
+    await engine.dispose()
+
+    owned = Database.from_url(database_url)
+    ours = JobLib(database=owned, auth=TokenAuth(TOKENS), sweeper=False)
+    async with ours.lifespan():
+        pass
+    assert owned.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
