@@ -28,7 +28,8 @@ with warnings.catch_warnings():
 from joblib_client import ClaimedTask, JobManager, Tsio
 from joblib_protocol import Event
 from joblib_server import Settings, TokenAuth, create_app
-from tests.conftest import ADMIN, TOKENS, LiveServer
+from tests.support.servers import LiveServer
+from tests.support.tokens import ADMIN, TOKENS
 
 
 @dataclass

@@ -20,7 +20,8 @@ from tests.client.conftest import (
     auth,
 )
 from tests.client.extensions import Rotate, Select
-from tests.conftest import ADMIN, ALICE, free_port
+from tests.support.servers import free_port
+from tests.support.tokens import ADMIN, ALICE
 
 
 def assert_worker_gone(server: TestClient, worker_id: UUID | None) -> None:

@@ -28,7 +28,7 @@ from joblib_client.exceptions import error_class_for
 from joblib_protocol import PROBLEM_TYPES, InvalidTaskTransition
 from tests.client.conftest import InProcessApi, ManagerFactory, RecordingTsio
 from tests.client.extensions import Rotate
-from tests.conftest import ADMIN, ALICE
+from tests.support.tokens import ADMIN, ALICE
 
 
 @pytest.mark.parametrize("type_uri", sorted(PROBLEM_TYPES))

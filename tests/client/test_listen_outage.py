@@ -8,7 +8,8 @@ from joblib_client import JobManager
 from joblib_server import Settings, TokenAuth, create_app
 from tests.client.conftest import Listener, RequestCounter
 from tests.client.extensions import Rotate
-from tests.conftest import ADMIN, TOKENS, serve_in_thread
+from tests.support.servers import serve_in_thread
+from tests.support.tokens import ADMIN, TOKENS
 
 
 def test_listen_pauses_between_claims_while_the_server_is_down(

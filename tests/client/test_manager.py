@@ -12,7 +12,7 @@ from joblib_client import Extension, ForbiddenError, JobLibError, JobManager
 from joblib_protocol import JoinJobRoom
 from tests.client.conftest import ManagerFactory, RecordingTsio, auth
 from tests.client.extensions import PrivateJob, Rotate, Select
-from tests.conftest import ADMIN, ALICE
+from tests.support.tokens import ADMIN, ALICE
 
 
 def test_register_emits_one_join_with_full_name_and_worker(

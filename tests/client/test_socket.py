@@ -20,7 +20,8 @@ from joblib_client import (
 from joblib_protocol import TaskStatus
 from tests.client.conftest import Listener, ManagerFactory
 from tests.client.extensions import Rotate
-from tests.conftest import ADMIN, ALICE, LiveServer
+from tests.support.servers import LiveServer
+from tests.support.tokens import ADMIN, ALICE
 
 SLOW_POLL = 30.0
 """A polling interval no test waits for: a task arriving sooner came by socket

@@ -20,7 +20,8 @@ from joblib_client import (
 from joblib_protocol import TaskStatus
 from tests.client.conftest import Listener, ManagerFactory, RequestCounter, auth
 from tests.client.extensions import Explode, Rotate
-from tests.conftest import ADMIN, ALICE, make_settings
+from tests.support.servers import make_settings
+from tests.support.tokens import ADMIN, ALICE
 
 
 @pytest.fixture

@@ -19,15 +19,11 @@ import httpx
 import pytest
 import socketio
 
-from tests.conftest import free_port, serve_in_thread
 from tests.integration.test_readme import ROOT
-from tests.socket_peers import (
-    WorkerProcess,
-    connect_peer,
-    python_process,
-    rest,
-    server_process,
-)
+from tests.support.processes import WorkerProcess, python_process, server_process
+from tests.support.rest import rest
+from tests.support.servers import free_port, serve_in_thread
+from tests.support.sockets import connect_peer
 
 EXAMPLES = ROOT / "examples"
 ROTATE = "@global:modifiers:Rotate"

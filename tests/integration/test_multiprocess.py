@@ -8,28 +8,19 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
-from tests.conftest import (
-    ADMIN,
-    ALICE,
-    BOB,
-    REDIS_URL,
-    TOKENS_JSON,
-    _empty_postgres,
-    _service_missing,
-    free_port,
-)
-from tests.socket_peers import connect_peer, rest, server_process, worker_process
+from tests.support.processes import server_process, worker_process
+from tests.support.rest import rest
+from tests.support.servers import free_port
+from tests.support.services import REDIS_URL, empty_postgres, require_redis
+from tests.support.sockets import connect_peer
+from tests.support.tokens import ADMIN, ALICE, BOB, TOKENS_JSON
 
 
 @pytest.fixture
 def two_servers(postgres_url: str) -> Iterator[tuple[str, str]]:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.exceptions.ConnectionError as exc:
-        _service_missing(f"Redis at {REDIS_URL} ({exc})")
-    _empty_postgres(postgres_url)
+    require_redis()
+    empty_postgres(postgres_url)
     env = {
         "JOBLIB_DATABASE_URL": postgres_url,
         "JOBLIB_REDIS_URL": REDIS_URL,

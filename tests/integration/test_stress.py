@@ -21,7 +21,8 @@ from sqlmodel import select
 
 from joblib_server import Database, Job, Task
 from joblib_server.tables import utcnow
-from tests.conftest import ALICE, BOB, LiveServer
+from tests.support.servers import LiveServer
+from tests.support.tokens import ALICE, BOB
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

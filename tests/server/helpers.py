@@ -1,190 +1,43 @@
-"""Small REST helpers shared by the server tests, so each test reads as its story."""
+"""Moved to `tests.support.rest` and `tests.support.rows`; kept while imports move."""
 
-from __future__ import annotations
+from tests.support.rest import (
+    JSON,
+    ROOM,
+    SCHEMA,
+    assert_problem,
+    claim,
+    claimed_task,
+    create_worker,
+    events,
+    full_name,
+    get_task,
+    parse_time,
+    register,
+    serving_job,
+    submit,
+    update,
+)
+from tests.support.rows import TABLES, job_row, row_counts, snapshot, task_row
 
-import uuid
-from datetime import datetime
-from typing import Any
-
-import httpx
-import sqlalchemy as sa
-from sqlmodel import select
-
-from joblib_protocol import PROBLEM_CONTENT_TYPE, Emission
-from joblib_server import Job, JobLib, RecordingEmitter, Task
-
-SCHEMA: dict[str, Any] = {"type": "object", "properties": {"angle": {"type": "number"}}}
-ROOM = "room1"
-TABLES = ("joblib_job", "joblib_worker", "joblib_worker_job", "joblib_task")
-
-JSON = dict[str, Any]
-
-
-def full_name(
-    room_id: str = ROOM, name: str = "Rotate", category: str = "modifiers"
-) -> str:
-    return f"{room_id}:{category}:{name}"
-
-
-async def register(
-    client: httpx.AsyncClient,
-    room_id: str = ROOM,
-    name: str = "Rotate",
-    *,
-    category: str = "modifiers",
-    schema: JSON | None = None,
-    worker_id: str | None = None,
-    expect: int = 201,
-) -> JSON:
-    """Register a job (creating a worker unless `worker_id` is given)."""
-    body: JSON = {"category": category, "name": name, "schema": schema or SCHEMA}
-    if worker_id is not None:
-        body["worker_id"] = worker_id
-    answer = await client.put(f"/rooms/{room_id}/jobs", json=body)
-    assert answer.status_code == expect, answer.text
-    result: JSON = answer.json()
-    return result
-
-
-async def create_worker(client: httpx.AsyncClient) -> str:
-    answer = await client.post("/workers")
-    assert answer.status_code == 201, answer.text
-    return str(answer.json()["id"])
-
-
-async def submit(
-    client: httpx.AsyncClient,
-    job_name: str,
-    room_id: str = ROOM,
-    payload: JSON | None = None,
-) -> JSON:
-    answer = await client.post(
-        f"/rooms/{room_id}/tasks/{job_name}", json={"payload": payload or {}}
-    )
-    assert answer.status_code == 202, answer.text
-    result: JSON = answer.json()
-    return result
-
-
-async def claim(
-    client: httpx.AsyncClient, worker_id: str, *, start: bool = False
-) -> JSON | None:
-    """Claim for a worker; the task, or None when nothing waits."""
-    answer = await client.post(
-        "/tasks/claim", json={"worker_id": worker_id, "start": start}
-    )
-    assert answer.status_code == 200, answer.text
-    task: JSON | None = answer.json()["task"]
-    return task
-
-
-async def update(
-    client: httpx.AsyncClient,
-    task_id: str,
-    status: str,
-    error: str | None = None,
-    *,
-    expect: int = 200,
-) -> JSON:
-    body: JSON = {"status": status}
-    if error is not None:
-        body["error"] = error
-    answer = await client.patch(f"/tasks/{task_id}", json=body)
-    assert answer.status_code == expect, answer.text
-    result: JSON = answer.json()
-    return result
-
-
-async def get_task(client: httpx.AsyncClient, task_id: str) -> JSON:
-    answer = await client.get(f"/tasks/{task_id}")
-    assert answer.status_code == 200, answer.text
-    result: JSON = answer.json()
-    return result
-
-
-async def serving_job(
-    client: httpx.AsyncClient, room_id: str = ROOM, name: str = "Rotate"
-) -> tuple[str, str]:
-    """Register a job with a fresh worker: (worker_id, full_name)."""
-    job = await register(client, room_id, name)
-    return str(job["worker_id"]), str(job["full_name"])
-
-
-async def claimed_task(
-    worker: httpx.AsyncClient,
-    submitter: httpx.AsyncClient,
-    *,
-    start: bool = False,
-) -> tuple[str, str]:
-    """A task that a new worker of `worker`'s has claimed (and started, with
-    `start`): (task_id, worker_id). The job is `full_name()`."""
-    worker_id, job_name = await serving_job(worker)
-    task = await submit(submitter, job_name)
-    claimed = await claim(worker, worker_id, start=start)
-    assert claimed is not None
-    assert claimed["id"] == task["id"]
-    return str(task["id"]), worker_id
-
-
-def assert_problem(answer: httpx.Response, status: int, slug: str) -> JSON:
-    """Check an RFC 9457 answer of the given type and return its body."""
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"] == PROBLEM_CONTENT_TYPE
-    body: JSON = answer.json()
-    assert body["type"] == f"/v1/problems/{slug}"
-    assert body["status"] == status
-    assert body["title"]
-    return body
-
-
-def parse_time(value: str) -> datetime:
-    """Parse a wire timestamp, insisting that it carries a timezone."""
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() is not None, value
-    return parsed
-
-
-async def row_counts(joblib: JobLib) -> dict[str, int]:
-    """How many rows each table holds."""
-    async with joblib.database.read() as session:
-        return {
-            table: int(
-                (
-                    await session.execute(sa.text(f"SELECT count(*) FROM {table}"))
-                ).scalar_one()
-            )
-            for table in TABLES
-        }
-
-
-async def snapshot(joblib: JobLib) -> dict[str, list[tuple[str, ...]]]:
-    """Every row of every table, to show that a request changed nothing."""
-    async with joblib.database.read() as session:
-        return {
-            table: sorted(
-                tuple(map(str, row))
-                for row in await session.execute(sa.text(f"SELECT * FROM {table}"))
-            )
-            for table in TABLES
-        }
-
-
-async def task_row(joblib: JobLib, task_id: str) -> Task:
-    """The task's row as stored."""
-    async with joblib.database.read() as session:
-        return await session.get_one(Task, uuid.UUID(task_id))
-
-
-async def job_row(joblib: JobLib, name: str, room_id: str = ROOM) -> Job:
-    """The job row `name` of `room_id`, soft-deleted or not."""
-    async with joblib.database.read() as session:
-        return (
-            await session.execute(
-                select(Job).where(Job.room_id == room_id, Job.name == name)
-            )
-        ).scalar_one()
-
-
-def events(emitter: RecordingEmitter, name: str) -> list[Emission]:
-    """The recorded emissions of one event name."""
-    return [e for e in emitter.sent if e.event.event_name() == name]
+__all__ = [
+    "JSON",
+    "ROOM",
+    "SCHEMA",
+    "TABLES",
+    "assert_problem",
+    "claim",
+    "claimed_task",
+    "create_worker",
+    "events",
+    "full_name",
+    "get_task",
+    "job_row",
+    "parse_time",
+    "register",
+    "row_counts",
+    "serving_job",
+    "snapshot",
+    "submit",
+    "task_row",
+    "update",
+]

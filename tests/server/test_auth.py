@@ -13,14 +13,8 @@ import pytest
 
 from joblib_server import Identity, JobLib, TokenAuth, TokenStore, bearer_token
 from joblib_server.auth import tokens_from_env
-from tests.conftest import ClientFactory
-from tests.server.helpers import (
-    assert_problem,
-    claim,
-    serving_job,
-    snapshot,
-    submit,
-)
+from tests.support.rest import ClientFactory, assert_problem, claim, serving_job, submit
+from tests.support.rows import snapshot
 
 pytestmark = pytest.mark.anyio
 

@@ -34,20 +34,19 @@ from joblib_server import (
     sweep_once,
 )
 from joblib_server.tables import Task, utcnow
-from tests.conftest import _pg_exec, make_settings
-from tests.server.helpers import (
+from tests.support import aeventually
+from tests.support.rest import (
     claim,
     create_worker,
     get_task,
-    job_row,
     parse_time,
     register,
-    row_counts,
     serving_job,
     submit,
-    task_row,
 )
-from tests.support import aeventually
+from tests.support.rows import job_row, row_counts, task_row
+from tests.support.servers import make_settings
+from tests.support.services import pg_exec as _pg_exec
 
 pytestmark = pytest.mark.anyio
 

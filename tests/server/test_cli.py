@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from joblib_server.cli import default_tokens_file, main
-from tests.conftest import ALICE, TOKENS_JSON, free_port
-from tests.socket_peers import stop_process
+from tests.support.processes import stop_process
+from tests.support.servers import free_port
+from tests.support.tokens import ALICE, TOKENS_JSON
 
 START_LINE = "joblib-server on http://"
 # The installed command of the environment running the tests, found without PATH.

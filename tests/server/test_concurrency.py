@@ -13,17 +13,17 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from joblib_server import Job, JobLib, Task
-from tests.conftest import ADMIN, ALICE, BOB, ClientFactory
-from tests.server.helpers import (
+from tests.support.rest import (
+    ClientFactory,
     claim,
     create_worker,
     full_name,
-    job_row,
     register,
-    row_counts,
     serving_job,
     submit,
 )
+from tests.support.rows import job_row, row_counts
+from tests.support.tokens import ADMIN, ALICE, BOB
 
 pytestmark = pytest.mark.anyio
 

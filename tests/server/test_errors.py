@@ -10,14 +10,8 @@ import httpx
 import pytest
 
 from joblib_server import JobLib
-from tests.server.helpers import (
-    assert_problem,
-    claimed_task,
-    full_name,
-    get_task,
-    snapshot,
-    submit,
-)
+from tests.support.rest import assert_problem, claimed_task, full_name, get_task, submit
+from tests.support.rows import snapshot
 
 pytestmark = pytest.mark.anyio
 

@@ -10,22 +10,21 @@ import pytest
 
 from joblib_protocol import Emission, JobsInvalidate
 from joblib_server import JobLib, RecordingEmitter
-from tests.conftest import ADMIN, ALICE, BOB, ClientFactory
-from tests.server.helpers import (
+from tests.support.rest import (
     SCHEMA,
-    TABLES,
+    ClientFactory,
     assert_problem,
     claim,
     claimed_task,
     create_worker,
     full_name,
-    job_row,
     register,
-    row_counts,
     serving_job,
     submit,
     update,
 )
+from tests.support.rows import TABLES, job_row, row_counts
+from tests.support.tokens import ADMIN, ALICE, BOB
 
 pytestmark = pytest.mark.anyio
 

@@ -12,12 +12,8 @@ import pytest
 
 from joblib_server import JobLib, Settings, Task
 from joblib_server.tables import utcnow
-from tests.conftest import make_settings
-from tests.server.helpers import (
-    assert_problem,
-    claimed_task,
-    update,
-)
+from tests.support.rest import assert_problem, claimed_task, update
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.anyio
 

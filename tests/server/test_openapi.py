@@ -13,8 +13,7 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from joblib_server import JobLib
-from tests.conftest import ClientFactory
-from tests.server.helpers import register, submit
+from tests.support.rest import ClientFactory, register, submit
 
 pytestmark = pytest.mark.anyio
 

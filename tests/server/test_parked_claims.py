@@ -12,14 +12,15 @@ import pytest
 from joblib_protocol import Emission, TaskStatusEvent
 from joblib_server import JobLib, RecordingEmitter, Settings
 from joblib_server.emitter import ordered
-from tests.conftest import ALICE, BOB, LiveServer, make_settings
-from tests.server.helpers import (
+from tests.support.rest import (
     assert_problem,
     create_worker,
     register,
     serving_job,
     submit,
 )
+from tests.support.servers import LiveServer, make_settings
+from tests.support.tokens import ALICE, BOB
 
 pytestmark = pytest.mark.anyio
 

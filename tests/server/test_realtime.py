@@ -13,8 +13,12 @@ from collections.abc import Iterator
 import pytest
 import socketio
 
-from tests.conftest import ADMIN, ALICE, BOB, LiveServer, count_rows, make_settings
-from tests.socket_peers import Peer, connect_peer, rest, worker_process
+from tests.support.processes import worker_process
+from tests.support.rest import rest
+from tests.support.rows import count_rows
+from tests.support.servers import LiveServer, make_settings
+from tests.support.sockets import Peer, connect_peer
+from tests.support.tokens import ADMIN, ALICE, BOB
 
 JOB = "modifiers"
 

@@ -9,7 +9,7 @@ import pytest
 
 from joblib_protocol import Emission, TaskAvailable, TaskStatusEvent
 from joblib_server import JobLib, RecordingEmitter
-from tests.server.helpers import (
+from tests.support.rest import (
     ROOM,
     assert_problem,
     claim,
@@ -19,12 +19,11 @@ from tests.server.helpers import (
     get_task,
     parse_time,
     register,
-    row_counts,
     serving_job,
     submit,
-    task_row,
     update,
 )
+from tests.support.rows import row_counts, task_row
 
 pytestmark = pytest.mark.anyio
 

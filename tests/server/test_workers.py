@@ -9,7 +9,7 @@ import pytest
 
 from joblib_protocol import Emission, JobsInvalidate, TaskStatusEvent
 from joblib_server import JobLib, RecordingEmitter
-from tests.server.helpers import (
+from tests.support.rest import (
     assert_problem,
     claimed_task,
     create_worker,
@@ -18,9 +18,9 @@ from tests.server.helpers import (
     get_task,
     parse_time,
     register,
-    row_counts,
     serving_job,
 )
+from tests.support.rows import row_counts
 
 pytestmark = pytest.mark.anyio
 
