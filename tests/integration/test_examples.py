@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,10 +19,16 @@ import pytest
 import socketio
 
 from tests.integration.test_readme import ROOT
-from tests.support.processes import WorkerProcess, python_process, server_process
+from tests.support.processes import (
+    WorkerProcess,
+    python_process,
+    server_process,
+    wait_until_answers,
+)
 from tests.support.rest import rest
 from tests.support.servers import free_port, serve_in_thread
 from tests.support.sockets import connect_peer
+from tests.support.waiting import eventually
 
 EXAMPLES = ROOT / "examples"
 ROTATE = "@global:modifiers:Rotate"
@@ -39,11 +44,13 @@ def readme_block(marker: str) -> str:
 
 def wait_for_job(api: str, token: str, full_name: str) -> None:
     """Block until the job is registered (the worker is up)."""
-    deadline = time.monotonic() + 30
     with rest(api, token) as client:
-        while client.get(f"/rooms/room_1/jobs/{full_name}").status_code != 200:
-            assert time.monotonic() < deadline, "the worker never registered"
-            time.sleep(0.1)
+        eventually(
+            lambda: client.get(f"/rooms/room_1/jobs/{full_name}").status_code == 200,
+            timeout=30,
+            interval=0.1,
+            what="the worker to register",
+        )
 
 
 def stop_gracefully(worker: WorkerProcess, how: signal.Signals) -> None:
@@ -144,14 +151,7 @@ def test_host_example_serves_a_worker_example(
 
 
 def wait_until_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            assert httpx.get(url, timeout=1).status_code == 200
-            return
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the host never answered"
-            time.sleep(0.1)
+    assert wait_until_answers(url, what="the host to answer").status_code == 200
 
 
 def test_readme_host_blocks_serve_rest_and_sockets(
@@ -182,7 +182,7 @@ def test_readme_host_blocks_serve_rest_and_sockets(
         assert answer == {"ok": True}
         sio.disconnect()
         # The host's own disconnect handler cleaned the worker up through joblib.
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{api}/workers", headers=alice).json()["total"]:
-            assert time.monotonic() < deadline, "the worker was not cleaned up"
-            time.sleep(0.05)
+        eventually(
+            lambda: httpx.get(f"{api}/workers", headers=alice).json()["total"] == 0,
+            what="the worker to be cleaned up",
+        )

@@ -13,12 +13,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.processes import wait_until_answers
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,15 +78,14 @@ def test_serve_command_starts_a_server_from_nothing(tmp_path: Path) -> None:
     )
     api = f"http://127.0.0.1:{port}/v1/joblib"
     try:
-        deadline = time.monotonic() + 540
-        while True:
-            assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-            try:
-                anonymous = httpx.get(f"{api}/workers", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server never answered"
-                time.sleep(0.5)
+        # The first start installs the packages into a fresh environment: minutes.
+        anonymous = wait_until_answers(
+            f"{api}/workers",
+            process=process,
+            timeout=540,
+            request_timeout=2,
+            what="the server to answer",
+        )
         assert anonymous.status_code == 401
         tokens = json.loads((checkout / "joblib-tokens.json").read_text())
         token = next(iter(tokens))

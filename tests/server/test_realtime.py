@@ -17,10 +17,12 @@ from tests.support.processes import worker_process
 from tests.support.rest import rest
 from tests.support.rows import count_rows
 from tests.support.servers import LiveServer, make_settings
-from tests.support.sockets import Peer, connect_peer
+from tests.support.sockets import Peer, connect_peer, disconnect_handled
 from tests.support.tokens import ADMIN, ALICE, BOB
+from tests.support.waiting import eventually
 
 JOB = "modifiers"
+DISCONNECT = "the server to finish handling the disconnect"
 
 
 def _room() -> str:
@@ -154,7 +156,7 @@ def test_graceful_leave_and_delete_leave_nothing_to_clean(
             assert client.delete(f"/workers/{worker_id}").status_code == 204
         workers_before = count_rows(database_url, "joblib_worker")
     # The socket closed after its worker was already gone: nothing more happens.
-    time.sleep(0.3)
+    eventually(lambda: disconnect_handled(live_server, worker), what=DISCONNECT)
     assert count_rows(database_url, "joblib_worker") == workers_before == 0
     assert _task(live_server, task_id)["status"] == "pending"
     assert not [e for e in peer.events if e[1].get("status") == "failed"]
@@ -187,7 +189,7 @@ def test_untrusted_join_is_refused_and_changes_nothing(
         answer = intruder.call("join_job_room", join)
         assert answer["ok"] is False
         assert answer["error"]["status"] in (403, 404)
-    time.sleep(0.3)
+    eventually(lambda: disconnect_handled(live_server, intruder), what=DISCONNECT)
     # Disconnecting the refused socket deleted nothing.
     assert count_rows(database_url, "joblib_worker") == 2
     assert count_rows(database_url, "joblib_worker_job") == 2
@@ -242,10 +244,8 @@ def test_reconnected_worker_survives_its_old_socket(
                 {"job_name": f"{room}:{JOB}:Phoenix", "worker_id": worker_id},
             )
             assert answer == {"ok": True}
-        time.sleep(0.3)
+        eventually(lambda: disconnect_handled(live_server, old_socket), what=DISCONNECT)
         # The old socket is gone, but the worker lives on through the new one.
         assert count_rows(database_url, "joblib_worker") == 1
-    deadline = time.monotonic() + 5
-    while count_rows(database_url, "joblib_worker") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: disconnect_handled(live_server, new_socket), what=DISCONNECT)
     assert count_rows(database_url, "joblib_worker") == 0
