@@ -13,7 +13,9 @@ import pytest
 from joblib_server import JobLib, Settings, Task
 from joblib_server.tables import utcnow
 from tests.support.rest import assert_problem, claimed_task, update
+from tests.support.rows import recorded_statements
 from tests.support.servers import make_settings
+from tests.support.waiting import aeventually
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +39,10 @@ async def _poll(
 
 
 async def _poll_during(
-    client: httpx.AsyncClient, task_id: str, change: Callable[[], Awaitable[object]]
+    client: httpx.AsyncClient,
+    joblib: JobLib,
+    task_id: str,
+    change: Callable[[], Awaitable[object]],
 ) -> tuple[httpx.Response, float]:
     """Long-poll the task with `wait=5` while `change` runs once the poll waits."""
     answers: list[tuple[httpx.Response, float]] = []
@@ -45,18 +50,27 @@ async def _poll_during(
     async def poll() -> None:
         answers.append(await _poll(client, task_id, "wait=5"))
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(poll)
-        await anyio.sleep(0.2)
-        await change()
+    with recorded_statements(joblib.database.engine) as statements:
+
+        def waiting() -> bool:
+            # Registered for the wake-up, and past its read of the task.
+            read = any("joblib_task" in statement for statement in statements)
+            return len(joblib.waiters) == 1 and read
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(poll)
+            await aeventually(waiting, what="the long-poll to wait")
+            await change()
     [answer] = answers
     return answer
 
 
-async def test_answers_as_soon_as_the_task_finishes(alice: httpx.AsyncClient) -> None:
+async def test_answers_as_soon_as_the_task_finishes(
+    alice: httpx.AsyncClient, joblib: JobLib
+) -> None:
     task_id, _ = await claimed_task(alice, alice, start=True)
     answer, elapsed = await _poll_during(
-        alice, task_id, partial(update, alice, task_id, "completed")
+        alice, joblib, task_id, partial(update, alice, task_id, "completed")
     )
     assert answer.status_code == 200
     assert answer.json()["status"] == "completed"
@@ -122,7 +136,9 @@ async def test_a_change_made_elsewhere_is_seen_at_the_recheck(
             task.status = "completed"
             task.completed_at = utcnow()
 
-    answer, elapsed = await _poll_during(alice, task_id, complete_behind_our_back)
+    answer, elapsed = await _poll_during(
+        alice, joblib, task_id, complete_behind_our_back
+    )
     assert answer.json()["status"] == "completed"
     assert elapsed < 1.0
 
@@ -139,7 +155,7 @@ async def test_many_waiters_all_wake(alice: httpx.AsyncClient, joblib: JobLib) -
         async with anyio.create_task_group() as group:
             for _ in range(10):
                 group.start_soon(poll)
-            await anyio.sleep(0.2)
+            await aeventually(lambda: len(joblib.waiters) == 10, what="10 long-polls")
             await update(alice, task_id, "cancelled")
     assert statuses == ["cancelled"] * 10
     assert len(joblib.waiters) == 0  # nobody left registered

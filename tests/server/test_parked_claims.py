@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import anyio
 import httpx
@@ -21,6 +22,7 @@ from tests.support.rest import (
 )
 from tests.support.servers import LiveServer, make_settings
 from tests.support.tokens import ALICE, BOB
+from tests.support.waiting import aeventually
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +55,7 @@ async def _parked_claim(
 
 
 async def _hold_then_submit(
+    parked: Callable[[], int],
     claimer: httpx.AsyncClient,
     worker_ids: list[str],
     submitter: httpx.AsyncClient,
@@ -62,13 +65,16 @@ async def _hold_then_submit(
 ) -> tuple[Answers, list[dict], float]:
     """Hold a claim per worker, then submit `count` tasks; wait for every answer.
 
-    Returns the answers with their times, the tasks, and when submitting began.
+    `parked` counts the server's parked claims: the tasks are submitted once every
+    new claim is parked. Returns the answers with their times, the tasks, and when
+    submitting began.
     """
     answers: Answers = []
+    held = parked() + len(worker_ids)
     async with anyio.create_task_group() as group:
         for worker_id in worker_ids:
             group.start_soon(_parked_claim, claimer, worker_id, answers)
-        await anyio.sleep(0.3)
+        await aeventually(lambda: parked() == held, what=f"{held} parked claims")
         if while_held is not None:
             while_held()
         submitted_at = anyio.current_time()
@@ -85,11 +91,11 @@ async def _another_worker(client: httpx.AsyncClient) -> str:
 
 
 async def test_a_parked_claim_gets_the_next_task_at_once(
-    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     worker_id, job_name = await serving_job(alice)
     answers, [task], submitted_at = await _hold_then_submit(
-        alice, [worker_id], bob, job_name
+        partial(len, joblib.claims), alice, [worker_id], bob, job_name
     )
     [(answer, at)] = answers
     assert answer["task"]["id"] == task["id"]
@@ -121,7 +127,12 @@ async def test_one_task_wakes_one_parked_claim(
         assert len(joblib.claims) == 3
 
     answers, [task], submitted_at = await _hold_then_submit(
-        alice, workers, bob, job_name, while_held=all_three_held
+        partial(len, joblib.claims),
+        alice,
+        workers,
+        bob,
+        job_name,
+        while_held=all_three_held,
     )
     got = [(answer, at) for answer, at in answers if answer["task"] is not None]
     assert [answer["task"]["id"] for answer, _ in got] == [task["id"]]
@@ -133,12 +144,12 @@ async def test_one_task_wakes_one_parked_claim(
 
 
 async def test_each_task_reaches_a_different_parked_claim(
-    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     first, job_name = await serving_job(alice)
     workers = [first, await _another_worker(alice), await _another_worker(alice)]
     answers, tasks, submitted_at = await _hold_then_submit(
-        alice, workers, bob, job_name, count=len(workers)
+        partial(len, joblib.claims), alice, workers, bob, job_name, count=len(workers)
     )
     assert sorted(answer["task"]["id"] for answer, _ in answers) == sorted(
         task["id"] for task in tasks
@@ -150,7 +161,7 @@ async def test_each_task_reaches_a_different_parked_claim(
 
 
 async def test_deleting_the_worker_ends_its_parked_claim(
-    alice: httpx.AsyncClient,
+    alice: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     worker_id, _ = await serving_job(alice)
     answers: list[httpx.Response] = []
@@ -166,7 +177,7 @@ async def test_deleting_the_worker_ends_its_parked_claim(
 
     async with anyio.create_task_group() as group:
         group.start_soon(parked)
-        await anyio.sleep(0.3)
+        await aeventually(lambda: len(joblib.claims) == 1, what="the claim to park")
         deleted_at = anyio.current_time()
         assert (await alice.delete(f"/workers/{worker_id}")).status_code == 204
     assert anyio.current_time() - deleted_at < CAP / 2
@@ -204,10 +215,15 @@ def emitter() -> RecordingEmitter:
 
 
 async def test_observers_see_pending_before_a_held_claim_takes_the_task(
-    alice: httpx.AsyncClient, bob: httpx.AsyncClient, emitter: RecordingEmitter
+    alice: httpx.AsyncClient,
+    bob: httpx.AsyncClient,
+    emitter: RecordingEmitter,
+    joblib: JobLib,
 ) -> None:
     worker_id, job_name = await serving_job(alice)
-    answers, [task], _ = await _hold_then_submit(alice, [worker_id], bob, job_name)
+    answers, [task], _ = await _hold_then_submit(
+        partial(len, joblib.claims), alice, [worker_id], bob, job_name
+    )
     [(answer, _)] = answers
     assert answer["task"]["id"] == task["id"]
     statuses = [
@@ -238,10 +254,11 @@ async def test_a_claim_whose_client_left_hands_its_task_to_the_next(
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        await anyio.sleep(0.3)
+        parked = partial(live_server.inspect, lambda joblib: len(joblib.claims))
+        await aeventually(lambda: parked() == 1, what="the claim to park")
         await stream.aclose()  # held first, so the first in line for a task
         answers, [task], submitted_at = await _hold_then_submit(
-            alice, [staying], bob, job_name
+            parked, alice, [staying], bob, job_name
         )
         [(answer, at)] = answers
         assert answer["task"]["id"] == task["id"]

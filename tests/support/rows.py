@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 
 from joblib_server import Database, Job, JobLib, Task
@@ -68,3 +72,19 @@ def count_rows(database_url: str, table: str) -> int:
             await database.dispose()
 
     return asyncio.run(count())
+
+
+@contextmanager
+def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL of every statement `engine` runs inside the block, as it runs."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        # (connection, cursor, statement, parameters, context, executemany)
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine.sync_engine, "after_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine.sync_engine, "after_cursor_execute", record)

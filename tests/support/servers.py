@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from joblib_server import JobLib, Settings
 from tests.support.waiting import eventually
+
+T = TypeVar("T")
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -47,6 +49,18 @@ class LiveServer:
         """The `JobLib` of the standalone app (`create_app`) this server runs."""
         joblib: JobLib = self.app.other_asgi_app.state.joblib
         return joblib
+
+    def inspect(self, read: Callable[[JobLib], T]) -> T:
+        """Read the server's in-memory state (parked claims, waiters) from the test.
+
+        The server's thread may change a dict while `read` iterates it; such a read
+        raises RuntimeError and is simply made again.
+        """
+        while True:
+            try:
+                return read(self.joblib)
+            except RuntimeError:
+                continue
 
 
 @contextmanager
