@@ -22,8 +22,9 @@ from tests.support.rest import (
     serving_job,
     submit,
 )
-from tests.support.rows import job_row, row_counts
+from tests.support.rows import job_row, recorded_statements, row_counts
 from tests.support.tokens import ADMIN, ALICE, BOB
+from tests.support.waiting import aeventually
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +153,7 @@ async def _assert_no_open_task_on_a_hidden_job(joblib: JobLib) -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_sqlite_write_waits_for_another_process_without_stalling_reads(
-    database_url: str, alice: httpx.AsyncClient
+    database_url: str, alice: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     """Another process writing: our write waits its turn, reads go on meanwhile."""
     import sqlite3
@@ -170,18 +171,22 @@ async def test_sqlite_write_waits_for_another_process_without_stalling_reads(
         assert response.status_code == 201, response.text
         answered["write"] = anyio.current_time() - started
 
+    def write_waits() -> bool:
+        return any("BEGIN IMMEDIATE" in statement for statement in attempted)
+
     async def read() -> None:
-        await anyio.sleep(0.1)
+        await aeventually(write_waits, what="the write to wait for the lock")
         response = await alice.get("/workers")
         assert response.status_code == 200, response.text
         answered["read"] = anyio.current_time() - began
 
     began = anyio.current_time()
-    async with anyio.create_task_group() as group:
-        group.start_soon(create)
-        group.start_soon(read)
-        await anyio.sleep(held_for)
-        other.execute("COMMIT")
+    with recorded_statements(joblib.database.engine, attempted=True) as attempted:
+        async with anyio.create_task_group() as group:
+            group.start_soon(create)
+            group.start_soon(read)
+            await anyio.sleep(held_for)
+            other.execute("COMMIT")
     other.close()
     assert answered["write"] >= held_for - 0.05  # it waited instead of failing
     assert answered["read"] < held_for  # the loop served it while the write waited

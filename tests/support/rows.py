@@ -75,16 +75,23 @@ def count_rows(database_url: str, table: str) -> int:
 
 
 @contextmanager
-def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL of every statement `engine` runs inside the block, as it runs."""
+def recorded_statements(
+    engine: AsyncEngine, *, attempted: bool = False
+) -> Iterator[list[str]]:
+    """The SQL of every statement `engine` ran inside the block, as it ran.
+
+    With `attempted`, statements are recorded as they are sent, before the database
+    answers (or refuses: `BEGIN IMMEDIATE` while another process writes).
+    """
     statements: list[str] = []
+    name = "before_cursor_execute" if attempted else "after_cursor_execute"
 
     def record(*args: Any) -> None:
         # (connection, cursor, statement, parameters, context, executemany)
         statements.append(str(args[2]))
 
-    sa.event.listen(engine.sync_engine, "after_cursor_execute", record)
+    sa.event.listen(engine.sync_engine, name, record)
     try:
         yield statements
     finally:
-        sa.event.remove(engine.sync_engine, "after_cursor_execute", record)
+        sa.event.remove(engine.sync_engine, name, record)
