@@ -27,7 +27,7 @@ with warnings.catch_warnings():
 
 from joblib_client import ClaimedTask, JobManager, Tsio
 from joblib_protocol import Event
-from joblib_server import Settings, TokenAuth, create_app
+from joblib_server import Settings, StandaloneSettings, TokenAuth, create_app
 from tests.support.servers import LiveServer
 from tests.support.tokens import ADMIN, TOKENS
 
@@ -61,7 +61,7 @@ class RecordingTsio:
 def server(database_url: str, settings: Settings) -> Iterator[TestClient]:
     """The real app on the test database, in-process, its lifespan entered."""
     app = create_app(
-        settings.model_copy(update={"database_url": database_url}),
+        StandaloneSettings(database_url=database_url, joblib=settings),
         TokenAuth(TOKENS),
         realtime=False,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from joblib_client import JobManager
-from joblib_server import Settings, TokenAuth, create_app
+from joblib_server import Settings, StandaloneSettings, TokenAuth, create_app
 from tests.client.conftest import Listener, RequestCounter
 from tests.client.extensions import Rotate
 from tests.support.servers import serve_in_thread
@@ -16,7 +16,7 @@ def test_listen_pauses_between_claims_while_the_server_is_down(
     database_url: str, settings: Settings
 ) -> None:
     app = create_app(
-        settings.model_copy(update={"database_url": database_url}),
+        StandaloneSettings(database_url=database_url, joblib=settings),
         TokenAuth(TOKENS),
         realtime=False,
     )

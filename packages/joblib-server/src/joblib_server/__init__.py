@@ -11,7 +11,7 @@ from joblib_server.auth import (
 from joblib_server.backends import Backend, PostgresBackend, SqliteBackend
 from joblib_server.database import Database, create_engine
 from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
-from joblib_server.errors import JobLibError, ProblemError
+from joblib_server.errors import JobLibError, ProblemError, SchemaNotCurrent
 from joblib_server.jobs import soft_delete_orphan_jobs
 from joblib_server.outcome import Operation, Outcome
 from joblib_server.realtime import (
@@ -21,7 +21,7 @@ from joblib_server.realtime import (
     create_socketio_server,
 )
 from joblib_server.runtime import JobLib
-from joblib_server.settings import Settings
+from joblib_server.settings import Settings, StandaloneSettings
 from joblib_server.sweeper import Sweep, run_sweeper, sweep_once
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink
 from joblib_server.tasks import cleanup_stuck_internal_tasks
@@ -52,9 +52,11 @@ __all__ = [
     "ProblemError",
     "Realtime",
     "RecordingEmitter",
+    "SchemaNotCurrent",
     "Settings",
     "SocketIOEmitter",
     "SqliteBackend",
+    "StandaloneSettings",
     "Sweep",
     "Task",
     "TokenAuth",

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import socketio
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -14,14 +15,15 @@ from joblib_protocol import API_PREFIX
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
 from joblib_server.problems import EXCEPTION_HANDLERS
+from joblib_server.realtime import attach_joblib, create_socketio_server
 from joblib_server.runtime import JobLib
-from joblib_server.settings import Settings
+from joblib_server.settings import StandaloneSettings
 
 logger = logging.getLogger("joblib_server")
 
 
 def create_app(
-    settings: Settings,
+    settings: StandaloneSettings,
     auth: AuthBackend,
     *,
     database: Database | None = None,
@@ -29,7 +31,7 @@ def create_app(
 ) -> Any:
     """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`."""
     database = database or Database.from_url(settings.database_url)
-    joblib = JobLib(database=database, auth=auth, settings=settings)
+    joblib = JobLib(database=database, auth=auth, settings=settings.joblib)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -46,6 +48,18 @@ def create_app(
     app.state.joblib = joblib
     if not realtime:
         return app
-    from joblib_server.realtime import attach_standalone
+    return _with_socketio(app, joblib, settings)
 
-    return attach_standalone(app, joblib)
+
+def _with_socketio(
+    app: Starlette, joblib: JobLib, settings: StandaloneSettings
+) -> socketio.ASGIApp:
+    """Wrap the app so Socket.IO answers at `/socket.io`."""
+    sio = create_socketio_server(
+        settings.socketio_ping_interval_seconds,
+        settings.socketio_ping_timeout_seconds,
+        settings.redis_url,
+    )
+    app.state.sio = sio
+    app.state.realtime = attach_joblib(sio, joblib)
+    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")

@@ -1,21 +1,43 @@
-"""`joblib-server`: run the standalone server, or create access tokens."""
+"""`joblib-server`: run the standalone server, create tokens, upgrade the database."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from joblib_server.auth import Identity, TokenAuth, TokenStore, tokens_from_env
-from joblib_server.settings import Settings
+from joblib_server.database import create_engine, normalize_url
+from joblib_server.errors import JobLibError, SchemaNotCurrent
+from joblib_server.schema import (
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade_schema,
+)
+from joblib_server.settings import StandaloneSettings
 
 logger = logging.getLogger("joblib_server")
 
+T = TypeVar("T")
+
 TOKENS_FILE_NAME = "joblib-tokens.json"
+
+# What a database command can meet that is the user's to fix, not a bug: a URL we
+# cannot use, a server that does not answer, tables we cannot upgrade.
+_USER_ERRORS = (JobLibError, ValueError, SQLAlchemyError, OSError)
+
+
+class _Failed(Exception):
+    """A command failed for a reason told in one line; the exit status is 2."""
 
 
 def default_tokens_file(database_url: str) -> Path:
@@ -30,11 +52,49 @@ def default_tokens_file(database_url: str) -> Path:
     return Path.cwd() / TOKENS_FILE_NAME
 
 
-def _tokens_file(args: argparse.Namespace, settings: Settings) -> Path:
-    given = args.tokens_file or os.environ.get("JOBLIB_TOKENS_FILE")
+def _tokens_file(args: argparse.Namespace, settings: StandaloneSettings) -> Path:
+    given = args.tokens_file or settings.tokens_file
     return (
         Path(given).resolve() if given else default_tokens_file(settings.database_url)
     )
+
+
+def _settings(args: argparse.Namespace) -> StandaloneSettings:
+    try:
+        settings = StandaloneSettings.from_env(database_url=args.database_url)
+    except ValueError as exc:
+        raise _Failed(f"bad JOBLIB_* setting: {exc}") from exc
+    try:
+        normalize_url(settings.database_url)
+    except (ValueError, SQLAlchemyError) as exc:
+        raise _Failed(_one_line(exc)) from exc
+    return settings
+
+
+def _on_database(
+    settings: StandaloneSettings, work: Callable[[AsyncEngine], Awaitable[T]]
+) -> T:
+    """Run `work` on an engine for the settings' database; errors become one line."""
+
+    async def run() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return anyio.run(run)
+    except _USER_ERRORS as exc:
+        raise _Failed(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    # A DBAPIError's text adds the SQL and a link; the driver's own message is
+    # the part that says what went wrong.
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    return lines[0]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -42,10 +102,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from joblib_server.app import create_app
 
-    settings = Settings.from_env(database_url=args.database_url)
-    from_env = os.environ.get("JOBLIB_TOKENS")
-    if from_env:
-        auth = TokenAuth(tokens_from_env(from_env))
+    settings = _settings(args)
+    if not settings.joblib.upgrade_schema:
+        # The lifespan would refuse as well, but inside uvicorn's traceback.
+        _on_database(settings, lambda engine: ensure_schema(engine, upgrade=False))
+    if settings.tokens is not None and settings.tokens.get_secret_value():
+        auth = TokenAuth(tokens_from_env(settings.tokens.get_secret_value()))
         where = "the JOBLIB_TOKENS environment variable"
     else:
         store = TokenStore(_tokens_file(args, settings))
@@ -70,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(database_url=args.database_url)
+    settings = _settings(args)
     store = TokenStore(_tokens_file(args, settings))
     token = store.create(Identity(id=args.name, is_admin=args.admin))
     print(token)
@@ -78,17 +140,43 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
+        before = await current_revision(engine)
+        await upgrade_schema(engine, args.revision)
+        return before, await current_revision(engine)
+
+    before, after = _on_database(_settings(args), upgrade)
+    if before == after:
+        print(f"joblib's schema is already at revision {after}")
+    else:
+        print(f"joblib's schema upgraded from {before or 'nothing'} to {after}")
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    async def current(engine: AsyncEngine) -> str:
+        revision = await current_revision(engine)
+        try:
+            await ensure_schema(engine, upgrade=False)
+        except SchemaNotCurrent as exc:
+            return f"{revision or 'none'} (not head): {exc}"
+        return f"{revision} (head)"
+
+    print(_on_database(_settings(args), current))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line."""
     parser = argparse.ArgumentParser(prog="joblib-server")
     sub = parser.add_subparsers(dest="command", required=True)
+    database_help = "default: $JOBLIB_DATABASE_URL or ./joblib.db"
 
     serve = sub.add_parser("serve", help="run the standalone server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--database-url", help="default: $JOBLIB_DATABASE_URL or ./joblib.db"
-    )
+    serve.add_argument("--database-url", help=database_help)
     serve.add_argument(
         "--tokens-file", help="default: joblib-tokens.json by the database"
     )
@@ -106,11 +194,35 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--tokens-file")
     token.set_defaults(run=_token)
 
+    db = sub.add_parser("db", help="joblib's tables: upgrade them, show their revision")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="create or upgrade joblib's tables (0.1.0 ones included)"
+    )
+    upgrade.add_argument("--database-url", help=database_help)
+    upgrade.add_argument(
+        "--revision",
+        default="head",
+        help=f"the revision to reach (default: head, now {head_revision()})",
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+    current = db_sub.add_parser(
+        "current", help="print the database's revision and whether it is head"
+    )
+    current.add_argument("--database-url", help=database_help)
+    current.set_defaults(run=_db_current)
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    return int(args.run(args))
+    # Alembic tells of its dialect on every connection; joblib logs what it did.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return int(args.run(args))
+    except _Failed as exc:
+        print(f"joblib-server: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

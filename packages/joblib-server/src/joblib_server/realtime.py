@@ -291,17 +291,3 @@ def attach_joblib(
     return Realtime(joblib, sio, may_observe=may_observe).attach(
         connection_handlers=connection_handlers
     )
-
-
-def attach_standalone(app: Any, joblib: JobLib) -> socketio.ASGIApp:
-    """Wrap the standalone app so Socket.IO answers at `/socket.io`."""
-    settings = joblib.settings
-    sio = create_socketio_server(
-        settings.socketio_ping_interval_seconds,
-        settings.socketio_ping_timeout_seconds,
-        settings.redis_url,
-    )
-    realtime = attach_joblib(sio, joblib)
-    app.state.sio = sio
-    app.state.realtime = realtime
-    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")

@@ -20,6 +20,7 @@ from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.outcome import Outcome
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.routes import RestApi
+from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings
 from joblib_server.sweeper import run_sweeper
 
@@ -117,7 +118,7 @@ class JobLib:
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[JobLib]:
         """Create the tables, run the sweeper, and close the database at the end."""
-        await self.database.create_tables()
+        await ensure_schema(self.database.engine, upgrade=self.settings.upgrade_schema)
         try:
             async with anyio.create_task_group() as group:
                 if self._run_sweeper:

@@ -12,6 +12,7 @@ A host that runs Alembic itself can upgrade joblib's tables in the same run: its
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from joblib_server.database import Database
 from joblib_server.errors import SchemaError, SchemaNotCurrent
+
+logger = logging.getLogger("joblib_server")
 
 VERSION_TABLE = "joblib_alembic_version"
 """Where joblib records its revision: not `alembic_version`, which a host may own."""
@@ -149,6 +152,7 @@ def upgrade_connection(connection: sa.Connection, revision: str = "head") -> Non
     if current is None and _has_tables(connection):
         _check_0_1_0(connection)
         context.stamp(scripts, FIRST_REVISION)
+        logger.info("adopted joblib 0.1.0's tables as revision %s", FIRST_REVISION)
         current = FIRST_REVISION
     try:
         steps = list(scripts.iterate_revisions(revision, current))
@@ -161,6 +165,7 @@ def upgrade_connection(connection: sa.Connection, revision: str = "head") -> Non
         for step in reversed(steps):
             step.module.upgrade()
             context.stamp(scripts, step.revision)
+            logger.info("upgraded joblib's tables to revision %s", step.revision)
 
 
 def _context(connection: sa.Connection) -> MigrationContext:

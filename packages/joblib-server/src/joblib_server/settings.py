@@ -1,19 +1,26 @@
-"""The server's settings: one object handed to every part; only the CLI reads env."""
+"""Settings: `Settings` for the library, `StandaloneSettings` for the standalone server.
+
+A host builds `Settings(...)` itself; nothing in the library reads the environment.
+Only the standalone server (`joblib-server`, `create_app`) reads `JOBLIB_*`
+variables, through `StandaloneSettings.from_env()`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from joblib_protocol import DEFAULT_CATEGORIES
 
 DEFAULT_DATABASE_URL = "sqlite:///./joblib.db"
+_ENV_PREFIX = "JOBLIB_"
 
 
 class Settings(BaseModel):
-    """Tunables of a joblib server; library code takes an instance, never the env."""
+    """Tunables of joblib's routes, sweeper and lifespan; a host passes an instance."""
 
     allowed_categories: list[str] = Field(default_factory=lambda: [*DEFAULT_CATEGORIES])
     worker_timeout_seconds: float = Field(default=60, gt=0)
@@ -27,18 +34,50 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    upgrade_schema: bool = Field(
+        default=True,
+        description="lifespan() upgrades joblib's tables to the newest revision; "
+        "False refuses to start on an out-of-date database with a clear message.",
+    )
+
+
+class _StandaloneFields(BaseModel):
     database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for Socket.IO between several server processes.",
+    )
     socketio_ping_interval_seconds: float = Field(default=8, gt=0)
     socketio_ping_timeout_seconds: float = Field(default=8, gt=0)
+    tokens: SecretStr | None = Field(
+        default=None,
+        description='The whole token table as JSON: {"<token>": {"id": …, '
+        '"admin": true}}. Takes the place of the tokens file.',
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="The tokens file; by default joblib-tokens.json next to an "
+        "SQLite database, else in the working directory.",
+    )
+
+
+class StandaloneSettings(_StandaloneFields):
+    """The standalone server's own settings, and the library `Settings` it runs with."""
+
+    joblib: Settings = Field(default_factory=Settings)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        """Read `JOBLIB_*` environment variables (for the CLI and standalone app)."""
-        values = _EnvSettings().model_dump(exclude_unset=True)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_env(cls, **overrides: Any) -> StandaloneSettings:
+        """Read `JOBLIB_<NAME>` variables for both; given `overrides` win over them."""
+        own = _StandaloneEnv().model_dump(exclude_unset=True)
+        own.update({name: v for name, v in overrides.items() if v is not None})
+        library = _LibraryEnv().model_dump(exclude_unset=True)
+        return cls(**own, joblib=Settings(**library))
 
 
-class _EnvSettings(BaseSettings, Settings):
-    model_config = SettingsConfigDict(env_prefix="JOBLIB_", extra="ignore")
+class _LibraryEnv(BaseSettings, Settings):
+    model_config = SettingsConfigDict(env_prefix=_ENV_PREFIX, extra="ignore")
+
+
+class _StandaloneEnv(BaseSettings, _StandaloneFields):
+    model_config = SettingsConfigDict(env_prefix=_ENV_PREFIX, extra="ignore")
