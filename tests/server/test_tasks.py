@@ -21,6 +21,7 @@ from tests.support.rest import (
     register,
     serving_job,
     submit,
+    task_statuses,
     update,
 )
 from tests.support.rows import row_counts, task_row
@@ -367,7 +368,7 @@ async def test_events_follow_the_task(
     await claim(alice, worker_id)
     await update(alice, task["id"], "running")
     await update(alice, task["id"], "completed")
-    statuses = [e.event.status for e in events(emitter, "task_status_event")]
+    statuses = task_statuses(emitter)
     assert statuses == ["claimed", "running", "completed"]
     assert {e.room for e in emitter.sent} == {"room:room1"}
     assert events(emitter, "task_available") == []
@@ -380,7 +381,7 @@ async def test_claim_with_start_reports_claimed_then_running(
     await submit(bob, job_name)
     emitter.clear()
     await claim(alice, worker_id, start=True)
-    statuses = [e.event.status for e in events(emitter, "task_status_event")]
+    statuses = task_statuses(emitter)
     assert statuses == ["claimed", "running"]
 
 

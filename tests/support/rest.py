@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from joblib_protocol import PROBLEM_CONTENT_TYPE, Emission
+from joblib_protocol import PROBLEM_CONTENT_TYPE, Emission, TaskStatusEvent
 from joblib_server import RecordingEmitter
 from tests.support.tokens import bearer
 
@@ -148,6 +148,13 @@ def parse_time(value: str) -> datetime:
 def events(emitter: RecordingEmitter, name: str) -> list[Emission]:
     """The recorded emissions of one event name."""
     return [e for e in emitter.sent if e.event.event_name() == name]
+
+
+def task_statuses(emitter: RecordingEmitter) -> list[str]:
+    """The statuses the recorded `task_status_event`s announced, in order."""
+    return [
+        e.event.status for e in emitter.sent if isinstance(e.event, TaskStatusEvent)
+    ]
 
 
 def rest(api: str, token: str) -> httpx.Client:
