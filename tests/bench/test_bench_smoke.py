@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {"throughput", "latency", "disconnect", "backlog"}
 
 
+@pytest.mark.slow  # about 25 s: every section of the benchmark, briefly
 @pytest.mark.timeout(90)
 def test_quick_run_on_sqlite_reports_no_errors() -> None:
     finished = subprocess.run(

@@ -16,6 +16,9 @@ from tests.support.services import REDIS_URL, empty_postgres, require_redis
 from tests.support.sockets import connect_peer
 from tests.support.tokens import ADMIN, ALICE, BOB, TOKENS_JSON
 
+# Two `joblib-server` processes and a worker process: seconds of start-up each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def two_servers(postgres_url: str) -> Iterator[tuple[str, str]]:
