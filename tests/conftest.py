@@ -145,24 +145,3 @@ def live_server(database_url: str, settings: Settings) -> Iterator[LiveServer]:
     with serve_in_thread(app) as server:
         yield server
 
-
-# Moved to tests.support; kept while the other test modules' imports move.
-from tests.support.rows import count_rows  # noqa: E402
-from tests.support.servers import free_port  # noqa: E402
-from tests.support.tokens import TOKENS_JSON  # noqa: E402
-
-_pg_exec = pg_exec
-__all__ = [
-    "ADMIN",
-    "ALICE",
-    "BOB",
-    "TOKENS",
-    "TOKENS_JSON",
-    "ClientFactory",
-    "LiveServer",
-    "_pg_exec",
-    "count_rows",
-    "free_port",
-    "make_settings",
-    "serve_in_thread",
-]
