@@ -135,6 +135,8 @@ def test_task_status_event_payload_is_json_ready() -> None:
         "queue_position",
         "worker_id",
         "error",
+        "attempt",
+        "error_code",
     }
 
 

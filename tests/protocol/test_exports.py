@@ -13,6 +13,9 @@ EXPECTED = {
     "JobRegisterRequest", "JobResponse", "JobSummary", "PaginatedResponse",
     "TaskClaimRequest", "TaskClaimResponse", "TaskResponse", "TaskStatus",
     "TaskSubmitRequest", "TaskUpdateRequest", "WorkerResponse", "WorkerSummary",
+    # disconnects (ours)
+    "DisconnectAction", "DisconnectPolicy", "DisconnectPolicyRequest", "ErrorCode",
+    "WorkerCleanupResponse",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",
@@ -21,7 +24,8 @@ EXPECTED = {
     "Forbidden", "InternalError", "InternalJobNotConfigured", "InvalidCategory",
     "InvalidJobName", "InvalidRoomId", "InvalidTaskTransition", "JobNotFound",
     "MethodNotAllowed", "NotFound", "PayloadTooLarge", "ProblemDetail", "ProblemType",
-    "SchemaConflict", "TaskNotFound", "Unauthorized", "ValidationFailed",
+    "SchemaConflict", "TaskNotFound", "TaskWorkerMismatch", "Unauthorized",
+    "ValidationFailed",
     "WorkerNotFound", "problem_type_for",
 }  # fmt: skip
 

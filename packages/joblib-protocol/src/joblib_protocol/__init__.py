@@ -15,7 +15,14 @@ from joblib_protocol.events import (
     job_channel,
     room_channel,
 )
-from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
+from joblib_protocol.jobs import (
+    DisconnectAction,
+    DisconnectPolicy,
+    DisconnectPolicyRequest,
+    JobRegisterRequest,
+    JobResponse,
+    JobSummary,
+)
 from joblib_protocol.naming import (
     API_PREFIX,
     DEFAULT_CATEGORIES,
@@ -49,6 +56,7 @@ from joblib_protocol.problems import (
     ProblemType,
     SchemaConflict,
     TaskNotFound,
+    TaskWorkerMismatch,
     Unauthorized,
     ValidationFailed,
     WorkerNotFound,
@@ -58,6 +66,7 @@ from joblib_protocol.schema import json_schemas
 from joblib_protocol.tasks import (
     TERMINAL_STATUSES,
     VALID_TRANSITIONS,
+    ErrorCode,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskResponse,
@@ -67,7 +76,11 @@ from joblib_protocol.tasks import (
     is_terminal,
     is_valid_transition,
 )
-from joblib_protocol.workers import WorkerResponse, WorkerSummary
+from joblib_protocol.workers import (
+    WorkerCleanupResponse,
+    WorkerResponse,
+    WorkerSummary,
+)
 
 __version__ = "0.1.0"
 
@@ -85,7 +98,11 @@ __all__ = [
     "SERVER_EVENTS",
     "TERMINAL_STATUSES",
     "VALID_TRANSITIONS",
+    "DisconnectAction",
+    "DisconnectPolicy",
+    "DisconnectPolicyRequest",
     "Emission",
+    "ErrorCode",
     "Event",
     "Forbidden",
     "InternalError",
@@ -120,8 +137,10 @@ __all__ = [
     "TaskStatusEvent",
     "TaskSubmitRequest",
     "TaskUpdateRequest",
+    "TaskWorkerMismatch",
     "Unauthorized",
     "ValidationFailed",
+    "WorkerCleanupResponse",
     "WorkerNotFound",
     "WorkerResponse",
     "WorkerSummary",

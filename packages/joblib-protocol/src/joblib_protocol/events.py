@@ -7,7 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from joblib_protocol.tasks import TaskStatus
+from joblib_protocol.tasks import ErrorCode, TaskStatus
 
 
 class EventName(str):
@@ -80,6 +80,9 @@ class TaskStatusEvent(Event, event_name="task_status_event"):
     queue_position: int | None = None
     worker_id: str | None = None
     error: str | None = None
+    # Ours: additions old clients ignore.
+    attempt: int = 1
+    error_code: ErrorCode | None = None
 
 
 class JoinJobRoom(Event, event_name="join_job_room"):

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+DisconnectAction = Literal["fail", "requeue"]
+
+
+class DisconnectPolicyRequest(BaseModel):
+    """Ours: what happens to a job's tasks when their worker goes away.
+
+    Fields left out take the server's defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: DisconnectAction | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    grace_seconds: float | None = Field(default=None, ge=0, le=86400)
+
+
+class DisconnectPolicy(BaseModel):
+    """Ours: the disconnect policy in force for a job."""
+
+    action: DisconnectAction = Field(
+        description="`fail` the lost task, or `requeue` it at its place in the queue."
+    )
+    max_attempts: int = Field(
+        ge=1, description="With `requeue`: runs allowed before the task fails."
+    )
+    grace_seconds: float = Field(
+        ge=0,
+        description="How long a worker whose socket dropped may take to come back "
+        "before the policy applies.",
+    )
 
 
 class JobRegisterRequest(BaseModel):
@@ -17,6 +48,7 @@ class JobRegisterRequest(BaseModel):
     name: str
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     worker_id: UUID | None = None
+    on_disconnect: DisconnectPolicyRequest | None = None
 
 
 class JobResponse(BaseModel):
@@ -32,6 +64,7 @@ class JobResponse(BaseModel):
     schema_: dict[str, Any] = Field(alias="schema")
     workers: list[UUID]
     worker_id: UUID | None = None
+    on_disconnect: DisconnectPolicy | None = None
 
 
 class JobSummary(BaseModel):

@@ -110,6 +110,18 @@ class InvalidTaskTransition(ProblemType):
     status = 409
 
 
+class TaskWorkerMismatch(ProblemType):
+    """Ours: the reporting worker is not the task's worker any more.
+
+    The task was requeued and claimed by another worker, or its worker was removed;
+    the report changed nothing.
+    """
+
+    slug = "task-worker-mismatch"
+    title = "Task worker mismatch"
+    status = 409
+
+
 class Forbidden(ProblemType):
     """The caller is authenticated but may not touch this resource."""
 
@@ -185,6 +197,7 @@ PROBLEM_TYPES: dict[str, type[ProblemType]] = {
         WorkerNotFound,
         TaskNotFound,
         InvalidTaskTransition,
+        TaskWorkerMismatch,
         Forbidden,
         InternalJobNotConfigured,
         Unauthorized,

@@ -17,7 +17,11 @@ from joblib_protocol.tasks import (
     TaskSubmitRequest,
     TaskUpdateRequest,
 )
-from joblib_protocol.workers import WorkerResponse, WorkerSummary
+from joblib_protocol.workers import (
+    WorkerCleanupResponse,
+    WorkerResponse,
+    WorkerSummary,
+)
 
 REST_MODELS: tuple[type[BaseModel], ...] = (
     JobRegisterRequest,
@@ -25,6 +29,7 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     JobSummary,
     WorkerResponse,
     WorkerSummary,
+    WorkerCleanupResponse,
     TaskSubmitRequest,
     TaskResponse,
     TaskClaimRequest,

@@ -55,6 +55,21 @@ def is_terminal(status: TaskStatus | str) -> bool:
     return status in TERMINAL_STATUSES
 
 
+class ErrorCode(StrEnum):
+    """Ours: why a task failed, for machines; `error` stays the human sentence."""
+
+    WORKER_DISCONNECTED = "worker_disconnected"
+    """Its worker's socket dropped and did not come back within the grace time."""
+    WORKER_REMOVED = "worker_removed"
+    """Its worker was removed with `DELETE /workers/{id}`."""
+    WORKER_TIMED_OUT = "worker_timed_out"
+    """Its worker stopped heartbeating and the sweeper removed it."""
+    JOB_FAILED = "job_failed"
+    """The worker reported that the job failed."""
+    INTERNAL_TIMED_OUT = "internal_timed_out"
+    """An `@internal` task ran longer than `internal_task_timeout_seconds`."""
+
+
 class TaskSubmitRequest(BaseModel):
     """Body of `POST /rooms/{room_id}/tasks/{full_name}`."""
 
@@ -75,6 +90,9 @@ class TaskResponse(BaseModel):
     error: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     queue_position: int | None = None
+    # Ours: additions old clients ignore.
+    attempt: int = Field(default=1, ge=1, description="1 for a first run.")
+    error_code: ErrorCode | None = None
 
 
 class TaskClaimRequest(BaseModel):
@@ -99,3 +117,6 @@ class TaskUpdateRequest(BaseModel):
 
     status: TaskStatus
     error: str | None = None
+    # Ours: the reporting worker. When it is not the task's worker any more (the
+    # task was requeued to another, or the worker removed), the answer is 409.
+    worker_id: UUID | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class WorkerResponse(BaseModel):
@@ -21,3 +21,12 @@ class WorkerSummary(BaseModel):
     id: UUID
     last_heartbeat: datetime
     job_count: int
+
+
+class WorkerCleanupResponse(BaseModel):
+    """Ours: what `DELETE /workers/{id}` did (with `Prefer: return=representation`)."""
+
+    worker_id: UUID
+    failed: list[UUID] = Field(default_factory=list)
+    requeued: list[UUID] = Field(default_factory=list)
+    jobs_removed: list[str] = Field(default_factory=list)
