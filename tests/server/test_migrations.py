@@ -362,6 +362,32 @@ async def test_several_servers_upgrading_at_once_make_the_tables_once(
     assert await differences(engines[0]) == []
 
 
+def test_several_processes_upgrading_at_once_all_succeed(empty_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBLIB_")}
+    processes = [
+        subprocess.Popen(
+            [COMMAND, "db", "upgrade", "--database-url", empty_url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for process in processes:
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+
+    async def revision() -> str | None:
+        engine = create_engine(empty_url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    assert anyio.run(revision) == head_revision()
+
+
 async def test_a_revision_newer_than_this_server_is_refused(
     empty_url: str, engine_of: Any
 ) -> None:

@@ -82,11 +82,6 @@ _TABLES_0_1_0: dict[str, tuple[set[str], set[str]]] = {
     ),
 }
 
-# Several server processes may start at once on a new database; on PostgreSQL
-# they queue here (SQLite queues on the write transaction's BEGIN IMMEDIATE). The
-# key is the one 0.1.0's `create_tables` used.
-_POSTGRES_LOCK = "SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))"
-
 
 @cache
 def _scripts() -> ScriptDirectory:
@@ -109,9 +104,13 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def upgrade_schema(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring joblib's tables to `revision`, creating or adopting them as needed."""
-    async with Database(engine).write() as session:
+    database = Database(engine)
+    # Several server processes may start at once on a new database: they take
+    # turns (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock).
+    async with database.write() as session:
         connection = await session.connection()
-        await connection.run_sync(upgrade_connection, revision)
+        async with database.backend.schema_lock(connection):
+            await connection.run_sync(upgrade_connection, revision)
 
 
 async def ensure_schema(engine: AsyncEngine, *, upgrade: bool) -> None:
@@ -141,10 +140,9 @@ def upgrade_connection(connection: sa.Connection, revision: str = "head") -> Non
     """Upgrade joblib's tables inside `connection`'s transaction; the caller commits.
 
     This is the synchronous core, for a host's Alembic `env.py` (call it there,
-    not from inside a migration: Alembic's `op` is one global per process).
+    not from inside a migration: Alembic's `op` is one global per process). Unlike
+    `upgrade_schema` it takes no lock against other processes upgrading at once.
     """
-    if connection.dialect.name == "postgresql":
-        connection.execute(sa.text(_POSTGRES_LOCK))
     context = _context(connection)
     scripts = _scripts()
     current = context.get_current_revision()
