@@ -64,6 +64,7 @@ def assert_no_workers(api: str, token: str) -> None:
         assert client.get("/rooms/room_1/jobs").json()["total"] == 0
 
 
+@pytest.mark.slow  # a server, a worker and curl in processes of their own: ~5 s
 def test_readme_worker_and_curl_blocks(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "worker.py").write_text(readme_block("worker-example"))
@@ -98,6 +99,7 @@ def readme_token(directory: Path) -> str:
     ).stdout.strip()
 
 
+@pytest.mark.slow  # a host, a worker and two token commands as processes: ~5 s
 @pytest.mark.parametrize(
     ("host", "how"),
     [("starlette_host", signal.SIGTERM), ("fastapi_host", signal.SIGINT)],
