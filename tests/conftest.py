@@ -144,4 +144,3 @@ def live_server(database_url: str, settings: Settings) -> Iterator[LiveServer]:
     app = create_app(standalone, TokenAuth(TOKENS))
     with serve_in_thread(app) as server:
         yield server
-
