@@ -13,7 +13,8 @@ EXPECTED = {
     "InvalidRoomIdError", "UnauthorizedError", "ForbiddenError", "NotFoundError",
     "JobNotFoundError", "WorkerNotFoundError", "TaskNotFoundError",
     "MethodNotAllowedError", "ConflictError", "SchemaConflictError",
-    "InvalidTaskTransitionError", "PayloadTooLargeError", "ValidationFailedError",
+    "InvalidTaskTransitionError", "TaskWorkerMismatchError", "PayloadTooLargeError",
+    "ValidationFailedError",
     "ServerError", "InternalJobNotConfiguredError",
 }  # fmt: skip
 

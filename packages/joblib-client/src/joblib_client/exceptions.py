@@ -28,6 +28,7 @@ from joblib_protocol import (
     ProblemType,
     SchemaConflict,
     TaskNotFound,
+    TaskWorkerMismatch,
     Unauthorized,
     ValidationFailed,
     WorkerNotFound,
@@ -150,6 +151,15 @@ class InvalidTaskTransitionError(ConflictError):
     """The task cannot move from its current state to the one asked for."""
 
     problem_type = InvalidTaskTransition
+
+
+class TaskWorkerMismatchError(ConflictError):
+    """The reporting worker is no longer the task's worker; the report changed nothing.
+
+    The task was requeued and claimed by another worker, or its worker was removed.
+    """
+
+    problem_type = TaskWorkerMismatch
 
 
 class PayloadTooLargeError(JobLibError):
