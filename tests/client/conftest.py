@@ -4,15 +4,23 @@
 an `httpx.Client`, so managers reach it through a plain api object.
 `RecordingTsio` is our own stand-in for the socket seam: it records what the
 manager emits.
+
+Client tests run on SQLite only: what they check is the client's behaviour, which
+does not depend on the database behind the server. The server tests run every
+operation on both databases; none of the client tests depends on one (a test that
+did, such as concurrent claims, would belong with them).
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,21 +58,37 @@ class RecordingTsio:
 
     events: list[Event] = field(default_factory=list)
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> object:
         self.events.append(event)
+        return None
 
     def of(self, kind: type[Event]) -> list[Any]:
         return [event for event in self.events if isinstance(event, kind)]
 
 
 @pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """An empty SQLite database (overrides the suite's two-database fixture)."""
+    return f"sqlite:///{tmp_path / 'joblib.db'}"
+
+
+def standalone_app(
+    database_url: str, settings: Settings, *, realtime: bool = False
+) -> Any:
+    """The standalone app on `database_url`; with `realtime`, Socket.IO too."""
+    standalone = StandaloneSettings(
+        database_url=database_url,
+        socketio_ping_interval_seconds=1,
+        socketio_ping_timeout_seconds=1,
+        joblib=settings,
+    )
+    return create_app(standalone, TokenAuth(TOKENS), realtime=realtime)
+
+
+@pytest.fixture
 def server(database_url: str, settings: Settings) -> Iterator[TestClient]:
     """The real app on the test database, in-process, its lifespan entered."""
-    app = create_app(
-        StandaloneSettings(database_url=database_url, joblib=settings),
-        TokenAuth(TOKENS),
-        realtime=False,
-    )
+    app = standalone_app(database_url, settings)
     with TestClient(app) as client:
         yield client
 
@@ -148,16 +172,31 @@ class Listener:
 
 
 class RequestCounter:
-    """An httpx event hook counting the requests a client sends."""
+    """An httpx event hook counting the requests a client sends (ending in `path`).
 
-    def __init__(self) -> None:
+    `times` holds when each was sent (`time.monotonic()`).
+    """
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
         self.requests: list[httpx.Request] = []
+        self.times: list[float] = []
 
     def __call__(self, request: httpx.Request) -> None:
-        self.requests.append(request)
+        if request.url.path.endswith(self.path):
+            self.requests.append(request)
+            self.times.append(time.monotonic())
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.times.clear()
+
+    def gaps(self) -> list[float]:
+        """Seconds between one request and the next."""
+        return [later - earlier for earlier, later in itertools.pairwise(self.times)]
 
 
 @pytest.fixture

@@ -2,39 +2,36 @@
 
 from __future__ import annotations
 
-import time
-
 from joblib_client import JobManager
-from joblib_server import Settings, StandaloneSettings, TokenAuth, create_app
-from tests.client.conftest import Listener, RequestCounter
+from joblib_server import Settings
+from tests.client.conftest import Listener, RequestCounter, standalone_app
 from tests.client.extensions import Rotate
+from tests.support import eventually
 from tests.support.servers import serve_in_thread
-from tests.support.tokens import ADMIN, TOKENS
+from tests.support.tokens import ADMIN
+
+POLLING_INTERVAL = 0.3
 
 
 def test_listen_pauses_between_claims_while_the_server_is_down(
     database_url: str, settings: Settings
 ) -> None:
-    app = create_app(
-        StandaloneSettings(database_url=database_url, joblib=settings),
-        TokenAuth(TOKENS),
-        realtime=False,
-    )
-    claims = RequestCounter()
-    with serve_in_thread(app) as server:
+    claims = RequestCounter("/tasks/claim")
+    with serve_in_thread(standalone_app(database_url, settings)) as server:
         manager = JobManager.connect(
             server.url, token=ADMIN, socket=False, heartbeat_interval=None
         )
         manager.register(Rotate)
         manager.api.http.event_hooks["request"].append(claims)
-        listener = Listener(manager, polling_interval=0.3)
+        listener = Listener(manager, polling_interval=POLLING_INTERVAL)
         listener.__enter__()
-        time.sleep(0.2)  # its claim is held by the server
+        eventually(lambda: len(claims), what="the first claim")
     # The server is gone: every claim now fails to connect.
-    claims.requests.clear()
-    time.sleep(1.5)
-    attempts = len(claims.requests)
-    listener.__exit__(None, None, None)
-    manager.close()
-    # About one attempt per polling interval, not a loop without pauses.
-    assert 2 <= attempts <= 8
+    claims.clear()
+    try:
+        eventually(lambda: len(claims) >= 3, what="three claims without a server")
+    finally:
+        listener.__exit__(None, None, None)
+        manager.close()
+    # It keeps trying, about once per polling interval, not in a loop without pauses.
+    assert min(claims.gaps()[:2]) >= POLLING_INTERVAL * 0.95

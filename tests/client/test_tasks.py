@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -18,8 +19,10 @@ from joblib_client import (
     WorkerNotFoundError,
 )
 from joblib_protocol import TaskStatus
+from joblib_server import Settings
 from tests.client.conftest import Listener, ManagerFactory, RequestCounter, auth
 from tests.client.extensions import Explode, Rotate
+from tests.support import eventually
 from tests.support.servers import make_settings
 from tests.support.tokens import ADMIN, ALICE
 
@@ -37,11 +40,13 @@ def submitter(make_manager: ManagerFactory) -> JobManager:
     return make_manager(ALICE)
 
 
-def test_claim_answers_none_when_nothing_waits(worker) -> None:
+def test_claim_answers_none_when_nothing_waits(worker: JobManager) -> None:
     assert worker.claim() is None
 
 
-def test_claim_builds_the_extension_and_starts_the_task(worker, submitter) -> None:
+def test_claim_builds_the_extension_and_starts_the_task(
+    worker: JobManager, submitter: JobManager
+) -> None:
     task_id = submitter.submit(Rotate(angle=90), "room1")
 
     task = worker.claim()
@@ -56,7 +61,9 @@ def test_claim_builds_the_extension_and_starts_the_task(worker, submitter) -> No
     assert task.status == TaskStatus.RUNNING
 
 
-def test_claim_without_start_then_start(worker, submitter) -> None:
+def test_claim_without_start_then_start(
+    worker: JobManager, submitter: JobManager
+) -> None:
     submitter.submit(Rotate(), "room1")
     task = worker.claim(start=False)
     assert task is not None
@@ -67,9 +74,12 @@ def test_claim_without_start_then_start(worker, submitter) -> None:
     assert task.status == TaskStatus.RUNNING
 
 
-def test_run_completes_and_passes_keyword_arguments(worker, submitter) -> None:
+def test_run_completes_and_passes_keyword_arguments(
+    worker: JobManager, submitter: JobManager
+) -> None:
     task_id = submitter.submit(Rotate(angle=45), "room1")
     task = worker.claim(start=False)
+    assert task is not None
     seen: list[float] = []
 
     assert worker.run(task, seen=seen) == TaskStatus.COMPLETED
@@ -78,9 +88,12 @@ def test_run_completes_and_passes_keyword_arguments(worker, submitter) -> None:
     assert submitter.wait(task_id, timeout=5).status == TaskStatus.COMPLETED
 
 
-def test_run_reports_the_error_of_a_failing_extension(worker, submitter) -> None:
+def test_run_reports_the_error_of_a_failing_extension(
+    worker: JobManager, submitter: JobManager
+) -> None:
     task_id = submitter.submit(Explode(), "room1")
     task = worker.claim()
+    assert task is not None
 
     assert worker.run(task) == TaskStatus.FAILED
 
@@ -89,9 +102,12 @@ def test_run_reports_the_error_of_a_failing_extension(worker, submitter) -> None
     assert shown.error == "ValueError: boom"
 
 
-def test_run_keeps_a_cancelled_task_cancelled(worker, submitter, server) -> None:
+def test_run_keeps_a_cancelled_task_cancelled(
+    worker: JobManager, submitter: JobManager, server: TestClient
+) -> None:
     task_id = submitter.submit(Rotate(), "room1")
     task = worker.claim()
+    assert task is not None
     cancelled = server.patch(
         f"/v1/joblib/tasks/{task_id}", json={"status": "cancelled"}, headers=auth(ALICE)
     )
@@ -101,7 +117,7 @@ def test_run_keeps_a_cancelled_task_cancelled(worker, submitter, server) -> None
 
 
 def test_a_payload_that_does_not_fit_fails_the_task(
-    worker, submitter, server: TestClient
+    worker: JobManager, submitter: JobManager, server: TestClient
 ) -> None:
     answer = server.post(
         "/v1/joblib/rooms/room1/tasks/@global:modifiers:Rotate",
@@ -117,9 +133,12 @@ def test_a_payload_that_does_not_fit_fails_the_task(
     assert "invalid payload" in (shown.error or "")
 
 
-def test_complete_twice_is_an_invalid_transition(worker, submitter) -> None:
+def test_complete_twice_is_an_invalid_transition(
+    worker: JobManager, submitter: JobManager
+) -> None:
     submitter.submit(Rotate(), "room1")
     task = worker.claim()
+    assert task is not None
     worker.complete(task)
 
     with pytest.raises(InvalidTaskTransitionError) as caught:
@@ -128,12 +147,12 @@ def test_complete_twice_is_an_invalid_transition(worker, submitter) -> None:
 
 
 def test_listen_run_complete_takes_at_most_three_requests_per_task(
-    worker, submitter, count_requests: RequestCounter
+    worker: JobManager, submitter: JobManager, count_requests: RequestCounter
 ) -> None:
     ids = [submitter.submit(Rotate(angle=n), "room1") for n in range(3)]
     stop = threading.Event()
     done = []
-    count_requests.requests.clear()
+    count_requests.clear()
 
     for task in worker.listen(stop_event=stop, polling_interval=0.05):
         worker.run(task)
@@ -146,14 +165,16 @@ def test_listen_run_complete_takes_at_most_three_requests_per_task(
     assert len(count_requests) == 2 * len(ids)
 
 
-def test_listen_polls_without_a_socket(worker, submitter) -> None:
+def test_listen_polls_without_a_socket(
+    worker: JobManager, submitter: JobManager
+) -> None:
     with Listener(worker, polling_interval=0.05) as listener:
         task_id = submitter.submit(Rotate(angle=7), "room1")
         assert listener.next_task(timeout=10).id == task_id
 
 
 def test_listen_registers_again_when_the_server_forgot_the_worker(
-    worker, submitter, server: TestClient
+    worker: JobManager, submitter: JobManager, server: TestClient
 ) -> None:
     old = worker.worker_id
     removed = server.delete(f"/v1/joblib/workers/{old}", headers=auth(ADMIN))
@@ -173,22 +194,34 @@ def test_listen_registers_again_when_the_server_forgot_the_worker(
     assert sorted(worker) == ["@global:analysis:Explode", "@global:modifiers:Rotate"]
 
 
-def test_wait_times_out_on_a_pending_task(worker, submitter) -> None:
+def test_wait_times_out_on_a_pending_task(
+    worker: JobManager, submitter: JobManager
+) -> None:
     task_id = submitter.submit(Rotate(), "room1")
     with pytest.raises(WaitTimeoutError, match="pending") as caught:
         submitter.wait(task_id, timeout=1)
     assert isinstance(caught.value, TimeoutError)
 
 
-def test_wait_answers_once_the_task_ends(worker, submitter) -> None:
+def test_wait_answers_once_the_task_ends(
+    worker: JobManager, submitter: JobManager
+) -> None:
     task_id = submitter.submit(Rotate(), "room1")
+    waiting = threading.Event()
+
+    def long_poll_sent(request: httpx.Request) -> None:
+        if request.method == "GET" and "prefer" in request.headers:
+            waiting.set()
+
+    submitter.api.http.event_hooks["request"].append(long_poll_sent)
 
     def work() -> None:
+        assert waiting.wait(10)  # the task ends while wait() waits
         task = worker.claim()
         assert task is not None
         worker.run(task)
 
-    thread = threading.Timer(0.3, work)
+    thread = threading.Thread(target=work)
     thread.start()
     try:
         assert submitter.wait(task_id, timeout=10).status == TaskStatus.COMPLETED
@@ -196,37 +229,41 @@ def test_wait_answers_once_the_task_ends(worker, submitter) -> None:
         thread.join()
 
 
-def test_submit_and_wait_raise_not_found(submitter) -> None:
+def test_submit_and_wait_raise_not_found(submitter: JobManager) -> None:
     with pytest.raises(JobNotFoundError):
         submitter.submit(Rotate(), "room1")
     with pytest.raises(TaskNotFoundError):
         submitter.wait(uuid.uuid4(), timeout=1)
 
 
-def test_listen_parks_its_claims_and_gets_a_task_at_once(worker, submitter) -> None:
+def test_listen_parks_its_claims_and_gets_a_task_at_once(
+    worker: JobManager, submitter: JobManager
+) -> None:
     """No socket, a 30 s polling interval: the held claim brings the task."""
-    claims = RequestCounter()
+    claims = RequestCounter("/tasks/claim")
     worker.api.http.event_hooks["request"].append(claims)
     with Listener(worker, polling_interval=30) as listener:
-        time.sleep(0.5)  # idle: its claim is held by the server meanwhile
-        idle_claims = len(claims.requests)
+        # Idle, it claims again only once the server answered the held claim
+        # (after 2 s: the longest listen() asks for).
+        eventually(lambda: len(claims) >= 2, what="a second claim")
+        assert claims.gaps()[0] >= 1.0
         started = time.monotonic()
         task_id = submitter.submit(Rotate(angle=7), "room1")
         assert listener.next_task(timeout=5).id == task_id
         assert time.monotonic() - started < 1.5
-    assert idle_claims == 1
+        worker.disconnect()  # the server answers its next held claim at once
 
 
 @pytest.mark.parametrize(
     "settings", [make_settings(long_poll_max_wait_seconds=0)], indirect=False
 )
 def test_listen_pauses_between_claims_when_the_server_does_not_hold_them(
-    worker, settings
+    worker: JobManager, settings: Settings
 ) -> None:
     """A server that answers claims at once: listen() falls back to polling."""
-    claims = RequestCounter()
+    claims = RequestCounter("/tasks/claim")
     worker.api.http.event_hooks["request"].append(claims)
     with Listener(worker, polling_interval=0.2):
-        time.sleep(1.1)
-    # About one claim per polling interval, not a claim loop without pauses.
-    assert 3 <= len(claims.requests) <= 8
+        eventually(lambda: len(claims) >= 3, what="three claims")
+    # One claim per polling interval, not a claim loop without pauses.
+    assert min(claims.gaps()[:2]) >= 0.2 * 0.95
