@@ -114,7 +114,7 @@ def make_manager(server: TestClient) -> Iterator[ManagerFactory]:
 
     yield factory
     for manager in managers:
-        manager.disconnect()
+        manager.close()  # closes no transport of ours; waits for its heartbeat
 
 
 @pytest.fixture
@@ -123,7 +123,6 @@ def make_live_manager(live_server: LiveServer) -> Iterator[ManagerFactory]:
     managers: list[JobManager] = []
 
     def factory(token: str = ADMIN, **kwargs: Any) -> JobManager:
-        kwargs.setdefault("heartbeat_interval", None)
         manager = JobManager.connect(live_server.url, token=token, **kwargs)
         managers.append(manager)
         return manager
@@ -205,3 +204,53 @@ def count_requests(server: TestClient) -> RequestCounter:
     counter = RequestCounter()
     server.event_hooks["request"].append(counter)
     return counter
+
+
+class Gate:
+    """An httpx request hook holding back the requests `method path...` until opened.
+
+    `entered` is set once a request waits at the gate. Leaving the block opens it.
+    """
+
+    def __init__(self, http: httpx.Client, method: str, path: str) -> None:
+        self.http = http
+        self.method = method
+        self.path = path
+        self.entered = threading.Event()
+        self._open = threading.Event()
+
+    def __call__(self, request: httpx.Request) -> None:
+        if request.method == self.method and self.path in request.url.path:
+            self.entered.set()
+            self._open.wait(30)
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __enter__(self) -> Gate:
+        self.http.event_hooks["request"].append(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.open()
+        self.http.event_hooks["request"].remove(self)
+
+
+def heartbeat_threads() -> set[threading.Thread]:
+    """The heartbeat threads alive in this process, of any manager."""
+    return {t for t in threading.enumerate() if t.name == "joblib heartbeat"}
+
+
+def in_thread(function: Callable[[], object]) -> tuple[threading.Thread, list[Any]]:
+    """Run `function` in a daemon thread; the list gets its result or exception."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except BaseException as exc:  # surfaced by the test, not lost in a thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome

@@ -9,8 +9,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from joblib_client import JobManager
+from joblib_client import JobLibError, JobManager, SocketClient
 from joblib_protocol import LeaveJobRoom, TaskStatus
+from joblib_server import Settings
 from tests.client.conftest import (
     InProcessApi,
     Listener,
@@ -18,9 +19,12 @@ from tests.client.conftest import (
     RecordingTsio,
     RequestCounter,
     auth,
+    heartbeat_threads,
+    standalone_app,
 )
 from tests.client.extensions import Rotate, Select
-from tests.support.servers import free_port
+from tests.support import eventually
+from tests.support.servers import LiveServer, free_port, serve_in_thread
 from tests.support.tokens import ADMIN, ALICE
 
 
@@ -203,4 +207,70 @@ def test_disconnect_stops_listen_and_the_heartbeat(
         listener.thread.join(timeout=5)
         assert not listener.thread.is_alive()
 
+    assert_cleared(manager)
+
+
+def test_a_disconnected_manager_does_not_become_a_worker_again(
+    make_manager: ManagerFactory, server: TestClient, count_requests: RequestCounter
+) -> None:
+    manager = make_manager(ADMIN)
+    manager.register(Rotate)
+    manager.disconnect()
+    before = heartbeat_threads()
+    count_requests.clear()
+
+    with pytest.raises(JobLibError, match="disconnected"):
+        manager.register(Select)
+    with pytest.raises(JobLibError, match="disconnected"):
+        manager.create_worker()
+    with pytest.raises(JobLibError, match="disconnected"):
+        next(manager.listen())
+
+    assert len(count_requests) == 0
+    assert heartbeat_threads() - before == set()
+    assert_cleared(manager)
+
+
+def socket_of(manager: JobManager) -> SocketClient:
+    assert isinstance(manager.tsio, SocketClient)
+    return manager.tsio
+
+
+def test_close_closes_socket_and_http_client_when_the_server_is_gone(
+    database_url: str, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = standalone_app(database_url, settings, realtime=True)
+    with serve_in_thread(app) as live:
+        manager = JobManager.connect(live.url, token=ADMIN)
+        manager.register(Rotate)
+        worker_id = manager.worker_id
+        sock = socket_of(manager)
+        dropped = sock.client.eio.ws
+    eventually(lambda: not sock.connected, what="the socket to notice")
+
+    with caplog.at_level(logging.WARNING, logger="joblib_client"):
+        manager.close()  # leaving the room and removing the worker both fail
+
+    # python-engineio leaves a dropped websocket to the garbage collector.
+    dropped.shutdown()
+    assert manager.api.http.is_closed
+    assert not sock.connected
+    assert sock.client.eio.state == "disconnected"
+    assert_cleared(manager)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"could not remove worker {worker_id}" in m for m in messages)
+
+
+def test_close_closes_the_socket_when_removing_the_worker_raises(
+    live_server: LiveServer,
+) -> None:
+    manager = JobManager.connect(live_server.url, token=ADMIN)
+    manager.register(Rotate)
+    sock = socket_of(manager)
+    manager.api.http.close()  # closed behind the manager's back: not a JobLibError
+
+    with pytest.raises(RuntimeError, match="closed"):
+        manager.close()
+
+    assert not sock.connected
     assert_cleared(manager)

@@ -9,9 +9,17 @@ from starlette.testclient import TestClient
 
 from joblib_client import Extension, ForbiddenError, JobLibError, JobManager
 from joblib_protocol import JoinJobRoom
-from tests.client.conftest import ManagerFactory, RecordingTsio, auth
+from joblib_server import Settings
+from tests.client.conftest import (
+    ManagerFactory,
+    RecordingTsio,
+    auth,
+    heartbeat_threads,
+    standalone_app,
+)
 from tests.client.extensions import PrivateJob, Rotate, Select
 from tests.support import eventually
+from tests.support.servers import serve_in_thread
 from tests.support.tokens import ADMIN, ALICE
 
 
@@ -161,3 +169,29 @@ def test_heartbeat_thread_keeps_the_worker_fresh(
     assert _server_heartbeat(server, manager) >= beat
     manager.disconnect()
     assert manager.last_heartbeat is None
+
+
+def assert_heartbeats_by_default(manager: JobManager) -> None:
+    """The manager heartbeats, often enough for the server's default timeout."""
+    # Three beats per timeout: one late beat does not get a live worker swept.
+    assert manager.heartbeat_interval is not None
+    assert manager.heartbeat_interval * 3 <= Settings().worker_timeout_seconds
+    before = heartbeat_threads()
+    manager.register(Rotate)
+    (thread,) = heartbeat_threads() - before
+    manager.close()
+    assert not thread.is_alive()
+
+
+def test_a_manager_built_with_the_constructor_heartbeats_by_default(
+    make_manager: ManagerFactory,
+) -> None:
+    assert_heartbeats_by_default(make_manager(ADMIN))
+
+
+def test_a_manager_built_with_connect_heartbeats_by_default(
+    database_url: str, settings: Settings
+) -> None:
+    with serve_in_thread(standalone_app(database_url, settings)) as server:
+        manager = JobManager.connect(server.url, token=ADMIN, socket=False)
+        assert_heartbeats_by_default(manager)

@@ -10,7 +10,11 @@ logger = logging.getLogger("joblib_client")
 
 
 class Ticker:
-    """Calls `action` every `interval` seconds in a background thread."""
+    """Calls `action` every `interval` seconds in a background thread.
+
+    Stopping is final: a stopped ticker never starts again, whoever asks (the
+    manager starts it after each new worker, from whichever thread made it).
+    """
 
     def __init__(
         self, interval: float, action: Callable[[], object], name: str
@@ -21,26 +25,36 @@ class Ticker:
         self.action = action
         self.name = name
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
-        """Tell whether the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """Tell whether the thread is alive (it may be ending its last call)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
+    def stopped(self) -> bool:
+        """Tell whether `stop()` was called."""
+        return self._stop.is_set()
 
     def start(self) -> None:
-        """Start the thread, unless it already runs."""
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        """Start the thread, unless it already runs or the ticker was stopped."""
+        with self._lock:
+            if self._stop.is_set() or self.running:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=self.name, daemon=True
+            )
+            self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread and wait for its current call to end."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop for good; with `wait`, also wait for a call in progress to end."""
         self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
+        with self._lock:
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
 
     def _run(self) -> None:

@@ -51,6 +51,10 @@ logger = logging.getLogger("joblib_client")
 
 ExtensionT = TypeVar("ExtensionT", bound=Extension)
 
+HEARTBEAT_SECONDS = 20.0
+"""Default heartbeat interval: three beats fit in the server's default
+`worker_timeout_seconds` (60), so one late beat does not get a live worker swept."""
+
 LONG_POLL_SECONDS = 30.0
 """How long one `wait()` request asks the server to hold its answer."""
 
@@ -80,7 +84,13 @@ class JobManager:
     `get_headers()`); `tsio`, when given, sends the socket events (any object with
     `emit(event)`). If `tsio` can also deliver events (`on(name, handler)`), a
     submitted task wakes `listen()` at once and the rooms are joined again after
-    every reconnection. Use it as a context manager, or call `disconnect()`.
+    every reconnection. Once it has a worker, a background thread heartbeats every
+    `heartbeat_interval` seconds (None: never). Use it as a context manager, or
+    call `disconnect()`; a disconnected manager does not become a worker again.
+
+    Threads may share a manager. Its lock guards its state only, never a request
+    or an emit: a thread waiting on the server blocks no other thread, except one
+    that needs the worker another thread is creating.
     """
 
     def __init__(
@@ -88,15 +98,20 @@ class JobManager:
         api: Api,
         tsio: Tsio | None = None,
         *,
-        heartbeat_interval: float | None = None,
+        heartbeat_interval: float | None = HEARTBEAT_SECONDS,
     ) -> None:
         self._api = api
         self._rest = Rest(api)
         self._tsio = tsio
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        # Notified when a worker creation ends and on disconnect().
+        self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _Registration] = {}
         self._worker_id: UUID | None = None
         self._last_heartbeat: datetime | None = None
+        # One thread at a time creates the worker (first registration, recovery).
+        self._creating = False
+        self._disconnected = False
         self._heartbeat = (
             Ticker(heartbeat_interval, self._beat, "joblib heartbeat")
             if heartbeat_interval
@@ -118,7 +133,7 @@ class JobManager:
         *,
         token: str | None = None,
         socket: bool = True,
-        heartbeat_interval: float | None = 20.0,
+        heartbeat_interval: float | None = HEARTBEAT_SECONDS,
         timeout: float = 10.0,
     ) -> JobManager:
         """Build a manager with its own HTTP client and socket, closed on exit."""
@@ -150,6 +165,11 @@ class JobManager:
     def worker_id(self) -> UUID | None:
         """The server's id of this worker; None until the first registration."""
         return self._worker_id
+
+    @property
+    def heartbeat_interval(self) -> float | None:
+        """Seconds between heartbeats once there is a worker; None: no heartbeat."""
+        return self._heartbeat.interval if self._heartbeat is not None else None
 
     @property
     def last_heartbeat(self) -> datetime | None:
@@ -200,52 +220,107 @@ class JobManager:
         self._register(check_extension(cls), room or GLOBAL_ROOM)
         return cls
 
-    def _register(
-        self, cls: type[Extension], room_id: str, *, new_worker: bool = False
-    ) -> str:
-        with self._lock:
-            worker_id = None if new_worker else self._worker_id
-            request = JobRegisterRequest.model_validate(
-                {
-                    "category": str(cls.category),
-                    "name": cls.__name__,
-                    "schema": job_schema(cls),
-                    "worker_id": worker_id,
-                }
-            )
+    def _register(self, cls: type[Extension], room_id: str) -> str:
+        while True:
+            worker_id = self._worker_or_create()
+            full_name, worker_id = self._put_job(cls, room_id, worker_id)
+            with self._lock:
+                self._check_connected()
+                if self._worker_id == worker_id and not self._creating:
+                    self._jobs[full_name] = _Registration(cls, room_id)
+                    break
+            # The server lost the worker meanwhile and a recovery (which did not
+            # know this job yet) replaced it: register under the new worker.
+        self._join_room(full_name, worker_id)
+        return full_name
+
+    def _put_job(
+        self, cls: type[Extension], room_id: str, worker_id: UUID | None
+    ) -> tuple[str, UUID]:
+        """`PUT` the job under `worker_id`, or, given None, under a new worker.
+
+        Given None, the caller is the creator (see `_worker_or_create`).
+        Answers the job's full name and the worker it was registered under.
+        """
+        request = JobRegisterRequest.model_validate(
+            {
+                "category": str(cls.category),
+                "name": cls.__name__,
+                "schema": job_schema(cls),
+                "worker_id": worker_id,
+            }
+        )
+        try:
             job = self._rest.register_job(room_id, request)
+        except BaseException:
             if worker_id is None:
-                if job.worker_id is None:
-                    raise JobLibError("the server did not say which worker it created")
-                self._set_worker(job.worker_id, None)
-            self._jobs[job.full_name] = _Registration(cls, room_id)
-            try:
-                self._join(job.full_name)
-            except TransportError as exc:
-                # The socket is down; its reconnection joins every job again.
-                logger.warning("could not join %s yet: %s", job.full_name, exc)
-            return job.full_name
+                self._created(None)
+            raise
+        if worker_id is None:
+            if job.worker_id is None:
+                self._created(None)
+                raise JobLibError("the server did not say which worker it created")
+            worker_id = job.worker_id
+            self._created(worker_id)
+        return job.full_name, worker_id
 
     def create_worker(self) -> UUID:
         """Create this manager's worker now (`POST /workers`), unless it has one."""
-        with self._lock:
-            if self._worker_id is not None:
-                return self._worker_id
-            return self._new_worker()
+        worker_id = self._worker_or_create()
+        return worker_id if worker_id is not None else self._create_worker()
 
-    def _new_worker(self) -> UUID:
-        worker = self._rest.create_worker()
-        self._set_worker(worker.id, worker.last_heartbeat)
+    def _create_worker(self) -> UUID:
+        """`POST /workers`, as the creator (see `_worker_or_create`)."""
+        try:
+            worker = self._rest.create_worker()
+        except BaseException:
+            self._created(None)
+            raise
+        self._created(worker.id, worker.last_heartbeat)
         return worker.id
 
-    def _set_worker(self, worker_id: UUID, last_heartbeat: datetime | None) -> None:
-        self._worker_id = worker_id
-        self._last_heartbeat = last_heartbeat
+    def _worker_or_create(self) -> UUID | None:
+        """The worker to act as; None: the caller must create it, then `_created()`.
+
+        Waits while another thread creates the worker.
+        """
+        with self._changed:
+            while self._creating:
+                self._check_connected()
+                self._changed.wait()
+            self._check_connected()
+            if self._worker_id is None:
+                self._creating = True
+            return self._worker_id
+
+    def _created(
+        self, worker_id: UUID | None, last_heartbeat: datetime | None = None
+    ) -> None:
+        """End this thread's worker creation: the new worker, or None if it failed."""
+        with self._changed:
+            self._creating = False
+            self._changed.notify_all()
+            disconnected = self._disconnected
+            if worker_id is not None and not disconnected:
+                self._worker_id = worker_id
+                self._last_heartbeat = last_heartbeat
+        if worker_id is None:
+            return
+        if disconnected:
+            # disconnect() ran during the request and never knew this worker.
+            self._delete_worker(worker_id)
+            raise JobLibError("the manager disconnected while creating its worker")
         if self._heartbeat is not None:
-            self._heartbeat.start()
+            self._heartbeat.start()  # a no-op once disconnect() stopped it
+
+    def _check_connected(self) -> None:
+        if self._disconnected:
+            raise JobLibError("the manager is disconnected; build a new one")
 
     def _require_worker(self) -> UUID:
-        worker_id = self._worker_id
+        with self._lock:
+            self._check_connected()
+            worker_id = self._worker_id
         if worker_id is None:
             raise JobLibError("no worker: register a job or call create_worker()")
         return worker_id
@@ -254,16 +329,22 @@ class JobManager:
 
     def heartbeat(self) -> datetime:
         """Tell the server this worker is alive; return the recorded time."""
-        worker = self._rest.heartbeat(self._require_worker())
-        self._last_heartbeat = worker.last_heartbeat
-        return worker.last_heartbeat
+        return self._heartbeat_as(self._require_worker())
+
+    def _heartbeat_as(self, worker_id: UUID) -> datetime:
+        beat = self._rest.heartbeat(worker_id).last_heartbeat
+        with self._lock:
+            if self._worker_id == worker_id:
+                self._last_heartbeat = beat
+        return beat
 
     def _beat(self) -> None:
-        worker_id = self._worker_id
+        with self._lock:
+            worker_id = self._worker_id
         if worker_id is None:
             return
         try:
-            self.heartbeat()
+            self._heartbeat_as(worker_id)
         except WorkerNotFoundError:
             self._recover(worker_id)
 
@@ -381,6 +462,7 @@ class JobManager:
         park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
         stop = threading.Event()
         with self._lock:
+            self._check_connected()
             self._listeners.add(stop)
         try:
             while not _any_set(stop, stop_event):
@@ -477,20 +559,26 @@ class JobManager:
     def disconnect(self) -> None:
         """Leave every job room, remove the worker on the server, clear local state.
 
-        Stops the heartbeat and any `listen()` first. Safe to call twice, with no
-        worker, or when the server already removed the worker; when the server
-        cannot be reached the failure is logged and the local state still cleared.
+        Stops the heartbeat and any `listen()` first; afterwards the manager does
+        not become a worker again (`register()` and `listen()` raise `JobLibError`,
+        the heartbeat stays stopped). Safe to call twice, with no worker, or when
+        the server already removed the worker; when the server cannot be reached
+        the failure is logged and the local state still cleared.
         """
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-        with self._lock:
-            for stop in self._listeners:
-                stop.set()
-            self._wakeup.set()
+        with self._changed:
+            self._disconnected = True
+            self._changed.notify_all()
+            listeners = list(self._listeners)
             worker_id, names = self._worker_id, list(self._jobs)
             self._worker_id = None
             self._last_heartbeat = None
             self._jobs.clear()
+        if self._heartbeat is not None:
+            # Not waiting: a beat stuck on a slow server must not hold us up.
+            self._heartbeat.stop(wait=False)
+        for stop in listeners:
+            stop.set()
+        self._wakeup.set()
         if worker_id is None:
             return
         if self._tsio is not None:
@@ -498,7 +586,11 @@ class JobManager:
                 try:
                     self._emit(LeaveJobRoom(job_name=name, worker_id=str(worker_id)))
                 except Exception as exc:
+                    # Best effort: removing the worker below leaves the rooms too.
                     logger.warning("could not leave the room of %s: %s", name, exc)
+        self._delete_worker(worker_id)
+
+    def _delete_worker(self, worker_id: UUID) -> None:
         try:
             self._rest.delete_worker(worker_id)
         except NotFoundError:
@@ -507,13 +599,28 @@ class JobManager:
             logger.error("could not remove worker %s: %s", worker_id, exc)
 
     def close(self) -> None:
-        """Disconnect, then close the HTTP client and socket `connect()` made."""
-        try:
-            self.disconnect()
-        finally:
-            owned, self._owned = self._owned, []
-            for closeable in owned:
-                closeable.close()
+        """Disconnect, then close the HTTP client and socket `connect()` made.
+
+        Every part is closed even when an earlier one fails; the first failure
+        is raised at the end. Waits for a heartbeat in progress to end before
+        closing the HTTP client it uses.
+        """
+        owned, self._owned = self._owned, []
+        steps: list[Callable[[], object]] = [self.disconnect]
+        if self._heartbeat is not None:
+            steps.append(self._heartbeat.stop)
+        steps.extend(closeable.close for closeable in owned)
+        failure: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+                else:
+                    logger.error("closing the manager failed again", exc_info=exc)
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> JobManager:
         return self
@@ -534,10 +641,14 @@ class JobManager:
         if isinstance(ack, Mapping) and ack.get("ok") is False:
             raise error_for_problem(ack.get("error") or {})
 
-    def _join(self, full_name: str) -> None:
-        if self._tsio is not None:
-            worker_id = str(self._require_worker())
-            self._emit(JoinJobRoom(job_name=full_name, worker_id=worker_id))
+    def _join_room(self, full_name: str, worker_id: UUID) -> None:
+        if self._tsio is None:
+            return
+        try:
+            self._emit(JoinJobRoom(job_name=full_name, worker_id=str(worker_id)))
+        except TransportError as exc:
+            # The socket is down; its reconnection joins every job again.
+            logger.warning("could not join %s yet: %s", full_name, exc)
 
     def _on_task_available(self, data: Any = None) -> None:
         try:
@@ -551,19 +662,19 @@ class JobManager:
     def _on_connect(self) -> None:
         """Join every job's room again: the server forgot them with the old socket."""
         with self._lock:
-            worker_id = self._worker_id
-            if worker_id is None:
-                return
-            try:
-                for name in list(self._jobs):
-                    self._join(name)
-            except (WorkerNotFoundError, ForbiddenError) as exc:
-                logger.info("rejoining as worker %s refused: %s", worker_id, exc)
-                self._recover(worker_id)
-            except TransportError as exc:
-                # Dropped again already; the next reconnection tries again.
-                logger.warning("rejoining the job rooms failed: %s", exc)
-                return
+            worker_id, names = self._worker_id, list(self._jobs)
+        if worker_id is None:
+            return
+        try:
+            for name in names:
+                self._emit(JoinJobRoom(job_name=name, worker_id=str(worker_id)))
+        except (WorkerNotFoundError, ForbiddenError) as exc:
+            logger.info("rejoining as worker %s refused: %s", worker_id, exc)
+            self._recover(worker_id)
+        except TransportError as exc:
+            # Dropped again already; the next reconnection tries again.
+            logger.warning("rejoining the job rooms failed: %s", exc)
+            return
         # Tasks may have been submitted while the socket was down.
         self._wakeup.set()
 
@@ -571,22 +682,28 @@ class JobManager:
         """Register every job again under a new worker, after the server lost `stale`.
 
         Returns False when there is nothing to recover (the manager disconnected).
+        Several threads may find the loss at once: one recovers, the others wait
+        for it. Until the new worker exists, `worker_id` stays `stale`, so a
+        recovery that fails is tried again by the next request that finds it.
         """
-        with self._lock:
-            if self._worker_id != stale:
+        with self._changed:
+            while self._creating and not self._disconnected:
+                self._changed.wait()
+            if self._disconnected or self._worker_id != stale:
                 return self._worker_id is not None
-            logger.warning(
-                "the server no longer knows worker %s; registering again", stale
-            )
+            self._creating = True
             registrations = list(self._jobs.values())
-            if not registrations:
-                self._new_worker()
-            # The first registration creates the new worker, the others join it.
-            for index, registration in enumerate(registrations):
-                self._register(
-                    registration.cls, registration.room_id, new_worker=index == 0
-                )
+        logger.warning("the server no longer knows worker %s; registering again", stale)
+        if not registrations:
+            self._create_worker()
             return True
+        # The first registration creates the new worker, the others join it.
+        first, *others = registrations
+        full_name, worker_id = self._put_job(first.cls, first.room_id, None)
+        self._join_room(full_name, worker_id)
+        for registration in others:
+            self._register(registration.cls, registration.room_id)
+        return True
 
 
 def _any_set(*events: threading.Event | None) -> bool:
