@@ -133,6 +133,44 @@ def test_a_payload_that_does_not_fit_fails_the_task(
     assert "invalid payload" in (shown.error or "")
 
 
+def test_a_task_cancelled_before_its_invalid_payload_is_reported_is_skipped(
+    worker: JobManager, submitter: JobManager, server: TestClient
+) -> None:
+    """The failure report answers 409: listen() goes on with the next task."""
+    answer = server.post(
+        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Rotate",
+        json={"payload": {"angle": "not a number"}},
+        headers=auth(ALICE),
+    )
+    assert answer.status_code == 202, answer.text
+    invalid = answer.json()["id"]
+    valid = submitter.submit(Rotate(angle=5), "room1")
+    cancelled: list[int] = []
+
+    def cancel_once_claimed(response: httpx.Response) -> None:
+        # Runs in the worker's thread between its claim and its failure report.
+        if not response.request.url.path.endswith("/tasks/claim") or cancelled:
+            return
+        response.read()
+        task = response.json()["task"]
+        if task is not None and task["id"] == invalid:
+            cancelled.append(
+                server.patch(
+                    f"/v1/joblib/tasks/{invalid}",
+                    json={"status": "cancelled"},
+                    headers=auth(ALICE),
+                ).status_code
+            )
+
+    server.event_hooks["response"].append(cancel_once_claimed)
+    with Listener(worker, polling_interval=0.05) as listener:  # exit: no error
+        assert listener.next_task(timeout=10).id == valid
+
+    assert cancelled == [200]
+    shown = submitter.wait(invalid, timeout=5)
+    assert shown.status == TaskStatus.CANCELLED
+
+
 def test_complete_twice_is_an_invalid_transition(
     worker: JobManager, submitter: JobManager
 ) -> None:

@@ -391,7 +391,11 @@ class JobManager:
                     status=response.status,
                 )
         logger.warning("failing task %s: %s", response.id, error)
-        self._rest.update_task(response.id, TaskStatus.FAILED, error)
+        try:
+            self._rest.update_task(response.id, TaskStatus.FAILED, error)
+        except InvalidTaskTransitionError as exc:
+            # Cancelled on the server meanwhile: it has ended, nothing to report.
+            logger.info("task %s ended before it could be failed: %s", response.id, exc)
         return None
 
     def start(self, task: ClaimedTask) -> None:
