@@ -23,7 +23,7 @@ from joblib_protocol import (
 @pytest.mark.parametrize("model", [JoinJobRoom, LeaveJobRoom])
 def test_join_and_leave_require_worker_id(model: type[Event]) -> None:
     with pytest.raises(ValidationError, match="worker_id"):
-        model(job_name="@global:modifiers:Rotate")  # type: ignore[call-arg]
+        model(job_name="@global:modifiers:Rotate")
 
 
 @pytest.mark.parametrize("model", [JoinJobRoom, LeaveJobRoom])

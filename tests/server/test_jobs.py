@@ -49,6 +49,13 @@ async def test_register_answers_the_job_then_200_for_the_same_schema(
         "schema",
         "workers",
         "worker_id",
+        "on_disconnect",
+    }
+    # Ours: the disconnect policy in force, here the server's defaults.
+    assert job["on_disconnect"] == {
+        "action": "fail",
+        "max_attempts": 3,
+        "grace_seconds": 0.0,
     }
     assert job["room_id"] == "room1"
     assert (job["category"], job["name"]) == ("modifiers", "Rotate")

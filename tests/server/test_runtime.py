@@ -87,7 +87,7 @@ async def test_the_socket_disconnect_cleanup_releases_held_claims(
     worker_id, _ = await serving_job(alice)
     realtime = Realtime(joblib, socketio.AsyncServer(async_mode="asgi"))
     realtime.accept("sid-1", Identity("alice"))
-    realtime.connections["sid-1"].workers.add(uuid.UUID(worker_id))
+    realtime.connections["sid-1"].workers[uuid.UUID(worker_id)] = 0
 
     async def disconnect() -> None:
         await realtime.cleanup_connection("sid-1")

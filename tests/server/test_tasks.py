@@ -40,6 +40,8 @@ TASK_FIELDS = {
     "error",
     "payload",
     "queue_position",
+    "attempt",
+    "error_code",
 }
 
 
@@ -65,6 +67,7 @@ async def test_submit_answers_202_with_location(alice: httpx.AsyncClient) -> Non
         None,
     )
     assert task["error"] is None
+    assert (task["attempt"], task["error_code"]) == (1, None)
     assert await get_task(alice, task["id"]) == task
 
 

@@ -10,6 +10,12 @@ from joblib_server.auth import (
 )
 from joblib_server.backends import Backend, PostgresBackend, SqliteBackend
 from joblib_server.database import Database, create_engine
+from joblib_server.disconnects import (
+    CleanupReceipt,
+    cleanup_stale_workers,
+    cleanup_worker,
+    cleanup_worker_by_id,
+)
 from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
 from joblib_server.errors import JobLibError, ProblemError, SchemaNotCurrent
 from joblib_server.jobs import soft_delete_orphan_jobs
@@ -25,12 +31,6 @@ from joblib_server.settings import Settings, StandaloneSettings
 from joblib_server.sweeper import Sweep, run_sweeper, sweep_once
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink
 from joblib_server.tasks import cleanup_stuck_internal_tasks
-from joblib_server.workers import (
-    CleanupReceipt,
-    cleanup_stale_workers,
-    cleanup_worker,
-    cleanup_worker_by_id,
-)
 
 __version__ = "0.1.0"
 

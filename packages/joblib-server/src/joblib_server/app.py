@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import socketio
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -48,7 +49,9 @@ def create_app(
     app.state.joblib = joblib
     if not realtime:
         return app
-    return _with_socketio(app, joblib, settings)
+    wrapped = _with_socketio(app, joblib, settings)
+    wrapped.joblib = joblib  # for `JobLibServer`, which sees only the outer app
+    return wrapped
 
 
 def _with_socketio(
@@ -63,3 +66,22 @@ def _with_socketio(
     app.state.sio = sio
     app.state.realtime = attach_joblib(sio, joblib)
     return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")
+
+
+class JobLibServer(uvicorn.Server):
+    """uvicorn that tells joblib its own shutdown is coming before sockets close.
+
+    uvicorn closes every connection before it runs the lifespan's shutdown, so
+    without a word beforehand joblib would take the closing sockets for workers
+    that went away and fail their tasks. Hosts that run uvicorn themselves use
+    this class too (or call `JobLib.begin_shutdown()` from their own hook).
+    """
+
+    def __init__(self, config: uvicorn.Config, joblib: JobLib) -> None:
+        super().__init__(config)
+        self.joblib = joblib
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        """Mark joblib as stopping, answer waiting requests, then shut down."""
+        await self.joblib.begin_shutdown()
+        await super().shutdown(sockets)

@@ -100,7 +100,7 @@ def _one_line(exc: BaseException) -> str:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from joblib_server.app import create_app
+    from joblib_server.app import JobLibServer, create_app
 
     settings = _settings(args)
     if not settings.joblib.upgrade_schema:
@@ -127,7 +127,10 @@ def _serve(args: argparse.Namespace) -> int:
         shown,
         where,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level
+    )
+    JobLibServer(config, app.joblib).run()
     return 0
 
 

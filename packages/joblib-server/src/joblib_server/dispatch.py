@@ -31,11 +31,21 @@ class TaskWaiters:
 
     def __init__(self) -> None:
         self._waiting: dict[uuid.UUID, set[anyio.Event]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake every long-poll to answer now, and let no new one wait (shutdown)."""
+        self.closed = True
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
 
     @contextmanager
     def watch(self, task_id: uuid.UUID) -> Iterator[anyio.Event]:
         """Yield an event set when `task_id` turns terminal in this process."""
         event = anyio.Event()
+        if self.closed:
+            event.set()
         self._waiting.setdefault(task_id, set()).add(event)
         try:
             yield event
@@ -81,6 +91,7 @@ class ClaimWaiters:
     """
 
     def __init__(self) -> None:
+        self.closed = False
         self._by_job: dict[str, list[ParkedClaim]] = {}
         # The jobs each worker's last claim reported, so its next held claim can
         # park on them before its first claim instead of claiming twice.
@@ -98,10 +109,19 @@ class ClaimWaiters:
             self._jobs_of.clear()
         self._jobs_of[worker_id] = jobs
 
+    def close(self) -> None:
+        """Answer every held claim now, and hold no new one (shutdown)."""
+        self.closed = True
+        for queue in self._by_job.values():
+            for parked in queue:
+                parked.woken.set()
+
     @contextmanager
     def park(self, worker_id: uuid.UUID, jobs: Iterable[str]) -> Iterator[ParkedClaim]:
         """Register a claim for `jobs`; the caller claims, then waits on `woken`."""
         parked = ParkedClaim(worker_id, tuple(jobs))
+        if self.closed:
+            parked.woken.set()
         for job in parked.jobs:
             self._by_job.setdefault(job, []).append(parked)
         try:
@@ -184,7 +204,7 @@ async def hold_claim(
                 # still waits for a claim.
                 claims.wake(woken_for)
             remaining = deadline - anyio.current_time()
-            if found.task is not None or remaining <= 0:
+            if found.task is not None or remaining <= 0 or claims.closed:
                 return found
             if set(found.jobs) != set(jobs):
                 # Parked on the wrong jobs (or none yet): park on the right ones
@@ -196,6 +216,9 @@ async def hold_claim(
             with anyio.move_on_after(min(remaining, recheck)):
                 await parked.woken.wait()
             woken_for = parked.woken_for
+        if claims.closed:
+            # The server is stopping: answer now, so the client comes back soon.
+            return found
         if await client_gone():
             # Let another claim take the task that woke this one.
             if woken_for is not None:
@@ -218,7 +241,7 @@ async def wait_until_terminal(
         with waiters.watch(task_id) as finished:
             task = await read()
             remaining = deadline - anyio.current_time()
-            if is_terminal(task.status) or remaining <= 0:
+            if is_terminal(task.status) or remaining <= 0 or waiters.closed:
                 return task
             # No connection is held while waiting; the re-check sees changes made
             # by other server processes.

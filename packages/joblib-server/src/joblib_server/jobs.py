@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +16,7 @@ from joblib_protocol import (
     INTERNAL_ROOM,
     RESERVED_ROOMS,
     TERMINAL_STATUSES,
+    DisconnectPolicy,
     Emission,
     InvalidCategory,
     InvalidJobName,
@@ -36,6 +38,7 @@ from joblib_server.errors import (
     worker_not_found,
 )
 from joblib_server.outcome import Outcome
+from joblib_server.settings import default_policy, settings_of
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -144,11 +147,20 @@ async def register_job(
         job.deleted = False
         job.schema_ = request.schema_
         created = True
+        # A revived job starts from the server's policy unless this one sets its own.
+        job.disconnect_action = job.max_attempts = job.grace_seconds = None
     elif not created and job.schema_ != request.schema_:
         raise ProblemError(
             SchemaConflict,
             f"job {job.full_name!r} is registered with a different schema",
         )
+
+    if request.on_disconnect is not None:
+        # The latest registration that sets a field decides it.
+        given = request.on_disconnect.model_dump(exclude_none=True)
+        job.disconnect_action = given.get("action", job.disconnect_action)
+        job.max_attempts = given.get("max_attempts", job.max_attempts)
+        job.grace_seconds = given.get("grace_seconds", job.grace_seconds)
 
     linked = await session.execute(
         backend.insert_ignoring_conflicts(
@@ -162,8 +174,10 @@ async def register_job(
     if created or linked.rowcount == 1:  # type: ignore[attr-defined]
         emissions.add(jobs_invalidate(job.room_id))
     workers = await job_workers(session, [job.id])
+    policy = job_policy(job, default_policy(settings_of(session)))
     registration = Registration(
-        job=job_response(job, workers.get(job.id, []), worker.id), created=created
+        job=job_response(job, workers.get(job.id, []), policy, worker.id),
+        created=created,
     )
     return Outcome(registration, emissions)
 
@@ -221,11 +235,27 @@ async def find_job(
     return job
 
 
-async def get_job(session: AsyncSession, room_id: str, full_name: str) -> JobResponse:
-    """A live job as seen from a room."""
+async def get_job(
+    session: AsyncSession, room_id: str, full_name: str, defaults: DisconnectPolicy
+) -> JobResponse:
+    """A live job as seen from a room, with its policy (`defaults` where unset)."""
     job = await find_job(session, room_id, full_name)
     workers = await job_workers(session, [job.id])
-    return job_response(job, workers.get(job.id, []))
+    return job_response(job, workers.get(job.id, []), job_policy(job, defaults))
+
+
+def job_policy(job: Any, defaults: DisconnectPolicy) -> DisconnectPolicy:
+    """The disconnect policy in force for a job row: its own fields, else defaults."""
+    action = job.disconnect_action
+    return DisconnectPolicy(
+        action=defaults.action if action is None else action,
+        max_attempts=(
+            defaults.max_attempts if job.max_attempts is None else job.max_attempts
+        ),
+        grace_seconds=(
+            defaults.grace_seconds if job.grace_seconds is None else job.grace_seconds
+        ),
+    )
 
 
 async def list_jobs(

@@ -30,9 +30,10 @@ from joblib_protocol import (
     validate_room_id,
 )
 from joblib_server.auth import Identity
+from joblib_server.disconnects import socket_closed
 from joblib_server.emitter import ordered
 from joblib_server.errors import ProblemError
-from joblib_server.workers import cleanup_worker_by_id, heartbeat, join_job
+from joblib_server.workers import heartbeat, join_job
 
 if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
@@ -63,7 +64,8 @@ class Connection:
     """What the server knows about one socket: who it is and which workers it runs."""
 
     identity: Identity
-    workers: set[uuid.UUID] = field(default_factory=set)
+    workers: dict[uuid.UUID, int] = field(default_factory=dict)
+    """The workers that joined through this socket, with their socket epochs."""
 
 
 def _headers(environ: Mapping[str, Any]) -> dict[str, str]:
@@ -149,30 +151,35 @@ class Realtime:
         await self.cleanup_connection(sid)
 
     async def cleanup_connection(self, sid: str) -> None:
-        """Clean up every worker this connection joined for; safe to call twice."""
+        """Handle a closed socket: its workers have gone away; safe to call twice.
+
+        The database decides, not this process: a worker that joined again since
+        (from another socket, or another server process) is left alone, and one
+        whose jobs allow a grace time keeps its tasks for it. While the server
+        itself is stopping, closing sockets clean nothing up.
+        """
         connection = self.connections.pop(sid, None)
         if connection is None:
             return
-        still_connected = {
-            worker_id
-            for other in self.connections.values()
-            for worker_id in other.workers
-        }
-        for worker_id in sorted(connection.workers - still_connected):
-            # A worker that reconnected joins from its new socket before the old
-            # one is found dead; only the last of its sockets cleans it up.
+        if self.joblib.stopping:
+            return
+        for worker_id, epoch in sorted(connection.workers.items()):
             try:
-                receipt = await self.joblib.execute(cleanup_worker_by_id, worker_id)
+                grace = await self.joblib.execute(socket_closed, worker_id, epoch)
             except Exception:
                 logger.exception(
                     "cleaning up worker %s after disconnect failed", worker_id
                 )
                 continue
-            logger.info(
-                "worker %s disconnected; cleaned up (%d tasks failed)",
-                worker_id,
-                len(receipt.failed),
-            )
+            if grace is None:
+                continue
+            if grace > 0:
+                logger.info(
+                    "worker %s disconnected; keeps its tasks for %g s", worker_id, grace
+                )
+                self.joblib.expire_grace_later(worker_id, epoch, grace)
+            else:
+                logger.info("worker %s disconnected; cleaned up", worker_id)
 
     # worker rooms
 
@@ -202,8 +209,10 @@ class Realtime:
     async def join_job_room(self, sid: str, data: Any) -> dict[str, Any]:
         """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns."""
 
+        epochs: list[int] = []
+
         async def join(identity: Identity, worker_id: uuid.UUID, job: str) -> None:
-            await self.joblib.execute(join_job, identity, worker_id, job)
+            epochs.append(await self.joblib.execute(join_job, identity, worker_id, job))
 
         checked = await self._as_worker(sid, data, JoinJobRoom, join)
         if isinstance(checked, dict):
@@ -212,7 +221,7 @@ class Realtime:
         await self.sio.enter_room(sid, job_channel(job_name))
         connection = self.connections.get(sid)
         if connection is not None:
-            connection.workers.add(worker_id)
+            connection.workers[worker_id] = epochs[-1]
         return _OK
 
     async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:

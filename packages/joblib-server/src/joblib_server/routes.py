@@ -28,11 +28,13 @@ from joblib_protocol import (
     TaskUpdateRequest,
     Unauthorized,
     ValidationFailed,
+    WorkerCleanupResponse,
 )
-from joblib_server import dispatch, jobs, tasks, workers
+from joblib_server import disconnects, dispatch, jobs, tasks, workers
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
 from joblib_server.problems import validation_problem
+from joblib_server.settings import default_policy
 
 if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
@@ -257,8 +259,18 @@ class RestApi:
         """`DELETE /workers/{worker_id}`."""
         identity = await self.identity(request)
         worker_id = _uuid(request, "worker_id")
-        await self.joblib.execute(workers.delete_worker, worker_id, identity)
-        return Response(status_code=204)
+        receipt = await self.joblib.execute(
+            disconnects.delete_worker, worker_id, identity
+        )
+        if not _wants_representation(request.headers.get("prefer")):
+            return Response(status_code=204)
+        body = WorkerCleanupResponse(
+            worker_id=receipt.worker_id,
+            failed=list(receipt.failed),
+            requeued=list(receipt.requeued),
+            jobs_removed=list(receipt.jobs_removed),
+        )
+        return _json(body, 200, {"Preference-Applied": "return=representation"})
 
     # jobs
 
@@ -295,6 +307,7 @@ class RestApi:
                 session,
                 request.path_params["room_id"],
                 request.path_params["full_name"],
+                default_policy(self.joblib.settings),
             )
         return _json(job)
 
@@ -426,6 +439,16 @@ class RestApi:
             json.dumps(openapi_document(self.joblib.settings)),
             media_type="application/json",
         )
+
+
+_RETURN_REPRESENTATION = re.compile(
+    r"(?:^|[,;\s])return\s*=\s*\"?representation\b", re.IGNORECASE
+)
+
+
+def _wants_representation(header: str | None) -> bool:
+    """Whether a `Prefer` header asks for `return=representation` (RFC 7240)."""
+    return bool(header and _RETURN_REPRESENTATION.search(header))
 
 
 def _format_wait(wait: float) -> str:

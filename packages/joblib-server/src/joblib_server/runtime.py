@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
@@ -15,13 +17,14 @@ from starlette.routing import BaseRoute
 
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
+from joblib_server.disconnects import grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.outcome import Outcome
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
-from joblib_server.settings import Settings
+from joblib_server.settings import Settings, bind_settings
 from joblib_server.sweeper import run_sweeper
 
 logger = logging.getLogger("joblib_server")
@@ -57,7 +60,11 @@ class JobLib:
         self.internal_jobs = internal_jobs
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
+        self.stopping = False
+        """True once the server's own shutdown began: closing sockets are not
+        workers going away, so nobody is cleaned up for them."""
         self._run_sweeper = sweeper
+        self._timers: TaskGroup | None = None
         self._api = RestApi(self)
 
     @property
@@ -86,6 +93,7 @@ class JobLib:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 async with self.database.write() as session:
+                    bind_settings(session, self.settings)
                     outcome = await operation(session, *args, **kwargs)
                 break
             except DBAPIError as exc:
@@ -115,15 +123,65 @@ class JobLib:
         # while this batch, with the task's `pending`, still waits on the network.
         self.claims.notify(batch)
 
+    async def begin_shutdown(self) -> None:
+        """The server is stopping: keep workers' tasks, answer waiting requests now.
+
+        Call it before the server closes its connections (`JobLibServer` does);
+        `lifespan()` calls it on exit as well. Workers reconnect to the next
+        server and carry on under the same worker ids.
+        """
+        if not self.stopping:
+            logger.info("shutting down: workers keep their tasks until they return")
+        self.stopping = True
+        self.claims.close()
+        self.waiters.close()
+
+    def expire_grace_later(
+        self, worker_id: uuid.UUID, epoch: int, grace: float
+    ) -> None:
+        """After `grace` seconds, clean up the worker unless it came back meanwhile.
+
+        Without a running lifespan (or once it ends) the sweeper does it instead:
+        the worker's `disconnected_at` is in the database.
+        """
+        if self._timers is not None and not self.stopping:
+            self._timers.start_soon(self._expire_after, worker_id, epoch, grace)
+
+    async def _expire_after(
+        self, worker_id: uuid.UUID, epoch: int, grace: float
+    ) -> None:
+        await anyio.sleep(grace)
+        try:
+            receipt = await self.execute(grace_expired, worker_id, epoch)
+        except Exception:
+            logger.exception("cleaning up worker %s after its grace failed", worker_id)
+            return
+        if receipt is not None:
+            logger.info(
+                "worker %s did not come back within %g s; cleaned up "
+                "(%d tasks failed, %d requeued)",
+                worker_id,
+                grace,
+                len(receipt.failed),
+                len(receipt.requeued),
+            )
+
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[JobLib]:
-        """Create the tables, run the sweeper, and close the database at the end."""
-        await ensure_schema(self.database.engine, upgrade=self.settings.upgrade_schema)
+        """Upgrade or check the schema, run the sweeper; at the end, close up."""
         try:
+            await ensure_schema(
+                self.database.engine, upgrade=self.settings.upgrade_schema
+            )
             async with anyio.create_task_group() as group:
                 if self._run_sweeper:
                     group.start_soon(run_sweeper, self)
-                yield self
-                group.cancel_scope.cancel()
+                self._timers = group
+                try:
+                    yield self
+                finally:
+                    await self.begin_shutdown()
+                    self._timers = None
+                    group.cancel_scope.cancel()
         finally:
             await self.database.dispose()

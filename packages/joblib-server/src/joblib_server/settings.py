@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from joblib_protocol import DEFAULT_CATEGORIES
+from joblib_protocol import DEFAULT_CATEGORIES, DisconnectAction, DisconnectPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///./joblib.db"
 _ENV_PREFIX = "JOBLIB_"
@@ -34,10 +35,52 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    disconnect_action: DisconnectAction = Field(
+        default="fail",
+        description="What happens to a lost task when its job sets no policy: "
+        "`fail` it, or `requeue` it at its place in the queue.",
+    )
+    disconnect_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="With `requeue`: how many runs a task gets before it fails.",
+    )
+    disconnect_grace_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="How long a worker whose socket dropped may take to come back "
+        "before its tasks are failed or requeued (0: at once).",
+    )
     upgrade_schema: bool = Field(
         default=True,
         description="lifespan() upgrades joblib's tables to the newest revision; "
         "False refuses to start on an out-of-date database with a clear message.",
+    )
+
+
+_SETTINGS_KEY = "joblib_settings"
+
+
+def settings_of(session: AsyncSession) -> Settings:
+    """The settings of the `JobLib` whose `execute` opened `session`.
+
+    A session a host opened itself gets the defaults.
+    """
+    settings = session.info.get(_SETTINGS_KEY)
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+def bind_settings(session: AsyncSession, settings: Settings) -> None:
+    """Let the operations run in `session` read `settings` (see `settings_of`)."""
+    session.info[_SETTINGS_KEY] = settings
+
+
+def default_policy(settings: Settings) -> DisconnectPolicy:
+    """The disconnect policy of a job whose registration set none."""
+    return DisconnectPolicy(
+        action=settings.disconnect_action,
+        max_attempts=settings.disconnect_max_attempts,
+        grace_seconds=settings.disconnect_grace_seconds,
     )
 
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from joblib_server.disconnects import CleanupReceipt, cleanup_stale_workers
 from joblib_server.tasks import cleanup_stuck_internal_tasks
-from joblib_server.workers import CleanupReceipt, cleanup_stale_workers
 
 if TYPE_CHECKING:
     from joblib_server.runtime import JobLib

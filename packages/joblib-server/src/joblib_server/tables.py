@@ -77,6 +77,10 @@ class Job(JoblibModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+    # The disconnect policy its registration set; NULL takes the server default.
+    disconnect_action: str | None = Field(default=None, sa_type=sa.String(16))
+    max_attempts: int | None = Field(default=None)
+    grace_seconds: float | None = Field(default=None, sa_type=sa.Float)
 
     @property
     def full_name(self) -> str:
@@ -97,6 +101,15 @@ class Worker(JoblibModel, table=True):
     )
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    # When its socket dropped; it keeps its tasks for the grace time (see workers).
+    disconnected_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True, index=True)
+    )
+    # Bumped by every join: a socket that closes after a newer join cleans nothing.
+    socket_epoch: int = Field(
+        default=0,
+        sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=sa.text("0")),
     )
 
 
@@ -161,6 +174,12 @@ class Task(JoblibModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+    # 1 for a first run; a requeue after a lost worker adds one.
+    attempt: int = Field(
+        default=1,
+        sa_column=sa.Column(sa.Integer, nullable=False, server_default=sa.text("1")),
+    )
+    error_code: str | None = Field(default=None, sa_type=sa.String(32))
     started_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
@@ -168,10 +187,11 @@ class Task(JoblibModel, table=True):
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
 
-    def fail(self, error: str, now: datetime) -> None:
-        """Mark the task failed with `error` at `now`."""
+    def fail(self, error: str, error_code: str, now: datetime) -> None:
+        """Mark the task failed with `error` and `error_code` at `now`."""
         self.status = "failed"
         self.error = error
+        self.error_code = error_code
         self.completed_at = now
 
 

@@ -1,12 +1,6 @@
 """Operations on tasks: submit, claim, update, read, and fail the stuck ones.
 
-Queue positions: each job hands its tasks increasing sequence numbers at submit
-time, and claims take a job's pending tasks oldest first. A pending task's position
-is therefore its sequence number minus that of its job's oldest pending task, plus
-one: two index lookups, however long the queue. The trade-off: a pending task
-cancelled ahead of yours still counts until every task before it has left the
-queue, so a position may be too large by the number of such cancellations, never
-too small.
+Queue positions come from per-job sequence numbers; see `queues`.
 """
 
 from __future__ import annotations
@@ -18,17 +12,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from joblib_protocol import (
     INTERNAL_ROOM,
     Emission,
+    ErrorCode,
     InternalJobNotConfigured,
     TaskAvailable,
     TaskResponse,
     TaskStatus,
     TaskUpdateRequest,
+    TaskWorkerMismatch,
     ValidationFailed,
     is_terminal,
     is_valid_transition,
@@ -51,6 +47,7 @@ from joblib_server.jobs import (
     soft_delete_orphan_jobs,
 )
 from joblib_server.outcome import Outcome
+from joblib_server.queues import pending_head, queue_position
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -62,7 +59,7 @@ from joblib_server.tables import (
     utcnow,
 )
 from joblib_server.views import TaskRow, task_emission, task_response
-from joblib_server.workers import touch_worker
+from joblib_server.workers import mark_returned, touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
 
@@ -94,13 +91,6 @@ _NEXT_SEQ = (
 )
 
 _INSERT_TASK = sa.insert(_task)
-
-_PENDING_HEAD = sa.select(sa.func.min(_task.c.seq)).where(
-    # A parameter, not PENDING: SQLite then takes (job_id, status, seq) and reads
-    # one index entry, instead of every entry of the partial pending index.
-    _task.c.job_id == sa.bindparam("b_job"),
-    _task.c.status == TaskStatus.PENDING.value,
-)
 
 _TASK_WITH_JOB = (
     sa.select(*_task.c, *_JOB_PARTS)
@@ -146,6 +136,7 @@ _FINISH_TASK = (
         status=sa.bindparam("b_status"),
         completed_at=sa.bindparam("b_now"),
         error=sa.bindparam("b_error"),
+        error_code=sa.bindparam("b_error_code"),
     )
 )
 
@@ -175,12 +166,6 @@ async def _pending_heads(
     return {job_id: head for job_id, head in rows}
 
 
-async def _pending_head(connection: AsyncConnection, job_id: uuid.UUID) -> int | None:
-    """One job's lowest pending sequence number."""
-    head = await connection.execute(_PENDING_HEAD, {"b_job": job_id})
-    return head.scalar_one_or_none()
-
-
 async def with_positions(
     session: AsyncSession, rows: Iterable[tuple[Task, Job]]
 ) -> list[TaskResponse]:
@@ -191,16 +176,10 @@ async def with_positions(
     return [
         task_response(
             TaskRow.of(task, job.full_name),
-            _position(task.status, task.seq, heads.get(job.id)),
+            queue_position(task.status, task.seq, heads.get(job.id)),
         )
         for task, job in rows
     ]
-
-
-def _position(status: str, seq: int, head: int | None) -> int | None:
-    if status != TaskStatus.PENDING or head is None:
-        return None
-    return max(seq - head + 1, 1)
 
 
 async def submit_task(
@@ -241,6 +220,8 @@ async def submit_task(
         worker_id=None,
         error=None,
         payload=payload,
+        attempt=1,
+        error_code=None,
     )
     await connection.execute(
         _INSERT_TASK,
@@ -255,7 +236,7 @@ async def submit_task(
             "created_at": task.created_at,
         },
     )
-    position = _position(task.status, seq, await _pending_head(connection, job_id))
+    position = queue_position(task.status, seq, await pending_head(connection, job_id))
     emissions = {task_emission(task, position)}
     if name.room_id != INTERNAL_ROOM:
         emissions.add(
@@ -318,6 +299,16 @@ async def update_task(
     row = (await connection.execute(locked, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
+    if request.worker_id is not None:
+        if request.worker_id != row.worker_id:
+            # A stale report: the task was requeued (and maybe claimed by another
+            # worker), or this worker was removed. Nothing changes.
+            raise ProblemError(
+                TaskWorkerMismatch,
+                f"task {task_id} is not held by worker {request.worker_id} any more",
+            )
+        # A report is a sign of life: a worker in its grace time is back.
+        await mark_returned(session, request.worker_id)
     new = request.status
     allowed = (
         identity.is_admin
@@ -340,8 +331,16 @@ async def update_task(
         await connection.execute(_START_TASK, params)
         task = replace(task, status=new.value, started_at=now)
     elif is_terminal(new):
-        await connection.execute(_FINISH_TASK, {**params, "b_error": request.error})
-        task = replace(task, status=new.value, completed_at=now, error=request.error)
+        code = ErrorCode.JOB_FAILED.value if new == TaskStatus.FAILED else None
+        finish = {**params, "b_error": request.error, "b_error_code": code}
+        await connection.execute(_FINISH_TASK, finish)
+        task = replace(
+            task,
+            status=new.value,
+            completed_at=now,
+            error=request.error,
+            error_code=code,
+        )
     else:
         await connection.execute(_SET_STATUS, params)
         task = replace(task, status=new.value)
@@ -365,8 +364,8 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID) -> TaskResponse:
         raise task_not_found(task_id)
     position = None
     if row.status == TaskStatus.PENDING:
-        head = await _pending_head(connection, row.job_id)
-        position = _position(row.status, row.seq, head)
+        head = await pending_head(connection, row.job_id)
+        position = queue_position(row.status, row.seq, head)
     return task_response(TaskRow.of(row, _job_name(row)), position)
 
 
@@ -427,7 +426,7 @@ async def cleanup_stuck_internal_tasks(
     jobs: set[uuid.UUID] = set()
     failed: list[uuid.UUID] = []
     for task, job in rows:
-        task.fail(INTERNAL_TASK_TIMED_OUT, now)
+        task.fail(INTERNAL_TASK_TIMED_OUT, ErrorCode.INTERNAL_TIMED_OUT.value, now)
         emissions.add(task_emission(TaskRow.of(task, job.full_name)))
         jobs.add(job.id)
         failed.append(task.id)

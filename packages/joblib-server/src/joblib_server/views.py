@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from joblib_protocol import (
+    DisconnectPolicy,
     Emission,
+    ErrorCode,
     JobResponse,
     JobsInvalidate,
     JobSummary,
@@ -38,6 +40,8 @@ class TaskRow:
     worker_id: uuid.UUID | None
     error: str | None
     payload: dict[str, Any]
+    attempt: int
+    error_code: str | None
 
     @classmethod
     def of(cls, task: Any, job_name: str) -> TaskRow:
@@ -72,6 +76,8 @@ def task_emission(task: TaskRow, queue_position: int | None = None) -> Emission:
         queue_position=queue_position if task.status == TaskStatus.PENDING else None,
         worker_id=str(task.worker_id) if task.worker_id else None,
         error=task.error,
+        attempt=task.attempt,
+        error_code=ErrorCode(task.error_code) if task.error_code else None,
     )
     return Emission(event, room_channel(task.room_id))
 
@@ -82,9 +88,12 @@ def jobs_invalidate(room_id: str) -> Emission:
 
 
 def job_response(
-    job: Job, workers: list[uuid.UUID], worker_id: uuid.UUID | None = None
+    job: Job,
+    workers: list[uuid.UUID],
+    policy: DisconnectPolicy,
+    worker_id: uuid.UUID | None = None,
 ) -> JobResponse:
-    """The REST shape of a job."""
+    """The REST shape of a job, with the disconnect policy in force."""
     return JobResponse(
         id=job.id,
         room_id=job.room_id,
@@ -94,6 +103,7 @@ def job_response(
         schema_=job.schema_,
         workers=workers,
         worker_id=worker_id,
+        on_disconnect=policy,
     )
 
 
