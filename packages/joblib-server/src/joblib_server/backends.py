@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache, partial
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -34,15 +35,12 @@ from sqlalchemy.ext.asyncio import (
 
 from joblib_protocol import TaskStatus
 from joblib_server import _inline_sqlite
-from joblib_server.tables import TASK_TABLE
 
 StatementT = TypeVar("StatementT")
 
 PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
 """The pending status as SQL text, not a parameter: SQLite only uses the partial
 index of pending tasks when the query's condition is visibly the index's own."""
-
-_task = TASK_TABLE
 
 _WRITE_OPTION = "joblib_write"
 _BACKEND_KEY = "joblib_backend"
@@ -52,6 +50,8 @@ class Backend(ABC):
     """The SQL flavour and transaction rules of one database engine."""
 
     name: ClassVar[str]
+    keeps_time_zones: ClassVar[bool] = True
+    """Whether timestamps are stored with their zone (else as naive UTC)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -125,6 +125,8 @@ class SqliteBackend(Backend):
     """SQLite: statements run in place, one writer at a time."""
 
     name = "sqlite"
+    # SQLite keeps no zone: naive UTC text compares in time order.
+    keeps_time_zones = False
 
     BUSY_MS: ClassVar[int] = 20
     """How long one SQLite call may wait for another process's lock. Calls run on the
@@ -344,6 +346,21 @@ _by_engine: weakref.WeakKeyDictionary[AsyncEngine, Backend] = (
 )
 
 
+def keeps_time_zones(dialect: sa.Dialect) -> bool:
+    """Whether `dialect`'s database stores timestamps with their zone."""
+    return BACKENDS[dialect.name].keeps_time_zones
+
+
+def database_file(url: str) -> Path | None:
+    """The file an SQLite URL names; None for a server database or in-memory."""
+    parsed = make_url(url)
+    if BACKENDS.get(parsed.get_backend_name()) is not SqliteBackend:
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
 def normalize_url(url: str) -> str:
     """Pick the async driver for a URL as users write it (`postgresql://…`)."""
     parsed = make_url(url)
@@ -365,6 +382,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 @cache
 def _claim_statement(is_sqlite: bool, start: bool) -> Any:
+    from joblib_server.tables import TASK_TABLE as _task
+
     oldest = (
         sa.select(_task.c.id)
         .where(_task.c.job_id == sa.bindparam("b_job"), _task.c.status == PENDING)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from joblib_server.auth import Identity, TokenAuth, TokenStore, tokens_from_env
+from joblib_server.backends import database_file
 from joblib_server.database import create_engine, normalize_url
 from joblib_server.errors import JobLibError, SchemaNotCurrent
 from joblib_server.schema import (
@@ -42,13 +43,9 @@ class _Failed(Exception):
 
 def default_tokens_file(database_url: str) -> Path:
     """The tokens file next to an SQLite database, else in the working directory."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (
-        None,
-        "",
-        ":memory:",
-    ):
-        return Path(str(url.database)).expanduser().resolve().parent / TOKENS_FILE_NAME
+    path = database_file(database_url)
+    if path is not None:
+        return path.expanduser().resolve().parent / TOKENS_FILE_NAME
     return Path.cwd() / TOKENS_FILE_NAME
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from joblib_protocol import join_job_name
+from joblib_server.backends import keeps_time_zones
 
 METADATA = sa.MetaData()
 """joblib's tables and nothing else: never `SQLModel.metadata`, which also holds
@@ -36,8 +37,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         value = value.astimezone(UTC)
-        # SQLite keeps no zone: store naive UTC so text comparisons stay ordered.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value if keeps_time_zones(dialect) else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> Any:
         """Read back timezone-aware."""
