@@ -151,6 +151,11 @@ async def test_answers_match_the_document(
     check(
         await alice.patch(f"/tasks/{task['id']}", json={"status": "running"}), task_path
     )
+    fenced = {"status": "completed", "worker_id": str(uuid.uuid4())}
+    check(await alice.patch(f"/tasks/{task['id']}", json=fenced), task_path)
+    spare = (await alice.post("/workers")).json()["id"]
+    receipt = {"Prefer": "return=representation"}
+    check(await alice.delete(f"/workers/{spare}", headers=receipt), worker_path)
     check(await alice.delete(f"/workers/{worker_id}"), worker_path)
     check(await alice.post("/tasks/claim", json=claim_body), "/tasks/claim")
     check(await alice.patch(f"/tasks/{task['id']}", json={}), task_path)

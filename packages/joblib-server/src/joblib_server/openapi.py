@@ -21,6 +21,7 @@ from joblib_protocol import (
     TaskStatus,
     TaskSubmitRequest,
     TaskUpdateRequest,
+    WorkerCleanupResponse,
     WorkerResponse,
     WorkerSummary,
     __version__,
@@ -53,7 +54,15 @@ _OPERATIONS: list[
         WorkerResponse,
         (403, 404),
     ),
-    ("delete", "/workers/{worker_id}", "Remove a worker", None, 204, None, (403, 404)),
+    (
+        "delete",
+        "/workers/{worker_id}",
+        "Remove a worker (with Prefer: return=representation, say what was done)",
+        None,
+        204,
+        None,
+        (403, 404),
+    ),
     (
         "put",
         "/rooms/{room_id}/jobs",
@@ -147,6 +156,17 @@ _OPERATIONS: list[
     ),
 ]
 
+# Answers an operation gives besides its usual success, when a header asks for them.
+_ALSO: dict[tuple[str, str], dict[int, type[BaseModel]]] = {
+    ("delete", "/workers/{worker_id}"): {200: WorkerCleanupResponse},
+}
+
+_PREFER_EXAMPLES = {
+    ("get", "/tasks/{task_id}"): "wait=30",
+    ("post", "/tasks/claim"): "wait=30",
+    ("delete", "/workers/{worker_id}"): "return=representation",
+}
+
 _UUID_PARAMS = {"worker_id", "task_id"}
 _LIST_PATHS = {
     "/workers",
@@ -188,12 +208,13 @@ def _parameters(path: str, method: str) -> list[dict[str, Any]]:
                 "schema": {"type": "string", "enum": [s.value for s in TaskStatus]},
             }
         )
-    if (path, method) in (("/tasks/{task_id}", "get"), ("/tasks/claim", "post")):
+    example = _PREFER_EXAMPLES.get((method, path))
+    if example is not None:
         params.append(
             {
                 "name": "Prefer",
                 "in": "header",
-                "schema": {"type": "string", "example": "wait=30"},
+                "schema": {"type": "string", "example": example},
             }
         )
     return params
@@ -204,6 +225,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     models: set[type[BaseModel]] = {ProblemDetail}
     for _m, _p, _s, body, _st, answer, _e in _OPERATIONS:
         models.update(m for m in (body, answer) if m is not None)
+    for also in _ALSO.values():
+        models.update(also.values())
     ordered = sorted(models, key=lambda m: m.__name__)
     refs, definitions = models_json_schema(
         [(m, "validation" if m in _requests() else "serialization") for m in ordered],
@@ -234,6 +257,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             }
         for code in status if isinstance(status, tuple) else (status,):
             operation["responses"][str(code)] = success
+        for code, model in _ALSO.get((method, path), {}).items():
+            operation["responses"][str(code)] = {
+                "description": summary,
+                "content": {
+                    "application/json": {"schema": ref(model, "serialization")}
+                },
+            }
         problem = {
             PROBLEM_CONTENT_TYPE: {"schema": ref(ProblemDetail, "serialization")}
         }
