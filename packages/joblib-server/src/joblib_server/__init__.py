@@ -1,6 +1,6 @@
 """Server of joblib: routes, tables, Socket.IO glue, worker cleanup and the sweeper."""
 
-from joblib_server.app import API_PREFIX, create_app
+from joblib_server.app import API_PREFIX, JobLibServer, create_app
 from joblib_server.auth import (
     AuthBackend,
     Identity,
@@ -45,6 +45,7 @@ __all__ = [
     "Job",
     "JobLib",
     "JobLibError",
+    "JobLibServer",
     "NullEmitter",
     "Operation",
     "Outcome",
