@@ -77,6 +77,8 @@ class Job(JoblibModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+    # The identity that registered it first; NULL for jobs older than 0.2.0.
+    owner_id: str | None = Field(default=None, sa_type=sa.String(255))
     # The disconnect policy its registration set; NULL takes the server default.
     disconnect_action: str | None = Field(default=None, sa_type=sa.String(16))
     max_attempts: int | None = Field(default=None)
@@ -180,6 +182,11 @@ class Task(JoblibModel, table=True):
         sa_column=sa.Column(sa.Integer, nullable=False, server_default=sa.text("1")),
     )
     error_code: str | None = Field(default=None, sa_type=sa.String(32))
+    # When and by which claim request it was claimed (a retried claim finds it).
+    claimed_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    claim_request_id: str | None = Field(default=None, sa_type=sa.String(64))
     started_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
@@ -195,8 +202,23 @@ class Task(JoblibModel, table=True):
         self.completed_at = now
 
 
+class IdempotencyKey(JoblibModel, table=True):
+    """The task a submitter's `Idempotency-Key` made; kept for a day."""
+
+    __tablename__ = "joblib_idempotency_key"
+
+    owner_id: str = Field(sa_type=sa.String(255), primary_key=True)
+    key: str = Field(sa_type=sa.String(255), primary_key=True)
+    task_id: uuid.UUID = Field(sa_type=sa.Uuid)
+    created_at: datetime = Field(
+        default_factory=utcnow,
+        sa_column=sa.Column(UTCDateTime(), nullable=False, index=True),
+    )
+
+
 # The Core tables behind the models, for the prebuilt statements of the hot paths.
 JOB_TABLE: sa.Table = Job.__table__  # type: ignore[attr-defined]
 WORKER_TABLE: sa.Table = Worker.__table__  # type: ignore[attr-defined]
 LINK_TABLE: sa.Table = WorkerJobLink.__table__  # type: ignore[attr-defined]
 TASK_TABLE: sa.Table = Task.__table__  # type: ignore[attr-defined]
+IDEMPOTENCY_TABLE: sa.Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
