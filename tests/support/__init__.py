@@ -7,7 +7,9 @@
 - `rest`: REST calls that read as a test's story, and a live-server client
 - `rows`: what the database holds, read past the API
 - `sockets`: recording Socket.IO peers, and when the server handled a disconnect
-- `processes`: scripts and `joblib-server` in processes of their own
+- `processes`: scripts and `joblib-server` in processes of their own; a server
+  that stops and starts again, and `JobManager` workers (manager_worker.py)
+- `proxy`: a TCP forwarder that cuts its connections, a network blip on demand
 """
 
 from tests.support.waiting import aeventually, eventually
