@@ -172,6 +172,11 @@ class Realtime:
                 )
                 continue
             if grace is None:
+                logger.info(
+                    "worker %s: its socket closed, but it is gone or joined again "
+                    "since; nothing to clean up",
+                    worker_id,
+                )
                 continue
             if grace > 0:
                 logger.info(
