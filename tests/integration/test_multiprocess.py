@@ -6,10 +6,16 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.processes import server_process, worker_process
+from tests.support import eventually
+from tests.support.processes import (
+    restartable_server,
+    server_process,
+    worker_process,
+)
 from tests.support.rest import rest
 from tests.support.servers import free_port
 from tests.support.services import REDIS_URL, empty_postgres, require_redis
@@ -77,3 +83,63 @@ def test_emissions_and_cleanup_cross_processes(two_servers: tuple[str, str]) -> 
         assert failed["error"] == "Worker disconnected"
         with rest(f"{a}/v1/joblib", BOB) as client:
             assert client.get(f"/tasks/{task_id}").json()["status"] == "failed"
+
+
+def test_a_worker_that_moved_to_another_process_is_left_alone(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Its old socket on A closing, and then B stopping, clean nothing up."""
+    require_redis()
+    empty_postgres(postgres_url)
+    env = {
+        "JOBLIB_DATABASE_URL": postgres_url,
+        "JOBLIB_REDIS_URL": REDIS_URL,
+        "JOBLIB_TOKENS": TOKENS_JSON,
+    }
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    with (
+        restartable_server(env, tmp_path / "a.log", log_level="info") as a,
+        restartable_server(env, tmp_path / "b.log", log_level="info") as b,
+        rest(a.api, ALICE) as on_a,
+        rest(b.api, ALICE) as on_b,
+    ):
+        job = on_a.put(
+            f"/rooms/{room}/jobs",
+            json={"category": "modifiers", "name": "Moves", "schema": {}},
+        ).json()
+        worker = job["worker_id"]
+        joining = {"job_name": job["full_name"], "worker_id": worker}
+        task = on_a.post(
+            f"/rooms/{room}/tasks/{job['full_name']}", json={"payload": {}}
+        ).json()
+        with connect_peer(a.url, token=ALICE) as old_socket:
+            assert old_socket.call("join_job_room", joining) == {"ok": True}
+            claimed = on_a.post(
+                "/tasks/claim", json={"worker_id": worker, "start": True}
+            ).json()
+            assert claimed["task"]["id"] == task["id"]
+            with connect_peer(b.url, token=ALICE) as new_socket:
+                # The worker reconnects through B before A notices its old socket.
+                assert new_socket.call("join_job_room", joining) == {"ok": True}
+                old_socket.sio.disconnect()
+                eventually(
+                    lambda: "joined again since" in a.log_tail(200),
+                    what="A to handle the old socket's disconnect",
+                )
+                assert on_b.patch(f"/workers/{worker}").status_code == 200
+                assert on_b.get(f"/tasks/{task['id']}").json()["status"] == "running"
+                # B stops while the worker's socket is on it: a shutdown, not a
+                # worker going away.
+                dropped = new_socket.sio.eio.ws
+                # (uvicorn re-raises the signal once it has shut down cleanly)
+                assert b.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+                eventually(lambda: not new_socket.sio.connected)
+                # python-engineio leaves a dropped websocket to the garbage collector.
+                dropped.shutdown()
+        assert on_a.patch(f"/workers/{worker}").status_code == 200
+        after = on_a.get(f"/tasks/{task['id']}").json()
+        assert (after["status"], after["worker_id"]) == ("running", worker)
+        done = on_a.patch(
+            f"/tasks/{task['id']}", json={"status": "completed", "worker_id": worker}
+        )
+        assert done.status_code == 200, done.text
