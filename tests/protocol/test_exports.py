@@ -16,6 +16,8 @@ EXPECTED = {
     # disconnects (ours)
     "DisconnectAction", "DisconnectPolicy", "DisconnectPolicyRequest", "ErrorCode",
     "WorkerCleanupResponse",
+    # tasks that come back (ours)
+    "WorkerHeartbeatRequest",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",

@@ -12,8 +12,10 @@ from joblib_protocol import (
     JobResponse,
     PaginatedResponse,
     ProblemDetail,
+    TaskClaimRequest,
     TaskResponse,
     TaskUpdateRequest,
+    WorkerHeartbeatRequest,
     WorkerSummary,
     problem_type_for,
 )
@@ -128,3 +130,21 @@ def test_protocol_problem_types_are_all_there() -> None:
         "validation-error": 422,
         "payload-too-large": 413,
     }.items() <= slugs.items()
+
+
+def test_a_claim_request_id_is_optional_and_at_most_64_characters() -> None:
+    worker_id = uuid.uuid4()
+    assert TaskClaimRequest(worker_id=worker_id).request_id is None
+    assert TaskClaimRequest(worker_id=worker_id, request_id="r" * 64).request_id
+    for bad in ("", "r" * 65):
+        with pytest.raises(ValidationError):
+            TaskClaimRequest(worker_id=worker_id, request_id=bad)
+
+
+def test_a_heartbeat_body_may_say_nothing_or_list_the_held_tasks() -> None:
+    assert WorkerHeartbeatRequest().tasks is None
+    held = [uuid.uuid4()]
+    assert WorkerHeartbeatRequest.model_validate({"tasks": held}).tasks == held
+    assert WorkerHeartbeatRequest.model_validate({"tasks": []}).tasks == []
+    with pytest.raises(ValidationError):
+        WorkerHeartbeatRequest.model_validate({"tasks": ["not-a-uuid"]})

@@ -78,6 +78,7 @@ from joblib_protocol.tasks import (
 )
 from joblib_protocol.workers import (
     WorkerCleanupResponse,
+    WorkerHeartbeatRequest,
     WorkerResponse,
     WorkerSummary,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "Unauthorized",
     "ValidationFailed",
     "WorkerCleanupResponse",
+    "WorkerHeartbeatRequest",
     "WorkerNotFound",
     "WorkerResponse",
     "WorkerSummary",

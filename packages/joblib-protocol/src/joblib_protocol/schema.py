@@ -19,6 +19,7 @@ from joblib_protocol.tasks import (
 )
 from joblib_protocol.workers import (
     WorkerCleanupResponse,
+    WorkerHeartbeatRequest,
     WorkerResponse,
     WorkerSummary,
 )
@@ -30,6 +31,7 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     WorkerResponse,
     WorkerSummary,
     WorkerCleanupResponse,
+    WorkerHeartbeatRequest,
     TaskSubmitRequest,
     TaskResponse,
     TaskClaimRequest,

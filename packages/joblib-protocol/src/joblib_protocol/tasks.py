@@ -68,6 +68,8 @@ class ErrorCode(StrEnum):
     """The worker reported that the job failed."""
     INTERNAL_TIMED_OUT = "internal_timed_out"
     """An `@internal` task ran longer than `internal_task_timeout_seconds`."""
+    NOT_HELD = "not_held"
+    """Its worker's heartbeat listed the tasks it holds, and this one was not there."""
 
 
 class TaskSubmitRequest(BaseModel):
@@ -103,6 +105,15 @@ class TaskClaimRequest(BaseModel):
     start: bool = Field(
         default=False,
         description="Move the claimed task straight to running in the same request.",
+    )
+    # Ours: a claim tried again after its answer was lost gets the same task back.
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The claim attempt's own id, fresh for each claim and the same "
+        "when that claim is sent again: a claim already made under this id answers "
+        "the task it took, as long as the worker still holds it.",
     )
 
 

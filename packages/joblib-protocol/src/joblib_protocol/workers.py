@@ -15,6 +15,23 @@ class WorkerResponse(BaseModel):
     last_heartbeat: datetime
 
 
+MAX_HELD_TASKS = 1000
+"""The most tasks one heartbeat may list."""
+
+
+class WorkerHeartbeatRequest(BaseModel):
+    """Ours: the optional body of `PATCH /workers/{worker_id}`."""
+
+    tasks: list[UUID] | None = Field(
+        default=None,
+        max_length=MAX_HELD_TASKS,
+        description="Every task the worker holds (claimed or running, not yet "
+        "reported finished). Tasks the server has as this worker's that are not "
+        "listed, and were claimed a while ago, are failed or requeued by their job's "
+        "disconnect policy with `error_code` `not_held`. Absent: nothing is checked.",
+    )
+
+
 class WorkerSummary(BaseModel):
     """A worker as listed, with the number of jobs it serves."""
 
