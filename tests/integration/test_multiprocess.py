@@ -26,17 +26,22 @@ from tests.support.tokens import ADMIN, ALICE, BOB, TOKENS_JSON
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def two_servers(postgres_url: str) -> Iterator[tuple[str, str]]:
+def _shared_env(postgres_url: str) -> dict[str, str]:
+    """The environment of server processes sharing an empty database and Redis."""
     require_redis()
     empty_postgres(postgres_url)
-    env = {
+    return {
         "JOBLIB_DATABASE_URL": postgres_url,
         "JOBLIB_REDIS_URL": REDIS_URL,
         "JOBLIB_TOKENS": TOKENS_JSON,
         "JOBLIB_SOCKETIO_PING_INTERVAL_SECONDS": "1",
         "JOBLIB_SOCKETIO_PING_TIMEOUT_SECONDS": "1",
     }
+
+
+@pytest.fixture
+def two_servers(postgres_url: str) -> Iterator[tuple[str, str]]:
+    env = _shared_env(postgres_url)
     with server_process(free_port(), env) as a, server_process(free_port(), env) as b:
         yield a, b
 
@@ -89,13 +94,7 @@ def test_a_worker_that_moved_to_another_process_is_left_alone(
     postgres_url: str, tmp_path: Path
 ) -> None:
     """Its old socket on A closing, and then B stopping, clean nothing up."""
-    require_redis()
-    empty_postgres(postgres_url)
-    env = {
-        "JOBLIB_DATABASE_URL": postgres_url,
-        "JOBLIB_REDIS_URL": REDIS_URL,
-        "JOBLIB_TOKENS": TOKENS_JSON,
-    }
+    env = _shared_env(postgres_url)
     room = f"room-{uuid.uuid4().hex[:8]}"
     with (
         restartable_server(env, tmp_path / "a.log", log_level="info") as a,
