@@ -14,7 +14,7 @@ EXPECTED = {
     "JobNotFoundError", "WorkerNotFoundError", "TaskNotFoundError",
     "MethodNotAllowedError", "ConflictError", "SchemaConflictError",
     "InvalidTaskTransitionError", "TaskWorkerMismatchError", "PayloadTooLargeError",
-    "ValidationFailedError",
+    "ValidationFailedError", "RoomLockedError",
     "ServerError", "InternalJobNotConfiguredError",
 }  # fmt: skip
 

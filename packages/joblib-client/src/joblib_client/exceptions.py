@@ -26,6 +26,7 @@ from joblib_protocol import (
     PayloadTooLarge,
     ProblemDetail,
     ProblemType,
+    RoomLocked,
     SchemaConflict,
     TaskNotFound,
     TaskWorkerMismatch,
@@ -105,6 +106,12 @@ class ForbiddenError(JobLibError):
     """The token is valid but may not touch this resource (403)."""
 
     problem_type = Forbidden
+
+
+class RoomLockedError(JobLibError):
+    """The room refuses writes now (423): the host locked it; nothing was changed."""
+
+    problem_type = RoomLocked
 
 
 class NotFoundError(JobLibError):
@@ -214,6 +221,7 @@ _BY_STATUS: dict[int, type[JobLibError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     422: ValidationFailedError,
+    423: RoomLockedError,
 }
 
 

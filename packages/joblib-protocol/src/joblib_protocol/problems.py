@@ -130,6 +130,17 @@ class Forbidden(ProblemType):
     status = 403
 
 
+class RoomLocked(ProblemType):
+    """Ours: the room refuses writes now (the host's lock); nothing was changed.
+
+    What zndraw-joblib answers from its writable-room check, as a problem type.
+    """
+
+    slug = "room-locked"
+    title = "Room locked"
+    status = 423
+
+
 class InternalJobNotConfigured(ProblemType):
     """An `@internal` job was asked for, but this server runs no such job."""
 
@@ -199,6 +210,7 @@ PROBLEM_TYPES: dict[str, type[ProblemType]] = {
         InvalidTaskTransition,
         TaskWorkerMismatch,
         Forbidden,
+        RoomLocked,
         InternalJobNotConfigured,
         Unauthorized,
         ValidationFailed,
