@@ -15,6 +15,7 @@ from joblib_client import (
     InvalidTaskTransitionError,
     JobLibError,
     NotFoundError,
+    RequestTimeoutError,
     RoomLockedError,
     SchemaConflictError,
     ServerError,
@@ -60,6 +61,7 @@ def test_an_exception_carries_the_problem() -> None:
     [
         (404, NotFoundError),
         (403, ForbiddenError),
+        (408, RequestTimeoutError),
         (423, RoomLockedError),
         (502, ServerError),
         (418, JobLibError),

@@ -16,6 +16,7 @@ EXPECTED = {
     "InvalidTaskTransitionError", "TaskWorkerMismatchError", "PayloadTooLargeError",
     "ValidationFailedError", "RoomLockedError",
     "ServerError", "InternalJobNotConfiguredError",
+    "RequestTimeoutError", "DatabaseUnavailableError",
 }  # fmt: skip
 
 

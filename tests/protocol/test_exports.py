@@ -27,7 +27,7 @@ EXPECTED = {
     "InvalidJobName", "InvalidRoomId", "InvalidTaskTransition", "JobNotFound",
     "MethodNotAllowed", "NotFound", "PayloadTooLarge", "ProblemDetail", "ProblemType",
     "SchemaConflict", "TaskNotFound", "TaskWorkerMismatch", "Unauthorized",
-    "ValidationFailed", "RoomLocked",
+    "ValidationFailed", "RoomLocked", "RequestTimeout", "DatabaseUnavailable",
     "WorkerNotFound", "problem_type_for",
 }  # fmt: skip
 

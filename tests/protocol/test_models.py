@@ -129,6 +129,8 @@ def test_protocol_problem_types_are_all_there() -> None:
         "unauthorized": 401,
         "validation-error": 422,
         "payload-too-large": 413,
+        "request-timeout": 408,
+        "database-unavailable": 503,
     }.items() <= slugs.items()
 
 

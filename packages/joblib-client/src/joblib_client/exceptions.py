@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError as PydanticValidationError
 
 from joblib_protocol import (
+    DatabaseUnavailable,
     Forbidden,
     InternalError,
     InternalJobNotConfigured,
@@ -26,6 +27,7 @@ from joblib_protocol import (
     PayloadTooLarge,
     ProblemDetail,
     ProblemType,
+    RequestTimeout,
     RoomLocked,
     SchemaConflict,
     TaskNotFound,
@@ -188,10 +190,26 @@ class ValidationFailedError(JobLibError):
         return list(errors) if isinstance(errors, list) else []
 
 
+class RequestTimeoutError(JobLibError):
+    """The request body did not reach the server within its time limit (408)."""
+
+    problem_type = RequestTimeout
+
+
 class ServerError(JobLibError):
     """The server failed (5xx)."""
 
     problem_type: ClassVar[type[ProblemType] | None] = InternalError
+
+
+class DatabaseUnavailableError(ServerError):
+    """The server cannot reach its database right now (503); retrying may work.
+
+    The server's `Retry-After` says when to try again. A submit retried with
+    the same idempotency key cannot make a second task.
+    """
+
+    problem_type = DatabaseUnavailable
 
 
 class InternalJobNotConfiguredError(ServerError):
@@ -218,6 +236,7 @@ _BY_STATUS: dict[int, type[JobLibError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     405: MethodNotAllowedError,
+    408: RequestTimeoutError,
     409: ConflictError,
     413: PayloadTooLargeError,
     422: ValidationFailedError,

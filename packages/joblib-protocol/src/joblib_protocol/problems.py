@@ -189,6 +189,26 @@ class MethodNotAllowed(ProblemType):
     status = 405
 
 
+class RequestTimeout(ProblemType):
+    """Ours: the request body did not arrive within the server's time limit."""
+
+    slug = "request-timeout"
+    title = "Request timeout"
+    status = 408
+
+
+class DatabaseUnavailable(ProblemType):
+    """Ours: the database cannot be reached right now; retry after `Retry-After`.
+
+    A connection lost during a commit leaves it unknown whether the change was
+    made: a submit retried with the same `Idempotency-Key` is safe either way.
+    """
+
+    slug = "database-unavailable"
+    title = "Database unavailable"
+    status = 503
+
+
 class InternalError(ProblemType):
     """Ours: the server failed; the detail never carries a stack trace."""
 
@@ -217,6 +237,8 @@ PROBLEM_TYPES: dict[str, type[ProblemType]] = {
         PayloadTooLarge,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
+        DatabaseUnavailable,
         InternalError,
     )
 }
