@@ -64,15 +64,26 @@ class LiveServer:
 
 
 @contextmanager
-def serve_in_thread(app: Any) -> Iterator[LiveServer]:
-    """Run `app` under uvicorn on a loopback port for the duration of the block."""
+def serve_in_thread(app: Any, port: int = 0) -> Iterator[LiveServer]:
+    """Run `app` under uvicorn on a loopback port for the duration of the block.
+
+    `port` (default: a free one) lets a test start a server again where one was.
+    An app from `create_app` runs under `JobLibServer`, as the CLI runs it: its
+    shutdown keeps the workers, so they can come back to the next server.
+    """
     import uvicorn
 
+    from joblib_server.app import JobLibServer
+
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", ws="wsproto", lifespan="on")
-    server = uvicorn.Server(config)
+    joblib = getattr(app, "joblib", None)
+    server = (
+        JobLibServer(config, joblib) if joblib is not None else uvicorn.Server(config)
+    )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True
     )
