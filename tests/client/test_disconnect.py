@@ -274,3 +274,23 @@ def test_close_closes_the_socket_when_removing_the_worker_raises(
 
     assert not sock.connected
     assert_cleared(manager)
+
+
+def test_disconnect_logs_what_became_of_the_tasks_in_flight(
+    make_manager: ManagerFactory, server: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager(ADMIN)
+    manager.register(Rotate, on_disconnect={"action": "requeue"})
+    task_id = make_manager(ALICE).submit(Rotate(angle=1), "room1")
+    task = manager.claim()
+    assert task is not None
+    worker_id = manager.worker_id
+
+    with caplog.at_level(logging.INFO, logger="joblib_client"):
+        manager.disconnect()
+
+    (record,) = [r for r in caplog.records if str(worker_id) in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert "0 failed, 1 requeued" in record.getMessage()
+    shown = server.get(f"/v1/joblib/tasks/{task_id}", headers=auth(ALICE)).json()
+    assert (shown["status"], shown["attempt"]) == ("pending", 2)

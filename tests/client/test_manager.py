@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from joblib_client import Extension, ForbiddenError, JobLibError, JobManager
-from joblib_protocol import JoinJobRoom
+from joblib_protocol import DisconnectPolicyRequest, JoinJobRoom
 from joblib_server import Settings
 from tests.client.conftest import (
+    Listener,
     ManagerFactory,
     RecordingTsio,
+    RequestCounter,
     auth,
     heartbeat_threads,
     standalone_app,
@@ -195,3 +198,64 @@ def test_a_manager_built_with_connect_heartbeats_by_default(
     with serve_in_thread(standalone_app(database_url, settings)) as server:
         manager = JobManager.connect(server.url, token=ADMIN, socket=False)
         assert_heartbeats_by_default(manager)
+
+
+def _policy(server: TestClient, full_name: str) -> dict[str, object]:
+    answer = server.get(f"/v1/joblib/rooms/room1/jobs/{full_name}", headers=auth(ADMIN))
+    assert answer.status_code == 200, answer.text
+    policy: dict[str, object] = answer.json()["on_disconnect"]
+    return policy
+
+
+def test_register_sends_the_disconnect_policy(
+    make_manager: ManagerFactory, server: TestClient
+) -> None:
+    manager = make_manager(ADMIN)
+    manager.register(Rotate, on_disconnect={"action": "requeue", "max_attempts": 2})
+
+    @manager.register(on_disconnect=DisconnectPolicyRequest(grace_seconds=30))
+    class Graceful(Rotate):
+        pass
+
+    assert _policy(server, "@global:modifiers:Rotate") == {
+        "action": "requeue",
+        "max_attempts": 2,
+        "grace_seconds": 0.0,  # the server's default
+    }
+    assert _policy(server, "@global:modifiers:Graceful") == {
+        "action": "fail",
+        "max_attempts": 3,
+        "grace_seconds": 30.0,
+    }
+
+
+def test_a_bad_disconnect_policy_is_refused_before_any_request(
+    make_manager: ManagerFactory, count_requests: RequestCounter
+) -> None:
+    manager = make_manager(ADMIN)
+    with pytest.raises(ValidationError):
+        manager.register(Rotate, on_disconnect={"action": "retry"})
+    with pytest.raises(ValidationError):
+        manager.register(on_disconnect={"max_attempts": 0})
+    assert len(count_requests) == 0
+    assert len(manager) == 0
+
+
+def test_a_worker_registered_again_keeps_its_disconnect_policy(
+    make_manager: ManagerFactory, server: TestClient
+) -> None:
+    """The server forgot the worker (and hid its job): the policy comes back too."""
+    manager = make_manager(ADMIN)
+    manager.register(Rotate, on_disconnect={"action": "requeue"})
+    old = manager.worker_id
+    removed = server.delete(f"/v1/joblib/workers/{old}", headers=auth(ADMIN))
+    assert removed.status_code == 204
+    hidden = server.get(
+        "/v1/joblib/rooms/room1/jobs/@global:modifiers:Rotate", headers=auth(ADMIN)
+    )
+    assert hidden.status_code == 404  # revived, a job starts from the defaults
+
+    with Listener(manager, polling_interval=0.05):
+        eventually(lambda: manager.worker_id != old, what="a new worker")
+
+    assert _policy(server, "@global:modifiers:Rotate")["action"] == "requeue"

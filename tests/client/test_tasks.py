@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 import uuid
@@ -305,3 +307,70 @@ def test_listen_pauses_between_claims_when_the_server_does_not_hold_them(
         eventually(lambda: len(claims) >= 3, what="three claims")
     # One claim per polling interval, not a claim loop without pauses.
     assert min(claims.gaps()[:2]) >= 0.2 * 0.95
+
+
+def test_every_report_is_sent_as_the_worker_that_claimed_the_task(
+    worker: JobManager, submitter: JobManager
+) -> None:
+    submitter.submit(Rotate(), "room1")
+    reports: list[dict[str, object]] = []
+
+    def record(request: httpx.Request) -> None:
+        if request.method == "PATCH" and "/tasks/" in request.url.path:
+            reports.append(json.loads(request.content))
+
+    worker.api.http.event_hooks["request"].append(record)
+    task = worker.claim(start=False)
+    assert task is not None
+    assert task.worker_id == worker.worker_id
+
+    assert worker.run(task) == TaskStatus.COMPLETED
+
+    assert reports == [
+        {"status": "running", "worker_id": str(worker.worker_id)},
+        {"status": "completed", "worker_id": str(worker.worker_id)},
+    ]
+
+
+def test_a_task_requeued_to_another_worker_is_logged_and_listen_goes_on(
+    make_manager: ManagerFactory,
+    submitter: JobManager,
+    server: TestClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An admin removes the first worker; its task goes to a second one: 409."""
+    requeue = {"action": "requeue", "max_attempts": 3}
+    first, second = make_manager(ADMIN), make_manager(ADMIN)
+    first.register(Rotate, on_disconnect=requeue)
+    second.register(Rotate, on_disconnect=requeue)
+    lost = submitter.submit(Rotate(angle=1), "room1")
+    statuses: dict[uuid.UUID, TaskStatus] = {}
+    stop = threading.Event()
+
+    with caplog.at_level(logging.INFO, logger="joblib_client"):
+        for task in first.listen(stop, polling_interval=0.05):
+            if task.id == lost:
+                removed = server.delete(
+                    f"/v1/joblib/workers/{first.worker_id}", headers=auth(ADMIN)
+                )
+                assert removed.status_code == 204
+                taken = second.claim()
+                assert taken is not None
+                assert (taken.id, taken.worker_id) == (lost, second.worker_id)
+                statuses[task.id] = first.run(task)
+                following = submitter.submit(Rotate(angle=2), "room1")
+            else:
+                statuses[task.id] = first.run(task)
+                stop.set()
+
+    # The second worker holds it: the first's report changed nothing.
+    assert statuses == {lost: TaskStatus.RUNNING, following: TaskStatus.COMPLETED}
+    shown = submitter.wait(following, timeout=5)
+    assert shown.worker_id == first.worker_id  # registered again, under a new id
+    refused = [r for r in caplog.records if str(lost) in r.getMessage()]
+    assert [r.levelno for r in refused] == [logging.WARNING]
+    assert "task-worker-mismatch" in refused[0].getMessage()
+    assert refused[0].exc_info is None
+    assert taken is not None
+    second.complete(taken)
+    assert submitter.wait(lost, timeout=5).attempt == 2

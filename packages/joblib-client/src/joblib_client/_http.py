@@ -19,6 +19,7 @@ from joblib_protocol import (
     TaskClaimResponse,
     TaskResponse,
     TaskStatus,
+    WorkerCleanupResponse,
     WorkerResponse,
 )
 
@@ -142,9 +143,20 @@ class Rest:
         response = self.request("PATCH", f"/workers/{worker_id}")
         return WorkerResponse.model_validate_json(response.content)
 
-    def delete_worker(self, worker_id: UUID) -> None:
-        """`DELETE /workers/{worker_id}`."""
-        self.request("DELETE", f"/workers/{worker_id}")
+    def delete_worker(self, worker_id: UUID) -> WorkerCleanupResponse | None:
+        """`DELETE /workers/{worker_id}`; the cleanup receipt, if the server gives one.
+
+        Asks for it with `Prefer: return=representation`; a server that ignores the
+        preference answers 204 and no receipt.
+        """
+        response = self.request(
+            "DELETE",
+            f"/workers/{worker_id}",
+            headers={"Prefer": "return=representation"},
+        )
+        if response.status_code != 200 or not response.content:
+            return None
+        return WorkerCleanupResponse.model_validate_json(response.content)
 
     def register_job(self, room_id: str, request: JobRegisterRequest) -> JobResponse:
         """`PUT /rooms/{room_id}/jobs`."""
@@ -183,12 +195,19 @@ class Rest:
         return TaskClaimResponse.model_validate_json(response.content).task, applied
 
     def update_task(
-        self, task_id: UUID, status: TaskStatus, error: str | None = None
+        self,
+        task_id: UUID,
+        status: TaskStatus,
+        error: str | None = None,
+        *,
+        worker_id: UUID | None = None,
     ) -> TaskResponse:
-        """`PATCH /tasks/{task_id}`."""
+        """`PATCH /tasks/{task_id}`, as `worker_id` if given (409 once it is stale)."""
         body: dict[str, Any] = {"status": status.value}
         if error is not None:
             body["error"] = error
+        if worker_id is not None:
+            body["worker_id"] = str(worker_id)
         response = self.request("PATCH", f"/tasks/{task_id}", json=body)
         return TaskResponse.model_validate_json(response.content)
 

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
+from joblib_client._reports import Reporter
+from joblib_client._retry import Backoff, is_refusal, is_transient
 from joblib_client._socket import EventSource, SocketClient, Tsio
 from joblib_client.exceptions import (
     ForbiddenError,
-    InvalidTaskTransitionError,
     JobLibError,
     NotFoundError,
-    ServerError,
     TransportError,
     WaitTimeoutError,
     WorkerNotFoundError,
@@ -37,6 +37,7 @@ from joblib_client.extension import (
 from joblib_client.task import ClaimedTask
 from joblib_protocol import (
     GLOBAL_ROOM,
+    DisconnectPolicyRequest,
     Event,
     JobRegisterRequest,
     JoinJobRoom,
@@ -55,11 +56,19 @@ HEARTBEAT_SECONDS = 20.0
 """Default heartbeat interval: three beats fit in the server's default
 `worker_timeout_seconds` (60), so one late beat does not get a live worker swept."""
 
+REPORT_RETRY_SECONDS = 60.0
+"""Default time a task's status report is tried again while the server cannot take
+it (no answer, or a 5xx): a server restart or a proxy's hiccup fits in it."""
+
 LONG_POLL_SECONDS = 30.0
 """How long one `wait()` request asks the server to hold its answer."""
 
 _STOP_CHECK_SECONDS = 0.2
 """How often a sleeping `listen()` looks at its stop events."""
+
+_OUTAGE_PAUSE_MAX_SECONDS = 5.0
+"""Longest pause of `listen()` between failed claims (it starts at the polling
+interval and doubles); a socket that reconnects cuts it short."""
 
 _PARK_SECONDS = 2.0
 """Longest a `listen()` claim is held by the server: a parked claim cannot be
@@ -75,6 +84,11 @@ class _Closeable(Protocol):
 class _Registration:
     cls: type[Extension]
     room_id: str
+    policy: DisconnectPolicyRequest | None = None
+
+
+PolicyLike = DisconnectPolicyRequest | Mapping[str, Any]
+"""A disconnect policy: the protocol model, or its fields as a mapping."""
 
 
 class JobManager:
@@ -83,10 +97,13 @@ class JobManager:
     `api` reaches the REST API (any object with `http`, `base_url` and
     `get_headers()`); `tsio`, when given, sends the socket events (any object with
     `emit(event)`). If `tsio` can also deliver events (`on(name, handler)`), a
-    submitted task wakes `listen()` at once and the rooms are joined again after
-    every reconnection. Once it has a worker, a background thread heartbeats every
-    `heartbeat_interval` seconds (None: never). Use it as a context manager, or
-    call `disconnect()`; a disconnected manager does not become a worker again.
+    submitted task wakes `listen()` at once, and after every reconnection the
+    manager comes back as the same worker (or a new one if the server forgot it).
+    Once it has a worker, a background thread heartbeats every
+    `heartbeat_interval` seconds (None: never). A status report the server cannot
+    take is tried again for up to `report_retry_seconds`. Use it as a context
+    manager, or call `disconnect()`; a disconnected manager does not become a
+    worker again.
 
     Threads may share a manager. Its lock guards its state only, never a request
     or an emit: a thread waiting on the server blocks no other thread, except one
@@ -99,6 +116,7 @@ class JobManager:
         tsio: Tsio | None = None,
         *,
         heartbeat_interval: float | None = HEARTBEAT_SECONDS,
+        report_retry_seconds: float = REPORT_RETRY_SECONDS,
     ) -> None:
         self._api = api
         self._rest = Rest(api)
@@ -112,6 +130,12 @@ class JobManager:
         # One thread at a time creates the worker (first registration, recovery).
         self._creating = False
         self._disconnected = False
+        # Set by disconnect(): cuts short the pauses of a report being retried.
+        self._stopped = threading.Event()
+        self._reporter = Reporter(self._rest, report_retry_seconds, self._stopped)
+        # A reconnection whose rejoin failed for want of the server: done again
+        # by the next request that gets through (a heartbeat, a claim).
+        self._resume_pending = False
         self._heartbeat = (
             Ticker(heartbeat_interval, self._beat, "joblib heartbeat")
             if heartbeat_interval
@@ -134,12 +158,18 @@ class JobManager:
         token: str | None = None,
         socket: bool = True,
         heartbeat_interval: float | None = HEARTBEAT_SECONDS,
+        report_retry_seconds: float = REPORT_RETRY_SECONDS,
         timeout: float = 10.0,
     ) -> JobManager:
         """Build a manager with its own HTTP client and socket, closed on exit."""
         api = ApiClient(url, token, timeout=timeout)
         sock = SocketClient(url, token, connect_timeout=timeout) if socket else None
-        manager = cls(api, sock, heartbeat_interval=heartbeat_interval)
+        manager = cls(
+            api,
+            sock,
+            heartbeat_interval=heartbeat_interval,
+            report_retry_seconds=report_retry_seconds,
+        )
         manager._owned = [c for c in (sock, api) if c is not None]
         if sock is not None:
             try:
@@ -172,6 +202,11 @@ class JobManager:
         return self._heartbeat.interval if self._heartbeat is not None else None
 
     @property
+    def report_retry_seconds(self) -> float:
+        """How long a status report is tried again while the server cannot take it."""
+        return self._reporter.retry_seconds
+
+    @property
     def last_heartbeat(self) -> datetime | None:
         """When the server last recorded a heartbeat of this worker, as it said."""
         return self._last_heartbeat
@@ -195,39 +230,60 @@ class JobManager:
 
     @overload
     def register(
-        self, cls: type[ExtensionT], *, room: str | None = None
+        self,
+        cls: type[ExtensionT],
+        *,
+        room: str | None = None,
+        on_disconnect: PolicyLike | None = None,
     ) -> type[ExtensionT]: ...
 
     @overload
     def register(
-        self, cls: None = None, *, room: str | None = None
+        self,
+        cls: None = None,
+        *,
+        room: str | None = None,
+        on_disconnect: PolicyLike | None = None,
     ) -> Callable[[type[ExtensionT]], type[ExtensionT]]: ...
 
     def register(
-        self, cls: type[ExtensionT] | None = None, *, room: str | None = None
+        self,
+        cls: type[ExtensionT] | None = None,
+        *,
+        room: str | None = None,
+        on_disconnect: PolicyLike | None = None,
     ) -> type[ExtensionT] | Callable[[type[ExtensionT]], type[ExtensionT]]:
         """Register an extension as a job in `room` (default `@global`).
 
         Works as `register(Cls)`, `@register` and `@register(room="...")`. The
         first registration creates the worker; later ones reuse it.
+        `on_disconnect` (a `DisconnectPolicyRequest` or a mapping of its fields:
+        `action` "fail" or "requeue", `max_attempts`, `grace_seconds`) says what
+        becomes of the job's tasks when their worker goes away; fields left out
+        take the server's defaults. It is checked before any request.
         """
+        policy = (
+            None
+            if on_disconnect is None
+            else DisconnectPolicyRequest.model_validate(on_disconnect)
+        )
         if cls is None:
 
             def decorator(inner: type[ExtensionT]) -> type[ExtensionT]:
-                return self.register(inner, room=room)
+                return self.register(inner, room=room, on_disconnect=policy)
 
             return decorator
-        self._register(check_extension(cls), room or GLOBAL_ROOM)
+        self._register(_Registration(check_extension(cls), room or GLOBAL_ROOM, policy))
         return cls
 
-    def _register(self, cls: type[Extension], room_id: str) -> str:
+    def _register(self, registration: _Registration) -> str:
         while True:
             worker_id = self._worker_or_create()
-            full_name, worker_id = self._put_job(cls, room_id, worker_id)
+            full_name, worker_id = self._put_job(registration, worker_id)
             with self._lock:
                 self._check_connected()
                 if self._worker_id == worker_id and not self._creating:
-                    self._jobs[full_name] = _Registration(cls, room_id)
+                    self._jobs[full_name] = registration
                     break
             # The server lost the worker meanwhile and a recovery (which did not
             # know this job yet) replaced it: register under the new worker.
@@ -235,23 +291,25 @@ class JobManager:
         return full_name
 
     def _put_job(
-        self, cls: type[Extension], room_id: str, worker_id: UUID | None
+        self, registration: _Registration, worker_id: UUID | None
     ) -> tuple[str, UUID]:
         """`PUT` the job under `worker_id`, or, given None, under a new worker.
 
         Given None, the caller is the creator (see `_worker_or_create`).
         Answers the job's full name and the worker it was registered under.
         """
+        cls = registration.cls
         request = JobRegisterRequest.model_validate(
             {
                 "category": str(cls.category),
                 "name": cls.__name__,
                 "schema": job_schema(cls),
                 "worker_id": worker_id,
+                "on_disconnect": registration.policy,
             }
         )
         try:
-            job = self._rest.register_job(room_id, request)
+            job = self._rest.register_job(registration.room_id, request)
         except BaseException:
             if worker_id is None:
                 self._created(None)
@@ -347,6 +405,14 @@ class JobManager:
             self._heartbeat_as(worker_id)
         except WorkerNotFoundError:
             self._recover(worker_id)
+            return
+        except JobLibError as exc:
+            if not is_transient(exc):
+                raise
+            # An outage: the next beat tries again; no traceback for it.
+            logger.warning("heartbeat of worker %s failed: %s", worker_id, exc)
+            return
+        self._resume_if_pending()
 
     # tasks
 
@@ -363,17 +429,16 @@ class JobManager:
         claimed.
         """
         while True:
-            response, parked = self._rest.claim_task(
-                self._require_worker(), start=start, wait=wait
-            )
+            worker_id = self._require_worker()
+            response, parked = self._rest.claim_task(worker_id, start=start, wait=wait)
             self._claims_park = parked if wait else self._claims_park
             if response is None:
                 return None
-            task = self._claimed(response)
+            task = self._claimed(response, worker_id)
             if task is not None:
                 return task
 
-    def _claimed(self, response: TaskResponse) -> ClaimedTask | None:
+    def _claimed(self, response: TaskResponse, worker_id: UUID) -> ClaimedTask | None:
         registration = self._jobs.get(response.job_name)
         if registration is None:
             error = f"this worker no longer serves {response.job_name}"
@@ -389,13 +454,17 @@ class JobManager:
                     room_id=response.room_id,
                     extension=extension,
                     status=response.status,
+                    worker_id=worker_id,
                 )
         logger.warning("failing task %s: %s", response.id, error)
         try:
-            self._rest.update_task(response.id, TaskStatus.FAILED, error)
-        except InvalidTaskTransitionError as exc:
-            # Cancelled on the server meanwhile: it has ended, nothing to report.
-            logger.info("task %s ended before it could be failed: %s", response.id, exc)
+            self._reporter.update(response.id, worker_id, TaskStatus.FAILED, error)
+        except JobLibError as exc:
+            if not (is_refusal(exc) or is_transient(exc)):
+                raise
+            # Cancelled or given to another worker meanwhile, or the server stayed
+            # away: either way there is nothing more this worker can do about it.
+            logger.warning("task %s could not be failed: %s", response.id, exc)
         return None
 
     def start(self, task: ClaimedTask) -> None:
@@ -414,18 +483,25 @@ class JobManager:
     def _report(
         self, task: ClaimedTask, status: TaskStatus, error: str | None = None
     ) -> None:
-        task.status = self._rest.update_task(task.id, status, error).status
+        worker_id = task.worker_id if task.worker_id is not None else self._worker_id
+        task.status = self._reporter.update(task.id, worker_id, status, error).status
 
     def run(self, task: ClaimedTask, **kwargs: Any) -> TaskStatus:
         """Run the task's extension and report completed, or failed with the error.
 
-        `kwargs` are passed to `Extension.run()`. Returns the final status; a task
-        cancelled meanwhile on the server keeps its cancelled state.
+        `kwargs` are passed to `Extension.run()`. Returns the task's status as the
+        server last acknowledged it. A report is tried again through an outage
+        for `report_retry_seconds`; one that never gets through is logged as an
+        error. A report the server refuses because the task is no longer this
+        worker's (403, 404, 409: cancelled, requeued to another worker, the
+        worker removed) is logged as a warning, and the task's current status on
+        the server returned. Either way `run()` returns, so `listen()` goes on
+        with the next task; other errors (401, 422) are raised.
         """
         try:
             self.start(task)
-        except InvalidTaskTransitionError as exc:
-            return self._ended_elsewhere(task, exc)
+        except JobLibError as exc:
+            return self._reporter.unreported(task, TaskStatus.RUNNING, exc)
         error: str | None = None
         try:
             task.extension.run(**kwargs)
@@ -438,13 +514,9 @@ class JobManager:
                 self.complete(task)
             else:
                 self.fail(task, error)
-        except InvalidTaskTransitionError as exc:
-            return self._ended_elsewhere(task, exc)
-        return task.status
-
-    def _ended_elsewhere(self, task: ClaimedTask, exc: JobLibError) -> TaskStatus:
-        logger.warning("task %s ended elsewhere (cancelled?): %s", task.id, exc)
-        task.status = self._rest.get_task(task.id)[0].status
+        except JobLibError as exc:
+            final = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
+            return self._reporter.unreported(task, final, exc)
         return task.status
 
     def listen(
@@ -460,10 +532,16 @@ class JobManager:
         comes (`Prefer: wait`, up to `polling_interval` and at most 2 s). A server
         that does not hold claims answers at once; `listen()` then waits
         `polling_interval` seconds between empty claims, or less when the socket
-        announces a task for one of its jobs. Transient server errors are logged
-        and retried; a worker the server forgot is registered again.
+        announces a task for one of its jobs. While the server cannot be reached
+        or answers 5xx, `listen()` logs each failed claim and tries again, pausing
+        from `polling_interval` doubling up to 5 s (less when the socket
+        reconnects); it never ends for such an error. A worker the server forgot
+        is registered again.
         """
         park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
+        outage = Backoff(
+            polling_interval, max(polling_interval, _OUTAGE_PAUSE_MAX_SECONDS)
+        )
         stop = threading.Event()
         with self._lock:
             self._check_connected()
@@ -474,26 +552,34 @@ class JobManager:
                 # the claim still cuts the following wait short.
                 self._wakeup.clear()
                 started = time.monotonic()
-                failed = False
                 try:
                     task = self._claim_or_recover(park)
-                except (TransportError, ServerError) as exc:
+                except JobLibError as exc:
                     if _any_set(stop, stop_event):
                         return
-                    logger.warning("claiming failed, will retry: %s", exc)
-                    task, failed = None, True
-                except JobLibError:
-                    if _any_set(stop, stop_event):
-                        return
-                    raise
+                    if not is_transient(exc):
+                        raise
+                    pause = outage.next()
+                    logger.warning(
+                        "claiming failed (%d in a row), again in %.1f s: %s",
+                        outage.failures,
+                        pause,
+                        exc,
+                    )
+                    self._sleep(pause, stop, stop_event)
+                    continue
+                if outage.failures:
+                    logger.info("claiming works again")
+                    outage.reset()
+                self._resume_if_pending()
                 if task is not None:
                     yield task
                     continue
-                # A claim the server held long enough was the wait. A failed one,
-                # or an empty answer that came sooner (a server that does not
-                # hold claims, or caps the wait at nothing), needs the pause.
+                # A claim the server held long enough was the wait. An empty
+                # answer that came sooner (a server that does not hold claims, or
+                # caps the wait at nothing) needs the pause.
                 held = time.monotonic() - started
-                if failed or not (park and self._claims_park and held >= park / 2):
+                if not (park and self._claims_park and held >= park / 2):
                     self._sleep(polling_interval, stop, stop_event)
         finally:
             with self._lock:
@@ -572,6 +658,7 @@ class JobManager:
         with self._changed:
             self._disconnected = True
             self._changed.notify_all()
+            self._stopped.set()
             listeners = list(self._listeners)
             worker_id, names = self._worker_id, list(self._jobs)
             self._worker_id = None
@@ -596,11 +683,20 @@ class JobManager:
 
     def _delete_worker(self, worker_id: UUID) -> None:
         try:
-            self._rest.delete_worker(worker_id)
+            receipt = self._rest.delete_worker(worker_id)
         except NotFoundError:
             logger.debug("worker %s was already removed", worker_id)
+            return
         except JobLibError as exc:
             logger.error("could not remove worker %s: %s", worker_id, exc)
+            return
+        if receipt is not None and (receipt.failed or receipt.requeued):
+            logger.info(
+                "worker %s removed with tasks in flight: %d failed, %d requeued",
+                worker_id,
+                len(receipt.failed),
+                len(receipt.requeued),
+            )
 
     def close(self) -> None:
         """Disconnect, then close the HTTP client and socket `connect()` made.
@@ -664,23 +760,59 @@ class JobManager:
             self._wakeup.set()
 
     def _on_connect(self) -> None:
-        """Join every job's room again: the server forgot them with the old socket."""
+        """The socket (re)connected: the server forgot the rooms of the old one."""
+        self._resume()
+
+    def _resume_if_pending(self) -> None:
+        if self._resume_pending:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Come back after a reconnection, as the same worker if the server knows it.
+
+        A heartbeat asks: 200, and every job's room is joined again under the old
+        worker id (a job the worker no longer serves is registered again under
+        it); 404, and the jobs are registered under a new worker (`_recover`).
+        When the server cannot be reached, the next request that gets through
+        (a heartbeat, a claim) tries again.
+        """
         with self._lock:
-            worker_id, names = self._worker_id, list(self._jobs)
-        if worker_id is None:
+            self._resume_pending = False
+            worker_id, registrations = self._worker_id, dict(self._jobs)
+        if worker_id is None or self._disconnected:
             return
         try:
-            for name in names:
-                self._emit(JoinJobRoom(job_name=name, worker_id=str(worker_id)))
-        except (WorkerNotFoundError, ForbiddenError) as exc:
-            logger.info("rejoining as worker %s refused: %s", worker_id, exc)
-            self._recover(worker_id)
-        except TransportError as exc:
-            # Dropped again already; the next reconnection tries again.
-            logger.warning("rejoining the job rooms failed: %s", exc)
+            try:
+                self._heartbeat_as(worker_id)
+                for name, registration in registrations.items():
+                    self._rejoin(name, registration, worker_id)
+            except (WorkerNotFoundError, ForbiddenError) as exc:
+                logger.info("coming back as worker %s refused: %s", worker_id, exc)
+                self._recover(worker_id)
+        except JobLibError as exc:
+            if is_transient(exc):
+                logger.warning("coming back as worker %s failed: %s", worker_id, exc)
+                with self._lock:
+                    self._resume_pending = not self._disconnected
+            else:
+                # Not for want of the server (a refused registration, a
+                # disconnect): the claims that follow meet it where it is raised.
+                logger.error("coming back as worker %s failed: %s", worker_id, exc)
             return
         # Tasks may have been submitted while the socket was down.
         self._wakeup.set()
+
+    def _rejoin(self, name: str, registration: _Registration, worker_id: UUID) -> None:
+        if self._tsio is None:
+            return
+        join = JoinJobRoom(job_name=name, worker_id=str(worker_id))
+        try:
+            self._emit(join)
+        except ForbiddenError as exc:
+            # The worker is known but no longer serves the job: serve it again.
+            logger.info("registering %s again as worker %s: %s", name, worker_id, exc)
+            self._put_job(registration, worker_id)
+            self._emit(join)
 
     def _recover(self, stale: UUID) -> bool:
         """Register every job again under a new worker, after the server lost `stale`.
@@ -703,10 +835,10 @@ class JobManager:
             return True
         # The first registration creates the new worker, the others join it.
         first, *others = registrations
-        full_name, worker_id = self._put_job(first.cls, first.room_id, None)
+        full_name, worker_id = self._put_job(first, None)
         self._join_room(full_name, worker_id)
         for registration in others:
-            self._register(registration.cls, registration.room_id)
+            self._register(registration)
         return True
 
 

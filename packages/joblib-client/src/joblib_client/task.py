@@ -11,10 +11,15 @@ from joblib_protocol import TaskStatus
 
 @dataclass
 class ClaimedTask:
-    """A claimed task: `status` follows what the manager reported to the server."""
+    """A claimed task: `status` follows what the manager reported to the server.
+
+    `worker_id` is the worker that claimed it: reports are sent as that worker, so
+    the server refuses them once the task has been given to another.
+    """
 
     id: UUID
     job_name: str
     room_id: str
     extension: Extension
     status: TaskStatus
+    worker_id: UUID | None = None
