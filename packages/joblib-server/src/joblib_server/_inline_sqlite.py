@@ -6,7 +6,9 @@ statement. Under load each hop also waits its turn in the loop, and since SQLite
 writes run one at a time, a write held the write lock about 7 ms for 1-2 ms of
 work. A statement on a local WAL database takes microseconds, less than one hop,
 so joblib runs them in place. The price: a slow query (a count over a very long
-table) holds up the loop while it runs.
+table) holds up the loop while it runs, so reads that can be slow (lists) run inside
+`off_loop()`: their statements then run on a worker thread, and the loop serves
+other requests meanwhile (sqlite3 lets go of the GIL while SQLite works).
 
 SQLAlchemy's aiosqlite dialect takes such an object through `async_creator`.
 """
@@ -14,8 +16,33 @@ SQLAlchemy's aiosqlite dialect takes such an object through `async_creator`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+T = TypeVar("T")
+
+_off_loop: ContextVar[bool] = ContextVar("joblib_sqlite_off_loop", default=False)
+
+
+@contextmanager
+def off_loop() -> Iterator[None]:
+    """Within the block, this task's statements run on a worker thread."""
+    token = _off_loop.set(True)
+    try:
+        yield
+    finally:
+        _off_loop.reset(token)
+
+
+async def _call(function: Callable[..., T], *args: Any) -> T:
+    if not _off_loop.get():
+        return function(*args)
+    # Not cancellable: the connection must not be used again while SQLite works.
+    return await anyio.to_thread.run_sync(function, *args)
 
 
 class InlineCursor:
@@ -58,27 +85,27 @@ class InlineCursor:
 
     async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
         """Run one statement."""
-        self._cursor.execute(sql, () if parameters is None else parameters)
+        await _call(self._cursor.execute, sql, () if parameters is None else parameters)
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Any]) -> InlineCursor:
         """Run one statement once per parameter set."""
-        self._cursor.executemany(sql, parameters)
+        await _call(self._cursor.executemany, sql, parameters)
         return self
 
     async def fetchone(self) -> Any:
         """The next row, or None."""
-        return self._cursor.fetchone()
+        return await _call(self._cursor.fetchone)
 
     async def fetchmany(self, size: int | None = None) -> Sequence[Any]:
         """Up to `size` rows."""
         if size is None:
-            return self._cursor.fetchmany()
-        return self._cursor.fetchmany(size)
+            return await _call(self._cursor.fetchmany)
+        return await _call(self._cursor.fetchmany, size)
 
     async def fetchall(self) -> Sequence[Any]:
         """The remaining rows."""
-        return self._cursor.fetchall()
+        return await _call(self._cursor.fetchall)
 
     async def close(self) -> None:
         """Close the cursor."""
@@ -133,6 +160,11 @@ class InlineConnection:
 
 
 async def connect(path: str, **kwargs: Any) -> InlineConnection:
-    """Open `path` in autocommit-by-hand mode: joblib sends BEGIN itself."""
+    """Open `path` in autocommit-by-hand mode: joblib sends BEGIN itself.
+
+    Any thread may use the connection (one at a time: the pool lends it to one
+    session, and `off_loop` awaits each call), so reads can leave the loop.
+    """
+    kwargs.setdefault("check_same_thread", False)
     connection = sqlite3.connect(path, isolation_level=None, **kwargs)
     return InlineConnection(connection)

@@ -37,9 +37,13 @@ class Database:
 
         await upgrade_schema(self.engine)
 
-    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
-        """A session for reading only (on PostgreSQL it runs in autocommit)."""
-        return self.backend.read()
+    def read(self, *, slow: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for reading only (on PostgreSQL it runs in autocommit).
+
+        `slow=True` for a read that may scan many rows (a list): such reads take
+        turns, and on SQLite they run off the event loop (`Backend.read`).
+        """
+        return self.backend.read(slow=slow)
 
     def write(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A bare write transaction that commits when the block ends without error.

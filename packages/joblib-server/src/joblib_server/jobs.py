@@ -38,6 +38,7 @@ from joblib_server.errors import (
     worker_not_found,
 )
 from joblib_server.outcome import Outcome
+from joblib_server.pages import bounded_count
 from joblib_server.settings import default_policy, settings_of
 from joblib_server.tables import (
     JOB_TABLE,
@@ -259,14 +260,19 @@ def job_policy(job: Any, defaults: DisconnectPolicy) -> DisconnectPolicy:
 
 
 async def list_jobs(
-    session: AsyncSession, room_id: str, limit: int, offset: int
+    session: AsyncSession,
+    room_id: str,
+    limit: int,
+    offset: int,
+    count_limit: int | None = None,
 ) -> tuple[list[JobSummary], int]:
-    """A page of the live jobs visible from a room, newest first, and their count."""
+    """A page of the live jobs visible from a room, newest first, and their count.
+
+    The count stops at `count_limit` (see `pages`).
+    """
     check_room_id(room_id)
     where = (col(Job.room_id).in_(visible_rooms(room_id)), col(Job.deleted).is_(False))
-    total = (
-        await session.execute(select(sa.func.count()).select_from(Job).where(*where))
-    ).scalar_one()
+    total = await bounded_count(session, Job, where, count_limit)
     jobs = (
         (
             await session.execute(

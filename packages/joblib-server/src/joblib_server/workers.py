@@ -19,6 +19,7 @@ from joblib_server.backends import backend_of
 from joblib_server.errors import forbidden, worker_not_found
 from joblib_server.jobs import check_room_id, visible_rooms
 from joblib_server.outcome import Outcome
+from joblib_server.pages import bounded_count
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -193,9 +194,16 @@ async def join_job(
 
 
 async def list_workers(
-    session: AsyncSession, limit: int, offset: int, room_id: str | None = None
+    session: AsyncSession,
+    limit: int,
+    offset: int,
+    room_id: str | None = None,
+    count_limit: int | None = None,
 ) -> tuple[list[WorkerSummary], int]:
-    """A page of workers, newest first; with `room_id`, those serving its jobs."""
+    """A page of workers, newest first; with `room_id`, those serving its jobs.
+
+    The count stops at `count_limit` (see `pages`).
+    """
     job_count = (
         select(sa.func.count())
         .select_from(WorkerJobLink)
@@ -214,9 +222,7 @@ async def list_workers(
             )
         )
         where.append(col(Worker.id).in_(serving))
-    total = (
-        await session.execute(select(sa.func.count()).select_from(Worker).where(*where))
-    ).scalar_one()
+    total = await bounded_count(session, Worker, where, count_limit)
     rows = await session.execute(
         select(Worker.id, Worker.last_heartbeat, job_count)
         .where(*where)
