@@ -70,6 +70,18 @@ async def test_every_operation_documents_its_problems(document: dict[str, Any]) 
             assert operation["security"] == [{"bearer": []}]
 
 
+async def test_only_the_heartbeat_may_leave_its_body_out(
+    document: dict[str, Any],
+) -> None:
+    optional = {
+        (method, path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation and not operation["requestBody"]["required"]
+    }
+    assert optional == {("patch", "/workers/{worker_id}")}
+
+
 class Conformance:
     """Checks answers against the document's schema for their route and status."""
 
@@ -113,6 +125,8 @@ async def test_answers_match_the_document(
     check(await alice.get("/workers"), "/workers")
     worker_path = "/workers/{worker_id}"
     check(await alice.patch(f"/workers/{worker_id}"), worker_path)
+    check(await alice.patch(f"/workers/{worker_id}", json={"tasks": []}), worker_path)
+    check(await alice.patch(f"/workers/{worker_id}", json={"tasks": 1}), worker_path)
     check(await bob.patch(f"/workers/{worker_id}"), worker_path)
     check(await bob.delete(f"/workers/{uuid.uuid4()}"), worker_path)
     check(await bob.delete("/workers/nope"), worker_path)

@@ -397,3 +397,85 @@ async def test_internal_tasks_announce_no_availability(
     await submit(admin, job_name)
     assert [e.event.event_name() for e in emitter.sent] == ["task_status_event"]
     assert emitter.sent[0].room == "room:room1"
+
+
+# a claim sent again under its request id (ours)
+
+
+async def test_a_claim_sent_again_gets_the_task_its_lost_answer_carried(
+    alice: httpx.AsyncClient,
+    bob: httpx.AsyncClient,
+    joblib: JobLib,
+    emitter: RecordingEmitter,
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    first = await submit(bob, job_name)
+    second = await submit(bob, job_name)
+    lost = await claim(alice, worker_id, request_id="claim-1")  # answer never read
+    assert lost is not None
+    assert lost["id"] == first["id"]
+    emitter.clear()
+    again = await claim(alice, worker_id, request_id="claim-1")
+    assert again == lost
+    assert emitter.sent == []  # nothing changed, so nothing is announced
+    row = await task_row(joblib, first["id"])
+    assert row.claim_request_id == "claim-1"
+    assert row.claimed_at is not None
+    assert (await get_task(bob, second["id"]))["status"] == "pending"
+    # A new claim has a new id and takes the next task.
+    fresh = await claim(alice, worker_id, request_id="claim-2")
+    assert fresh is not None
+    assert fresh["id"] == second["id"]
+
+
+async def test_a_claim_sent_again_with_start_gets_its_running_task(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    task = await submit(bob, job_name)
+    await submit(bob, job_name)
+    lost = await claim(alice, worker_id, start=True, request_id="r")
+    again = await claim(alice, worker_id, start=True, request_id="r")
+    assert lost is not None
+    assert again == lost
+    assert (again["id"], again["status"]) == (task["id"], "running")
+
+
+async def test_a_request_id_finds_only_a_task_its_worker_still_holds(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    worker_id, job_name = await serving_job(alice)
+    done = await submit(bob, job_name)
+    claimed = await claim(alice, worker_id, request_id="r")
+    assert claimed is not None
+    assert claimed["id"] == done["id"]
+    await update(alice, done["id"], "running")
+    await update(alice, done["id"], "completed")
+    # Its task is finished: the same id claims anew, and nothing waits.
+    assert await claim(alice, worker_id, request_id="r") is None
+    other_id = await create_worker(alice)
+    await register(alice, worker_id=other_id, expect=200)
+    nxt = await submit(bob, job_name)
+    # Another worker's claim under the same id is its own claim.
+    taken = await claim(alice, worker_id, request_id="same")
+    assert taken is not None
+    assert taken["id"] == nxt["id"]
+    assert await claim(alice, other_id, request_id="same") is None
+
+
+async def test_a_claim_without_a_request_id_stores_none(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
+) -> None:
+    task_id, _ = await claimed_task(alice, bob)
+    row = await task_row(joblib, task_id)
+    assert row.claim_request_id is None
+    assert row.claimed_at is not None
+    assert row.claimed_at >= row.created_at
+
+
+async def test_a_request_id_is_at_most_64_characters(
+    alice: httpx.AsyncClient,
+) -> None:
+    worker_id, _ = await serving_job(alice)
+    body = {"worker_id": worker_id, "request_id": "r" * 65}
+    assert_problem(await alice.post("/tasks/claim", json=body), 422, "validation-error")

@@ -68,12 +68,17 @@ async def submit(
 
 
 async def claim(
-    client: httpx.AsyncClient, worker_id: str, *, start: bool = False
+    client: httpx.AsyncClient,
+    worker_id: str,
+    *,
+    start: bool = False,
+    request_id: str | None = None,
 ) -> JSON | None:
     """Claim for a worker; the task, or None when nothing waits."""
-    answer = await client.post(
-        "/tasks/claim", json={"worker_id": worker_id, "start": start}
-    )
+    body: JSON = {"worker_id": worker_id, "start": start}
+    if request_id is not None:
+        body["request_id"] = request_id
+    answer = await client.post("/tasks/claim", json=body)
     assert answer.status_code == 200, answer.text
     task: JSON | None = answer.json()["task"]
     return task

@@ -14,7 +14,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -53,14 +53,8 @@ class Backend(ABC):
     keeps_time_zones: ClassVar[bool] = True
     """Whether timestamps are stored with their zone (else as naive UTC)."""
 
-    SLOW_READERS: ClassVar[int] = 2
-    """How many reads that may scan many rows (lists) run at once. The others wait
-    for their turn before they take a pooled connection, so lists can never hold
-    every connection while claims and reports wait for one."""
-
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._slow_turns: anyio.Semaphore | None = None
         info = {_BACKEND_KEY: self}
         self._read = async_sessionmaker(
             self._reader(engine), expire_on_commit=False, info=info
@@ -85,25 +79,10 @@ class Backend(ABC):
         return engine
 
     @asynccontextmanager
-    async def read(self, *, slow: bool = False) -> AsyncIterator[AsyncSession]:
-        """A session for reading only; `slow` for one that may scan many rows.
-
-        Slow reads take turns (`SLOW_READERS`), and on SQLite their statements
-        run on a worker thread instead of the event loop.
-        """
-        if not slow:
-            async with self._read() as session:
-                yield session
-            return
-        if self._slow_turns is None:
-            self._slow_turns = anyio.Semaphore(self.SLOW_READERS)
-        async with self._slow_turns, self._read() as session:
-            with self._slow_statements():
-                yield session
-
-    def _slow_statements(self) -> AbstractContextManager[None]:
-        """Where the statements of a slow read run (by default, as any other)."""
-        return nullcontext()
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only."""
+        async with self._read() as session:
+            yield session
 
     @abstractmethod
     def write(self) -> Any:
@@ -128,8 +107,9 @@ class Backend(ABC):
     def claim_statement(self, *, start: bool) -> Any:
         """The statement that claims a job's oldest pending task, or nothing.
 
-        Built once per backend and mode; run it with `b_job`, `b_worker` and
-        `b_now` (the claim time, used as `started_at` with `start`).
+        Built once per backend and mode; run it with `b_job`, `b_worker`, `b_now`
+        (the claim time, `claimed_at`, and `started_at` with `start`) and
+        `b_request` (the claim's request id, or None).
         """
         return _claim_statement(self.name == SqliteBackend.name, start)
 
@@ -138,9 +118,8 @@ class Backend(ABC):
         """Hold off other processes changing the schema at the same time."""
         yield
 
-    async def dispose(self) -> None:
+    async def dispose(self) -> None:  # noqa: B027 - most backends keep no loop state
         """Forget per-event-loop state (the engine itself is disposed by its owner)."""
-        self._slow_turns = None
 
 
 class SqliteBackend(Backend):
@@ -249,13 +228,8 @@ class SqliteBackend(Backend):
         finally:
             await connection.exec_driver_sql(f"PRAGMA busy_timeout={self.BUSY_MS}")
 
-    def _slow_statements(self) -> AbstractContextManager[None]:
-        """On a worker thread: a count over a long table must not stall the loop."""
-        return _inline_sqlite.off_loop()
-
     async def dispose(self) -> None:
-        """Drop the locks: a lock belongs to one event loop."""
-        await super().dispose()
+        """Drop the writer lock: a lock belongs to one event loop."""
         self._writer = None
 
 
@@ -423,6 +397,8 @@ def _claim_statement(is_sqlite: bool, start: bool) -> Any:
     values: dict[str, Any] = {
         "status": (TaskStatus.RUNNING if start else TaskStatus.CLAIMED).value,
         "worker_id": sa.bindparam("b_worker"),
+        "claimed_at": sa.bindparam("b_now"),
+        "claim_request_id": sa.bindparam("b_request"),
     }
     if start:
         values["started_at"] = sa.bindparam("b_now")

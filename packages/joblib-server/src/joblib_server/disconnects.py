@@ -19,6 +19,7 @@ or a task out of attempts, fails with the reason.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +78,10 @@ _LOST_TASKS = (
         _task.c.status.in_(_IN_FLIGHT),
     )
     .order_by(_task.c.created_at, _task.c.seq)
+)
+
+_SOME_LOST_TASKS = _LOST_TASKS.where(
+    _task.c.id.in_(sa.bindparam("b_tasks", expanding=True))
 )
 
 _REQUEUE = (
@@ -265,13 +270,37 @@ async def _removal(
     return Outcome(receipt, emissions, frozenset({worker_id}))
 
 
+async def release_tasks(
+    session: AsyncSession,
+    worker_id: uuid.UUID,
+    task_ids: Collection[uuid.UUID],
+    *,
+    error: str,
+    error_code: ErrorCode,
+) -> Outcome[CleanupReceipt]:
+    """Fail or requeue some of a worker's in-flight tasks, each by its job's policy.
+
+    The worker stays. Tasks that are no longer its own, or no longer claimed or
+    running, are left alone.
+    """
+    connection = await session.connection()
+    params = {"b_worker": worker_id, "b_tasks": sorted(set(task_ids))}
+    # Locked as PATCH /tasks locks them: a racing report waits, then sees the change.
+    lost = (
+        await connection.execute(
+            backend_of(session).locked(_SOME_LOST_TASKS, of=_task), params
+        )
+    ).all()
+    failed, requeued, emissions = await _release(session, lost, error, error_code)
+    receipt = CleanupReceipt(worker_id, tuple(failed), tuple(requeued))
+    return Outcome(receipt, emissions)
+
+
 async def _cleanup(
     session: AsyncSession, worker_id: uuid.UUID, error: str, error_code: ErrorCode
 ) -> tuple[CleanupReceipt, set[Emission]]:
     """The worker row is locked by the caller (or being deleted in its transaction)."""
-    defaults = default_policy(settings_of(session))
     connection = await session.connection()
-    now = utcnow()
     backend = backend_of(session)
     # On PostgreSQL the lost tasks are locked as PATCH /tasks locks them, so a
     # report racing the cleanup waits and then sees the new state.
@@ -280,6 +309,33 @@ async def _cleanup(
             backend.locked(_LOST_TASKS, of=_task), {"b_worker": worker_id}
         )
     ).all()
+    failed, requeued, emissions = await _release(session, lost, error, error_code)
+    unlinked = (
+        (await connection.execute(_UNLINK, {"b_worker": worker_id})).scalars().all()
+    )
+    await connection.execute(_DELETE_WORKER, {"b_worker": worker_id})
+    if unlinked:
+        rooms = await connection.execute(_JOB_NAMES, {"b_jobs": sorted(set(unlinked))})
+        emissions |= {jobs_invalidate(room) for _job_id, room in rooms}
+    affected = {row.job_id for row in lost} | set(unlinked)
+    hidden, more = await hide_orphan_jobs(session, affected)
+    emissions |= more
+    receipt = CleanupReceipt(
+        worker_id=worker_id,
+        failed=tuple(failed),
+        requeued=tuple(requeued),
+        jobs_removed=tuple(sorted(job.full_name for job in hidden)),
+    )
+    return receipt, emissions
+
+
+async def _release(
+    session: AsyncSession, lost: Sequence[Any], error: str, error_code: ErrorCode
+) -> tuple[list[uuid.UUID], list[uuid.UUID], set[Emission]]:
+    """Fail or requeue locked rows of `_LOST_TASKS`: (failed, requeued, emissions)."""
+    defaults = default_policy(settings_of(session))
+    connection = await session.connection()
+    now = utcnow()
     emissions: set[Emission] = set()
     failed: list[uuid.UUID] = []
     requeued: list[uuid.UUID] = []
@@ -321,23 +377,7 @@ async def _cleanup(
             )
             emissions.add(task_emission(task))
             failed.append(row.id)
-    unlinked = (
-        (await connection.execute(_UNLINK, {"b_worker": worker_id})).scalars().all()
-    )
-    await connection.execute(_DELETE_WORKER, {"b_worker": worker_id})
-    if unlinked:
-        rooms = await connection.execute(_JOB_NAMES, {"b_jobs": sorted(set(unlinked))})
-        emissions |= {jobs_invalidate(room) for _job_id, room in rooms}
-    affected = {row.job_id for row in lost} | set(unlinked)
-    hidden, more = await hide_orphan_jobs(session, affected)
-    emissions |= more
-    receipt = CleanupReceipt(
-        worker_id=worker_id,
-        failed=tuple(failed),
-        requeued=tuple(requeued),
-        jobs_removed=tuple(sorted(job.full_name for job in hidden)),
-    )
-    return receipt, emissions
+    return failed, requeued, emissions
 
 
 def _requeues(row: Any, policy: DisconnectPolicy) -> bool:

@@ -22,6 +22,7 @@ from joblib_protocol import (
     TaskSubmitRequest,
     TaskUpdateRequest,
     WorkerCleanupResponse,
+    WorkerHeartbeatRequest,
     WorkerResponse,
     WorkerSummary,
     __version__,
@@ -48,8 +49,8 @@ _OPERATIONS: list[
     (
         "patch",
         "/workers/{worker_id}",
-        "Heartbeat",
-        None,
+        "Heartbeat (a body listing the worker's tasks releases those it lost)",
+        WorkerHeartbeatRequest,
         200,
         WorkerResponse,
         (403, 404),
@@ -70,7 +71,7 @@ _OPERATIONS: list[
         JobRegisterRequest,
         (201, 200),
         JobResponse,
-        (400, 403, 404, 409),
+        (400, 403, 404, 409, 423),
     ),
     (
         "get",
@@ -79,7 +80,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[JobSummary],
-        (400,),
+        (400, 403),
     ),
     (
         "get",
@@ -88,7 +89,7 @@ _OPERATIONS: list[
         None,
         200,
         JobResponse,
-        (400, 404),
+        (400, 403, 404),
     ),
     (
         "get",
@@ -97,7 +98,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400, 404),
+        (400, 403, 404),
     ),
     (
         "get",
@@ -106,7 +107,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[WorkerSummary],
-        (400,),
+        (400, 403),
     ),
     (
         "get",
@@ -115,7 +116,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400,),
+        (400, 403),
     ),
     (
         "post",
@@ -124,7 +125,7 @@ _OPERATIONS: list[
         TaskSubmitRequest,
         202,
         TaskResponse,
-        (400, 404, 503),
+        (400, 403, 404, 423, 503),
     ),
     (
         "post",
@@ -143,7 +144,7 @@ _OPERATIONS: list[
         None,
         200,
         TaskResponse,
-        (404,),
+        (403, 404),
     ),
     (
         "patch",
@@ -160,6 +161,9 @@ _OPERATIONS: list[
 _ALSO: dict[tuple[str, str], dict[int, type[BaseModel]]] = {
     ("delete", "/workers/{worker_id}"): {200: WorkerCleanupResponse},
 }
+
+# Operations whose body may be left out (an empty body means `{}`).
+_OPTIONAL_BODIES = {("patch", "/workers/{worker_id}")}
 
 _PREFER_EXAMPLES = {
     ("get", "/tasks/{task_id}"): "wait=30",
@@ -247,7 +251,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         }
         if body is not None:
             operation["requestBody"] = {
-                "required": True,
+                "required": (method, path) not in _OPTIONAL_BODIES,
                 "content": {"application/json": {"schema": ref(body, "validation")}},
             }
         success: dict[str, Any] = {"description": summary}

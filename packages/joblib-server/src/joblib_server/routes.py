@@ -29,8 +29,9 @@ from joblib_protocol import (
     Unauthorized,
     ValidationFailed,
     WorkerCleanupResponse,
+    WorkerHeartbeatRequest,
 )
-from joblib_server import disconnects, dispatch, jobs, tasks, workers
+from joblib_server import disconnects, dispatch, jobs, stranded, tasks, workers
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
 from joblib_server.problems import validation_problem
@@ -197,8 +198,13 @@ class RestApi:
             )
         return identity
 
-    async def body(self, request: Request, model: type[ModelT]) -> ModelT:
-        """Read and validate the JSON body, within the size limit."""
+    async def body(
+        self, request: Request, model: type[ModelT], *, optional: bool = False
+    ) -> ModelT:
+        """Read and validate the JSON body, within the size limit.
+
+        With `optional`, an empty body stands for `{}`.
+        """
         limit = self.joblib.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -220,6 +226,8 @@ class RestApi:
             raise _invalid(
                 "body", f"nested deeper than {MAX_JSON_DEPTH} levels"
             ) from None
+        if data is None and optional:
+            data = {}
         if not isinstance(data, dict):
             raise _invalid("body", "must be a JSON object")
         unstorable = _unstorable(data)
@@ -249,10 +257,13 @@ class RestApi:
         )
 
     async def heartbeat(self, request: Request) -> Response:
-        """`PATCH /workers/{worker_id}`."""
+        """`PATCH /workers/{worker_id}`; a body listing its tasks releases lost ones."""
         identity = await self.identity(request)
         worker_id = _uuid(request, "worker_id")
-        beat = await self.joblib.execute(workers.heartbeat, worker_id, identity)
+        body = await self.body(request, WorkerHeartbeatRequest, optional=True)
+        beat = await self.joblib.execute(
+            stranded.heartbeat, worker_id, identity, body.tasks
+        )
         return _json(beat)
 
     async def delete_worker(self, request: Request) -> Response:
@@ -378,7 +389,11 @@ class RestApi:
 
         async def claim() -> dispatch.Claim:
             return await self.joblib.execute(
-                tasks.claim_task, identity, body.worker_id, start=body.start
+                tasks.claim_task,
+                identity,
+                body.worker_id,
+                start=body.start,
+                request_id=body.request_id,
             )
 
         if not wait:

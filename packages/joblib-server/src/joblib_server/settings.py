@@ -35,12 +35,6 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    max_list_offset: int = Field(
-        default=10_000,
-        ge=0,
-        description="The largest `offset` a list accepts (422 beyond); a list's "
-        "`total` counts at most this plus 500, the items a client can page to.",
-    )
     disconnect_action: DisconnectAction = Field(
         default="fail",
         description="What happens to a lost task when its job sets no policy: "
@@ -56,6 +50,20 @@ class Settings(BaseModel):
         ge=0,
         description="How long a worker whose socket dropped may take to come back "
         "before its tasks are failed or requeued (0: at once).",
+    )
+    claim_start_timeout_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="A claimed task its worker has not started (reported running) "
+        "this long after the claim goes back to pending, at its place in the queue "
+        "and with the same attempt; the sweeper checks at each interval.",
+    )
+    heartbeat_task_margin_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="A heartbeat that lists the worker's tasks releases only the "
+        "unlisted ones claimed longer ago than this: a claim whose answer is still "
+        "on its way to the worker is not lost.",
     )
     upgrade_schema: bool = Field(
         default=True,

@@ -1,4 +1,4 @@
-"""The sweeper: cleans up workers that stopped heartbeating and stuck internal tasks."""
+"""The sweeper: cleans up workers that stopped heartbeating and stuck tasks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from joblib_server.disconnects import CleanupReceipt, cleanup_stale_workers
+from joblib_server.stranded import requeue_unstarted_claims
 from joblib_server.tasks import cleanup_stuck_internal_tasks
 
 if TYPE_CHECKING:
@@ -26,10 +27,12 @@ class Sweep:
     """The workers removed for a stale heartbeat."""
     internal_tasks: list[uuid.UUID] = field(default_factory=list)
     """The ids of the `@internal` tasks failed for running too long."""
+    unstarted: list[uuid.UUID] = field(default_factory=list)
+    """The ids of the claimed tasks put back to pending for not starting in time."""
 
     def __bool__(self) -> bool:
         """Whether the sweep changed anything."""
-        return bool(self.workers or self.internal_tasks)
+        return bool(self.workers or self.internal_tasks or self.unstarted)
 
 
 async def sweep_once(joblib: JobLib) -> Sweep:
@@ -41,7 +44,10 @@ async def sweep_once(joblib: JobLib) -> Sweep:
     tasks = await joblib.execute(
         cleanup_stuck_internal_tasks, settings.internal_task_timeout_seconds
     )
-    return Sweep(workers, list(tasks))
+    unstarted = await joblib.execute(
+        requeue_unstarted_claims, settings.claim_start_timeout_seconds
+    )
+    return Sweep(workers, list(tasks), unstarted)
 
 
 async def run_sweeper(joblib: JobLib) -> None:
@@ -54,9 +60,11 @@ async def run_sweeper(joblib: JobLib) -> None:
                 sweep = await sweep_once(joblib)
             if sweep:
                 logger.info(
-                    "sweeper removed %d workers and failed %d internal tasks",
+                    "sweeper removed %d workers, failed %d internal tasks and "
+                    "put %d claimed tasks nobody started back to pending",
                     len(sweep.workers),
                     len(sweep.internal_tasks),
+                    len(sweep.unstarted),
                 )
         except Exception:
             logger.exception("sweep failed; trying again next interval")

@@ -47,7 +47,6 @@ from joblib_server.jobs import (
     soft_delete_orphan_jobs,
 )
 from joblib_server.outcome import Outcome
-from joblib_server.pages import bounded_count
 from joblib_server.queues import pending_head, queue_position
 from joblib_server.tables import (
     JOB_TABLE,
@@ -115,6 +114,19 @@ _WORKER_QUEUES = (
     )
     .join(_link, _link.c.job_id == _job.c.id)
     .where(_link.c.worker_id == sa.bindparam("b_worker"))
+)
+
+_CLAIMED_UNDER = (
+    # The task a claim with this request id already took, while the worker still
+    # holds it: found among the worker's few in-flight tasks (ix_joblib_task_worker).
+    sa.select(*_task.c, *_JOB_PARTS)
+    .join(_job, _job.c.id == _task.c.job_id)
+    .where(
+        _task.c.worker_id == sa.bindparam("b_worker"),
+        _task.c.status.in_([TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]),
+        _task.c.claim_request_id == sa.bindparam("b_request"),
+    )
+    .limit(1)
 )
 
 _TASK_TO_UPDATE = (
@@ -257,16 +269,36 @@ async def claim_task(
     worker_id: uuid.UUID,
     *,
     start: bool = False,
+    request_id: str | None = None,
 ) -> Outcome[Claim]:
-    """Claim the worker's oldest pending task, atomically; none when there is none."""
+    """Claim the worker's oldest pending task, atomically; none when there is none.
+
+    With `request_id`, a claim sent again after its answer was lost gets back the
+    task the first one took, as long as the worker still holds it.
+    """
     claim = backend_of(session).claim_statement(start=start)
-    now = utcnow()
-    await touch_worker(session, worker_id, identity, now)  # a claim proves life
+    await touch_worker(session, worker_id, identity)  # a claim proves life
     connection = await session.connection()
+    if request_id is not None:
+        under = {"b_worker": worker_id, "b_request": request_id}
+        again = (await connection.execute(_CLAIMED_UNDER, under)).first()
+        if again is not None:
+            # Nothing changes: the first claim already announced the task.
+            return Outcome(
+                Claim(task_response(TaskRow.of(again, _job_name(again)), None))
+            )
+    # Taken after the wait for the worker's row: `claimed_at` is when the claim
+    # took the task, so a heartbeat's margin counts from then.
+    now = utcnow()
     queues = (await connection.execute(_WORKER_QUEUES, {"b_worker": worker_id})).all()
     waiting = sorted((row for row in queues if row.oldest is not None), key=_oldest)
     for job in waiting:
-        params = {"b_job": job.id, "b_worker": worker_id, "b_now": now}
+        params = {
+            "b_job": job.id,
+            "b_worker": worker_id,
+            "b_now": now,
+            "b_request": request_id,
+        }
         row = (await connection.execute(claim, params)).first()
         if row is None:
             # Every pending task of this job is being claimed by someone else
@@ -378,12 +410,8 @@ async def list_tasks(
     *,
     full_name: str | None = None,
     status: TaskStatus | None = None,
-    count_limit: int | None = None,
 ) -> tuple[list[TaskResponse], int]:
-    """A page of the tasks submitted in a room (optionally of one job), newest first.
-
-    The count stops at `count_limit` (see `pages`).
-    """
+    """A page of the tasks submitted in a room (optionally of one job), newest first."""
     check_room_id(room_id)
     where: list[Any] = [Task.room_id == room_id]
     if full_name is not None:
@@ -391,7 +419,9 @@ async def list_tasks(
         where.append(Task.job_id == job.id)
     if status is not None:
         where.append(Task.status == status.value)
-    total = await bounded_count(session, Task, where, count_limit)
+    total = (
+        await session.execute(select(sa.func.count()).select_from(Task).where(*where))
+    ).scalar_one()
     rows = await session.execute(
         select(Task, Job)
         .join(Job, col(Job.id) == Task.job_id)
