@@ -14,7 +14,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -53,8 +53,14 @@ class Backend(ABC):
     keeps_time_zones: ClassVar[bool] = True
     """Whether timestamps are stored with their zone (else as naive UTC)."""
 
+    SLOW_READERS: ClassVar[int] = 2
+    """How many reads that may scan many rows (lists) run at once. The others wait
+    for their turn before they take a pooled connection, so lists can never hold
+    every connection while claims and reports wait for one."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._slow_turns: anyio.Semaphore | None = None
         info = {_BACKEND_KEY: self}
         self._read = async_sessionmaker(
             self._reader(engine), expire_on_commit=False, info=info
@@ -79,10 +85,25 @@ class Backend(ABC):
         return engine
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reading only."""
-        async with self._read() as session:
-            yield session
+    async def read(self, *, slow: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session for reading only; `slow` for one that may scan many rows.
+
+        Slow reads take turns (`SLOW_READERS`), and on SQLite their statements
+        run on a worker thread instead of the event loop.
+        """
+        if not slow:
+            async with self._read() as session:
+                yield session
+            return
+        if self._slow_turns is None:
+            self._slow_turns = anyio.Semaphore(self.SLOW_READERS)
+        async with self._slow_turns, self._read() as session:
+            with self._slow_statements():
+                yield session
+
+    def _slow_statements(self) -> AbstractContextManager[None]:
+        """Where the statements of a slow read run (by default, as any other)."""
+        return nullcontext()
 
     @abstractmethod
     def write(self) -> Any:
@@ -118,8 +139,9 @@ class Backend(ABC):
         """Hold off other processes changing the schema at the same time."""
         yield
 
-    async def dispose(self) -> None:  # noqa: B027 - most backends keep no loop state
+    async def dispose(self) -> None:
         """Forget per-event-loop state (the engine itself is disposed by its owner)."""
+        self._slow_turns = None
 
 
 class SqliteBackend(Backend):
@@ -228,8 +250,13 @@ class SqliteBackend(Backend):
         finally:
             await connection.exec_driver_sql(f"PRAGMA busy_timeout={self.BUSY_MS}")
 
+    def _slow_statements(self) -> AbstractContextManager[None]:
+        """On a worker thread: a count over a long table must not stall the loop."""
+        return _inline_sqlite.off_loop()
+
     async def dispose(self) -> None:
-        """Drop the writer lock: a lock belongs to one event loop."""
+        """Drop the locks: a lock belongs to one event loop."""
+        await super().dispose()
         self._writer = None
 
 

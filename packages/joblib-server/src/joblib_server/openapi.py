@@ -71,7 +71,7 @@ _OPERATIONS: list[
         JobRegisterRequest,
         (201, 200),
         JobResponse,
-        (400, 403, 404, 409, 423),
+        (400, 403, 404, 409),
     ),
     (
         "get",
@@ -80,7 +80,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[JobSummary],
-        (400, 403),
+        (400,),
     ),
     (
         "get",
@@ -89,7 +89,7 @@ _OPERATIONS: list[
         None,
         200,
         JobResponse,
-        (400, 403, 404),
+        (400, 404),
     ),
     (
         "get",
@@ -98,7 +98,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400, 403, 404),
+        (400, 404),
     ),
     (
         "get",
@@ -107,7 +107,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[WorkerSummary],
-        (400, 403),
+        (400,),
     ),
     (
         "get",
@@ -116,7 +116,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400, 403),
+        (400,),
     ),
     (
         "post",
@@ -125,7 +125,7 @@ _OPERATIONS: list[
         TaskSubmitRequest,
         202,
         TaskResponse,
-        (400, 403, 404, 423, 503),
+        (400, 404, 503),
     ),
     (
         "post",
@@ -144,7 +144,7 @@ _OPERATIONS: list[
         None,
         200,
         TaskResponse,
-        (403, 404),
+        (404,),
     ),
     (
         "patch",

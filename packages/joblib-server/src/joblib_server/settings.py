@@ -35,6 +35,12 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_list_offset: int = Field(
+        default=10_000,
+        ge=0,
+        description="The largest `offset` a list accepts (422 beyond); a list's "
+        "`total` counts at most this plus 500, the items a client can page to.",
+    )
     disconnect_action: DisconnectAction = Field(
         default="fail",
         description="What happens to a lost task when its job sets no policy: "

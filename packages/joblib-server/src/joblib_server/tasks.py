@@ -47,6 +47,7 @@ from joblib_server.jobs import (
     soft_delete_orphan_jobs,
 )
 from joblib_server.outcome import Outcome
+from joblib_server.pages import bounded_count
 from joblib_server.queues import pending_head, queue_position
 from joblib_server.tables import (
     JOB_TABLE,
@@ -410,8 +411,12 @@ async def list_tasks(
     *,
     full_name: str | None = None,
     status: TaskStatus | None = None,
+    count_limit: int | None = None,
 ) -> tuple[list[TaskResponse], int]:
-    """A page of the tasks submitted in a room (optionally of one job), newest first."""
+    """A page of the tasks submitted in a room (optionally of one job), newest first.
+
+    The count stops at `count_limit` (see `pages`).
+    """
     check_room_id(room_id)
     where: list[Any] = [Task.room_id == room_id]
     if full_name is not None:
@@ -419,9 +424,7 @@ async def list_tasks(
         where.append(Task.job_id == job.id)
     if status is not None:
         where.append(Task.status == status.value)
-    total = (
-        await session.execute(select(sa.func.count()).select_from(Task).where(*where))
-    ).scalar_one()
+    total = await bounded_count(session, Task, where, count_limit)
     rows = await session.execute(
         select(Task, Job)
         .join(Job, col(Job.id) == Task.job_id)
