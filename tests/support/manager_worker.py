@@ -2,13 +2,13 @@
 
 Usage: manager_worker.py URL TOKEN ROOM NAME [--socket-url URL] [--policy JSON]
 [--ledger DIR] [--heartbeat SECONDS]. It registers ROOM:modifiers:NAME (with
-`--policy`, it then sets the job's `on_disconnect` as well), and runs every task it
-is given until SIGTERM. A task's payload is `{"seconds": S, "gate": DIR, "fail":
-"why"}`, each optional: the job sleeps S seconds, then, given a gate, waits until
-the file DIR/<its pid> exists (the test opens the gate of one process at a time),
-then raises with "why" if given. With `--ledger`, the job's
-code appends this process's pid to DIR/<task id> when it completes, before the
-manager reports. `--socket-url` sends the socket elsewhere than REST (a proxy).
+`--policy` as its `on_disconnect`) and runs every task it is given until SIGTERM.
+A task's payload is `{"seconds": S, "gate": DIR, "fail": "why"}`, each optional:
+the job sleeps S seconds, then, given a gate, waits until the file DIR/<its pid>
+exists (the test opens the gate of one process at a time), then raises with "why"
+if given. With `--ledger`, the job's code appends this process's pid to
+DIR/<task id> when it completes, before the manager reports. `--socket-url` sends
+the socket elsewhere than REST (through a proxy).
 
 It prints one JSON line per step, each with its "event":
 registered {worker_id}; claimed {task_id, worker_id}; ran {task_id};
@@ -86,26 +86,6 @@ def _manager(args: argparse.Namespace) -> tuple[JobManager, list[Any]]:
     return manager, [sock, api]
 
 
-def _set_policy(manager: JobManager, room: str, full_name: str, policy: str) -> None:
-    """Declare the job's disconnect policy (`on_disconnect`) as this worker."""
-    api = manager.api
-    prefix = f"{api.base_url}/v1/joblib/rooms/{room}/jobs"
-    job = api.http.get(f"{prefix}/{full_name}", headers=api.get_headers())
-    job.raise_for_status()
-    answer = api.http.put(
-        prefix,
-        headers=api.get_headers(),
-        json={
-            "category": str(Category.MODIFIER),
-            "name": full_name.rsplit(":", 1)[1],
-            "schema": job.json()["schema"],
-            "worker_id": str(manager.worker_id),
-            "on_disconnect": json.loads(policy),
-        },
-    )
-    answer.raise_for_status()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("url", "token", "room", "name"):
@@ -126,10 +106,8 @@ def main() -> None:
     job = type(args.name, (Work,), {"__module__": __name__})
     manager, parts = _manager(args)
     try:
-        manager.register(job, room=args.room)
-        if args.policy:
-            full_name = f"{args.room}:{Category.MODIFIER}:{args.name}"
-            _set_policy(manager, args.room, full_name, args.policy)
+        policy = json.loads(args.policy) if args.policy else None
+        manager.register(job, room=args.room, on_disconnect=policy)
         say("registered", worker_id=manager.worker_id)
         for task in manager.listen(stop_event=stop, polling_interval=1.0):
             say("claimed", task_id=task.id, worker_id=manager.worker_id)
