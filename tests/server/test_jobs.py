@@ -68,12 +68,10 @@ async def test_register_answers_the_job_then_200_for_the_same_schema(
     assert again["workers"] == [job["worker_id"]]
 
 
-async def test_a_second_worker_joins_the_job(
-    alice: httpx.AsyncClient, bob: httpx.AsyncClient
-) -> None:
+async def test_a_second_worker_joins_the_job(alice: httpx.AsyncClient) -> None:
     first = await register(alice)
-    second_worker = await create_worker(bob)
-    second = await register(bob, worker_id=second_worker, expect=200)
+    second_worker = await create_worker(alice)
+    second = await register(alice, worker_id=second_worker, expect=200)
     assert second["worker_id"] == second_worker
     assert sorted(second["workers"]) == sorted([first["worker_id"], second_worker])
     got = (await alice.get("/rooms/room1/jobs/room1:modifiers:Rotate")).json()
@@ -320,26 +318,31 @@ async def test_register_emits_jobs_invalidate_once_per_change(
 async def test_sixteen_workers_register_the_same_job_at_once(
     make_client: ClientFactory, joblib: JobLib
 ) -> None:
-    tokens = [ALICE, BOB, ADMIN]
-    answers: list[httpx.Response] = []
+    tokens = {ALICE: "alice", BOB: "bob", ADMIN: "admin"}
+    answers: list[tuple[str, httpx.Response]] = []
 
     async def one(index: int) -> None:
-        client = make_client(tokens[index % len(tokens)])
-        answers.append(
-            await client.put(
-                "/rooms/room1/jobs",
-                json={"category": "modifiers", "name": "Rotate", "schema": SCHEMA},
-            )
+        token = list(tokens)[index % len(tokens)]
+        answer = await make_client(token).put(
+            "/rooms/room1/jobs",
+            json={"category": "modifiers", "name": "Rotate", "schema": SCHEMA},
         )
+        answers.append((tokens[token], answer))
 
     async with anyio.create_task_group() as group:
         for index in range(16):
             group.start_soon(one, index)
 
-    statuses = sorted(answer.status_code for answer in answers)
-    assert statuses == [200] * 15 + [201], [a.text for a in answers]
-    assert len({answer.json()["id"] for answer in answers}) == 1
+    # The first registration makes the job its identity's; the others join it,
+    # except another non-admin identity, whose registration is refused whole.
+    [owner] = [who for who, answer in answers if answer.status_code == 201]
+    joined = [a for who, a in answers if who in (owner, "admin")]
+    refused = [a for who, a in answers if who not in (owner, "admin")]
+    assert sorted(a.status_code for a in joined) == [200] * (len(joined) - 1) + [201]
+    assert all(a.status_code == 403 for a in refused), [a.text for a in refused]
+    assert len({answer.json()["id"] for answer in joined}) == 1
+    assert (await job_row(joblib, "Rotate")).owner_id == owner
     counts = await row_counts(joblib)
     assert counts["joblib_job"] == 1
-    assert counts["joblib_worker"] == 16
-    assert counts["joblib_worker_job"] == 16
+    assert counts["joblib_worker"] == len(joined)
+    assert counts["joblib_worker_job"] == len(joined)

@@ -6,6 +6,7 @@ from joblib_server.auth import (
     Identity,
     TokenAuth,
     TokenStore,
+    TokenTable,
     bearer_token,
 )
 from joblib_server.backends import Backend, PostgresBackend, SqliteBackend
@@ -20,6 +21,7 @@ from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
 from joblib_server.errors import JobLibError, ProblemError, SchemaNotCurrent
 from joblib_server.jobs import soft_delete_orphan_jobs
 from joblib_server.outcome import Operation, Outcome
+from joblib_server.policy import AccessPolicy, Action, OpenRooms, RoomPatterns
 from joblib_server.realtime import (
     Realtime,
     SocketIOEmitter,
@@ -36,6 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "API_PREFIX",
+    "AccessPolicy",
+    "Action",
     "AuthBackend",
     "Backend",
     "CleanupReceipt",
@@ -47,12 +51,14 @@ __all__ = [
     "JobLibError",
     "JobLibServer",
     "NullEmitter",
+    "OpenRooms",
     "Operation",
     "Outcome",
     "PostgresBackend",
     "ProblemError",
     "Realtime",
     "RecordingEmitter",
+    "RoomPatterns",
     "SchemaNotCurrent",
     "Settings",
     "SocketIOEmitter",
@@ -62,6 +68,7 @@ __all__ = [
     "Task",
     "TokenAuth",
     "TokenStore",
+    "TokenTable",
     "Worker",
     "WorkerJobLink",
     "__version__",

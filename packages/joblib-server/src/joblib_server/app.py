@@ -15,6 +15,7 @@ from starlette.routing import Mount
 from joblib_protocol import API_PREFIX
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
+from joblib_server.policy import AccessPolicy
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.realtime import attach_joblib, create_socketio_server
 from joblib_server.runtime import JobLib
@@ -29,10 +30,13 @@ def create_app(
     *,
     database: Database | None = None,
     realtime: bool = True,
+    policy: AccessPolicy | None = None,
 ) -> Any:
     """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`."""
     database = database or Database.from_url(settings.database_url)
-    joblib = JobLib(database=database, auth=auth, settings=settings.joblib)
+    joblib = JobLib(
+        database=database, auth=auth, settings=settings.joblib, policy=policy
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

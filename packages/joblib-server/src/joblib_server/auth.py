@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -74,15 +74,57 @@ class TokenAuth:
         self._tokens[token] = identity
 
 
-def _parse_tokens(data: Any, source: str) -> dict[str, Identity]:
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object of tokens")
-    tokens: dict[str, Identity] = {}
-    for token, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-            raise ValueError(f"{source}: token entries need an 'id' string")
-        tokens[token] = Identity(id=entry["id"], is_admin=bool(entry.get("admin")))
-    return tokens
+@dataclass(frozen=True)
+class TokenTable:
+    """The standalone server's token table: who each token stands for, and where.
+
+    On disk and in `JOBLIB_TOKENS` it is one JSON object,
+    `{"<token>": {"id": "<identity>", "admin": true, "rooms": ["lab-*"]}}`;
+    `admin` and `rooms` may be left out. An identity whose tokens carry `rooms` may
+    act only in rooms matching one of them (see `policy.RoomPatterns`).
+    """
+
+    identities: Mapping[str, Identity]
+    """Each token's identity."""
+    rooms: Mapping[str, tuple[str, ...]]
+    """The room patterns of each restricted identity id; others may use any room."""
+
+    @classmethod
+    def parse(cls, data: Any, source: str) -> TokenTable:
+        """Read the JSON object of tokens; a `ValueError` naming `source` if bad."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of tokens")
+        identities: dict[str, Identity] = {}
+        rooms: dict[str, tuple[str, ...] | None] = {}
+        for token, entry in data.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise ValueError(f"{source}: token entries need an 'id' string")
+            identity = Identity(id=entry["id"], is_admin=bool(entry.get("admin")))
+            patterns = _room_patterns(entry.get("rooms"), source, identity.id)
+            if rooms.setdefault(identity.id, patterns) != patterns:
+                # Rooms restrict an identity, not a token: two lists would leave
+                # the identity's reach up to whichever token it happened to use.
+                raise ValueError(
+                    f"{source}: the tokens of {identity.id!r} give different 'rooms'"
+                )
+            identities[token] = identity
+        restricted = {ident: p for ident, p in rooms.items() if p is not None}
+        return cls(identities, restricted)
+
+    @classmethod
+    def from_json(cls, value: str, source: str = "JOBLIB_TOKENS") -> TokenTable:
+        """Parse a whole table given as JSON text (`JOBLIB_TOKENS`)."""
+        return cls.parse(json.loads(value), source)
+
+
+def _room_patterns(raw: Any, source: str, identity: str) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+        raise ValueError(
+            f"{source}: 'rooms' of {identity!r} must be a list of room patterns"
+        )
+    return tuple(sorted(set(raw)))
 
 
 class TokenStore:
@@ -93,17 +135,30 @@ class TokenStore:
 
     def load(self) -> dict[str, Identity]:
         """Read the tokens file; an absent file holds no tokens."""
+        return dict(self.table().identities)
+
+    def table(self) -> TokenTable:
+        """Read the tokens file with the identities' rooms; absent, it is empty."""
+        return TokenTable.parse(self._raw(), str(self.path))
+
+    def _raw(self) -> Any:
         if not self.path.exists():
             return {}
-        return _parse_tokens(json.loads(self.path.read_text()), str(self.path))
+        return json.loads(self.path.read_text())
 
-    def create(self, identity: Identity) -> str:
-        """Make a new token for `identity`, store it, and return it."""
-        raw: dict[str, Any] = {}
-        if self.path.exists():
-            raw = json.loads(self.path.read_text())
+    def create(self, identity: Identity, rooms: Sequence[str] | None = None) -> str:
+        """Make a new token for `identity` (held to `rooms`, if given), store it.
+
+        Refused with a `ValueError` when the identity's other tokens give other
+        rooms: rooms belong to the identity, and the file must stay readable.
+        """
+        raw = self._raw()
         token = secrets.token_urlsafe(32)
-        raw[token] = {"id": identity.id, "admin": identity.is_admin}
+        entry: dict[str, Any] = {"id": identity.id, "admin": identity.is_admin}
+        if rooms is not None:
+            entry["rooms"] = list(rooms)
+        raw[token] = entry
+        TokenTable.parse(raw, str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         # Tokens are secrets: the file is readable by its owner only.
@@ -115,5 +170,5 @@ class TokenStore:
 
 
 def tokens_from_env(value: str) -> dict[str, Identity]:
-    """Parse `JOBLIB_TOKENS`: `{"<token>": {"id": "<identity>", "admin": true}}`."""
-    return _parse_tokens(json.loads(value), "JOBLIB_TOKENS")
+    """The identities of `JOBLIB_TOKENS` (`TokenTable.from_json` adds the rooms)."""
+    return dict(TokenTable.from_json(value).identities)

@@ -14,10 +14,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from joblib_server.auth import Identity, TokenAuth, TokenStore, tokens_from_env
+from joblib_server.auth import Identity, TokenAuth, TokenStore, TokenTable
 from joblib_server.backends import database_file
 from joblib_server.database import create_engine, normalize_url
 from joblib_server.errors import JobLibError, SchemaNotCurrent
+from joblib_server.policy import RoomPatterns
 from joblib_server.schema import (
     current_revision,
     ensure_schema,
@@ -104,18 +105,19 @@ def _serve(args: argparse.Namespace) -> int:
         # The lifespan would refuse as well, but inside uvicorn's traceback.
         _on_database(settings, lambda engine: ensure_schema(engine, upgrade=False))
     if settings.tokens is not None and settings.tokens.get_secret_value():
-        auth = TokenAuth(tokens_from_env(settings.tokens.get_secret_value()))
+        table = TokenTable.from_json(settings.tokens.get_secret_value())
         where = "the JOBLIB_TOKENS environment variable"
     else:
         store = TokenStore(_tokens_file(args, settings))
-        tokens = store.load()
-        if not tokens:
+        table = store.table()
+        if not table.identities:
             store.create(Identity(id="admin", is_admin=True))
-            tokens = store.load()
+            table = store.table()
             logger.warning("no tokens yet: created an admin token in %s", store.path)
-        auth = TokenAuth(tokens)
         where = str(store.path)
-    app = create_app(settings, auth)
+    # Tokens with "rooms" hold their identities to those rooms.
+    policy = RoomPatterns(table.rooms)
+    app = create_app(settings, TokenAuth(table.identities), policy=policy)
     shown = make_url(settings.database_url).render_as_string(hide_password=True)
     logger.info(
         "joblib-server on http://%s:%d/v1/joblib (database %s; tokens in %s)",
@@ -134,7 +136,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = TokenStore(_tokens_file(args, settings))
-    token = store.create(Identity(id=args.name, is_admin=args.admin))
+    try:
+        token = store.create(Identity(id=args.name, is_admin=args.admin), args.room)
+    except ValueError as exc:
+        raise _Failed(str(exc)) from exc
     print(token)
     print(f"stored in {store.path}", file=sys.stderr)
     return 0
@@ -189,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument(
         "--admin", action="store_true", help="make the identity an admin"
+    )
+    token.add_argument(
+        "--room",
+        action="append",
+        metavar="PATTERN",
+        help="hold the identity to rooms matching PATTERN (a glob, e.g. 'lab-*'); "
+        "repeat for more; without it the identity may use every room",
     )
     token.add_argument("--database-url", help="locates the tokens file, as for serve")
     token.add_argument("--tokens-file")

@@ -126,6 +126,7 @@ async def register_job(
                 "deleted": False,
                 "task_seq": 0,
                 "created_at": utcnow(),
+                "owner_id": identity.id,
             },
             "room_id",
             "category",
@@ -144,6 +145,9 @@ async def register_job(
             ).execution_options(populate_existing=True)
         )
     ).scalar_one()
+    if not created:
+        # Another identity's job is refused before its state or schema matter.
+        await _check_owner(session, job, identity)
     if job.deleted:
         job.deleted = False
         job.schema_ = request.schema_
@@ -181,6 +185,32 @@ async def register_job(
         created=created,
     )
     return Outcome(registration, emissions)
+
+
+async def _check_owner(session: AsyncSession, job: Job, identity: Identity) -> None:
+    """Refuse to link another identity's worker to a job (admins may).
+
+    A job belongs to the identity that first registered it, soft-deleted or not. A
+    job from before 0.2.0 has no owner: the identity of one of the workers linked
+    to it, or anyone when none is, may register it and so becomes its owner.
+    """
+    if job.owner_id is None:
+        holders = set(
+            (
+                await session.execute(
+                    select(Worker.owner_id)
+                    .join(WorkerJobLink, col(WorkerJobLink.worker_id) == Worker.id)
+                    .where(WorkerJobLink.job_id == job.id)
+                )
+            ).scalars()
+        )
+        if not holders or identity.id in holders:
+            job.owner_id = identity.id
+            return
+    elif job.owner_id == identity.id:
+        return
+    if not identity.is_admin:
+        raise forbidden(f"job {job.full_name!r} belongs to another identity")
 
 
 async def job_workers(

@@ -21,6 +21,7 @@ from joblib_server.disconnects import grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.outcome import Outcome
+from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
@@ -36,11 +37,13 @@ _WRITE_ATTEMPTS = 4
 
 
 class JobLib:
-    """Database, settings, authentication and emitter, with routes and a lifespan.
+    """Database, settings, authentication, policy and emitter; routes, a lifespan.
 
     A host mounts `routes` (or `asgi_app()`) at `/v1/joblib` and enters
     `lifespan()` from its own lifespan, since Starlette does not run a mounted
-    app's lifespan. Every change, from any caller, goes through `execute`.
+    app's lifespan. Every change, from any caller, goes through `execute`; every
+    REST route and Socket.IO event about a room asks `policy` first (default:
+    `OpenRooms`, every room open to every identity).
     """
 
     def __init__(
@@ -52,9 +55,11 @@ class JobLib:
         emitter: Emitter | None = None,
         internal_jobs: bool = False,
         sweeper: bool = True,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.database = database
         self.auth = auth
+        self.policy: AccessPolicy = policy or OpenRooms()
         self.settings = settings or Settings()
         self.emitter: Emitter = emitter or NullEmitter()
         self.internal_jobs = internal_jobs
@@ -120,7 +125,9 @@ class JobLib:
             # The change is committed; a failed notification must not fail it.
             logger.exception("emitting %d events failed", len(batch))
         # Only now: a held claim woken earlier could emit its task's `claimed`
-        # while this batch, with the task's `pending`, still waits on the network.
+        # before this batch, with the task's `pending`, reached the emitter. Once
+        # it has (SocketIOEmitter queues and sends batches in order), whatever the
+        # claim emits goes out after it.
         self.claims.notify(batch)
 
     async def begin_shutdown(self) -> None:

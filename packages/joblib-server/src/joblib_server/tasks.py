@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -129,6 +130,8 @@ _CLAIMED_UNDER = (
     )
     .limit(1)
 )
+
+_TASK_ROOM = sa.select(_task.c.room_id).where(_task.c.id == sa.bindparam("b_task"))
 
 _TASK_TO_UPDATE = (
     sa.select(*_task.c, *_JOB_PARTS, _worker.c.owner_id.label("worker_owner"))
@@ -271,11 +274,13 @@ async def claim_task(
     *,
     start: bool = False,
     request_id: str | None = None,
+    skip_rooms: AbstractSet[str] = frozenset(),
 ) -> Outcome[Claim]:
     """Claim the worker's oldest pending task, atomically; none when there is none.
 
     With `request_id`, a claim sent again after its answer was lost gets back the
-    task the first one took, as long as the worker still holds it.
+    task the first one took, as long as the worker still holds it. Jobs of
+    `skip_rooms` (rooms the access policy no longer lets it serve) are left alone.
     """
     claim = backend_of(session).claim_statement(start=start)
     await touch_worker(session, worker_id, identity)  # a claim proves life
@@ -292,6 +297,7 @@ async def claim_task(
     # took the task, so a heartbeat's margin counts from then.
     now = utcnow()
     queues = (await connection.execute(_WORKER_QUEUES, {"b_worker": worker_id})).all()
+    queues = [row for row in queues if row.job_room_id not in skip_rooms]
     waiting = sorted((row for row in queues if row.oldest is not None), key=_oldest)
     for job in waiting:
         params = {
@@ -388,6 +394,15 @@ def _invalid_error(msg: str) -> ProblemError:
     return ProblemError(
         ValidationFailed, msg, errors=[{"loc": ["body", "error"], "msg": msg}]
     )
+
+
+async def task_room(session: AsyncSession, task_id: uuid.UUID) -> str:
+    """The room a task was submitted in (which never changes), or 404."""
+    connection = await session.connection()
+    room_id = (await connection.execute(_TASK_ROOM, {"b_task": task_id})).scalar()
+    if room_id is None:
+        raise task_not_found(task_id)
+    return str(room_id)
 
 
 async def get_task(session: AsyncSession, task_id: uuid.UUID) -> TaskResponse:

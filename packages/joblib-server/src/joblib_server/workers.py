@@ -44,6 +44,13 @@ _SERVES = (
     )
 )
 
+_SERVED_ROOMS = (
+    sa.select(_job.c.room_id)
+    .distinct()
+    .join(_link, _link.c.job_id == _job.c.id)
+    .where(_link.c.worker_id == sa.bindparam("b_worker"))
+)
+
 _TOUCH = (
     sa.update(_worker)
     .where(
@@ -191,6 +198,13 @@ async def join_job(
     if linked is None:
         raise forbidden(f"worker {worker_id} does not serve {job_name}")
     return Outcome(int(epoch))
+
+
+async def served_rooms(session: AsyncSession, worker_id: uuid.UUID) -> set[str]:
+    """The rooms of the jobs the worker is linked to (none for an unknown worker)."""
+    connection = await session.connection()
+    rows = await connection.execute(_SERVED_ROOMS, {"b_worker": worker_id})
+    return set(rows.scalars())
 
 
 async def list_workers(
