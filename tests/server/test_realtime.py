@@ -4,15 +4,20 @@ its in-flight tasks failed and its jobs tidied at once."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import socketio
 
+from joblib_protocol import Emission, TaskAvailable, TaskStatus, TaskStatusEvent
+from joblib_server import SocketIOEmitter
 from tests.support.processes import worker_process
 from tests.support.rest import rest
 from tests.support.rows import count_rows
@@ -249,3 +254,70 @@ def test_reconnected_worker_survives_its_old_socket(
         assert count_rows(database_url, "joblib_worker") == 1
     eventually(lambda: disconnect_handled(live_server, new_socket), what=DISCONNECT)
     assert count_rows(database_url, "joblib_worker") == 0
+
+
+class _SlowNetwork(socketio.AsyncServer):
+    """A real AsyncServer whose sends wait for `gate`, like a slow network."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        super().__init__(async_mode="asgi")
+        self.gate = asyncio.Event()
+        self.fail = fail
+        self.sent: list[tuple[str, str]] = []
+
+    async def emit(self, event: str, data: Any = None, **kwargs: Any) -> None:
+        await self.gate.wait()
+        if event == self.fail:
+            raise ConnectionError("the network is down")
+        self.sent.append((event, kwargs["room"]))
+        await super().emit(event, data, **kwargs)
+
+
+def _status(task_id: uuid.UUID, status: TaskStatus) -> Emission:
+    now = datetime.now(UTC)
+    event = TaskStatusEvent(
+        id=str(task_id),
+        name="r:modifiers:R",
+        room_id="r",
+        status=status,
+        created_at=now,
+    )
+    return Emission(event, "room:r")
+
+
+@pytest.mark.anyio
+async def test_the_emitter_answers_before_the_network_and_keeps_order() -> None:
+    sio = _SlowNetwork()
+    emitter = SocketIOEmitter(sio)
+    task = uuid.uuid4()
+    available = Emission(
+        TaskAvailable(job_name="r:modifiers:R", room_id="r", task_id=str(task)),
+        "jobs:r:modifiers:R",
+    )
+    # Neither call waits for the network (which is not sending at all yet).
+    await emitter.emit([available, _status(task, TaskStatus.PENDING)])
+    await emitter.emit([_status(task, TaskStatus.CLAIMED)])
+    assert sio.sent == []
+    sio.gate.set()
+    await emitter.drain()
+    assert sio.sent == [
+        ("task_status_event", "room:r"),  # pending
+        ("task_available", "jobs:r:modifiers:R"),
+        ("task_status_event", "room:r"),  # claimed, after the batch before it
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_failed_emission_is_logged_and_the_rest_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sio = _SlowNetwork(fail="task_available")
+    sio.gate.set()
+    emitter = SocketIOEmitter(sio)
+    task = uuid.uuid4()
+    available = TaskAvailable(job_name="r:modifiers:R", room_id="r", task_id=str(task))
+    await emitter.emit([Emission(available, "jobs:r:modifiers:R")])
+    await emitter.emit([_status(task, TaskStatus.PENDING)])
+    await emitter.drain()
+    assert sio.sent == [("task_status_event", "room:r")]
+    assert "emitting task_available failed" in caplog.text

@@ -28,7 +28,12 @@ def ordered(emissions: Iterable[Emission]) -> list[Emission]:
 
 @runtime_checkable
 class Emitter(Protocol):
-    """Sends emissions to their Socket.IO rooms; called only after commit."""
+    """Sends emissions to their Socket.IO rooms; called only after commit.
+
+    `emit` may return before the emissions are sent (`SocketIOEmitter` queues
+    them), but batches must go out in the order `emit` was called: a task's
+    `claimed` must never overtake its `pending` sent by an earlier change.
+    """
 
     async def emit(self, emissions: Iterable[Emission]) -> None:
         """Send each distinct emission once."""
