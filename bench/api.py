@@ -37,14 +37,24 @@ class JoblibApi:
         )
         return None if response is None else str(response.json()["id"])
 
-    async def register(self, name: str, worker_id: str) -> str | None:
-        """`PUT /rooms/{room}/jobs`: link the worker to job `name`; its full name."""
-        body = {
+    async def register(
+        self,
+        name: str,
+        worker_id: str,
+        on_disconnect: dict[str, Any] | None = None,
+    ) -> str | None:
+        """`PUT /rooms/{room}/jobs`: link the worker to job `name`; its full name.
+
+        `on_disconnect` sets the job's disconnect policy (ours).
+        """
+        body: dict[str, Any] = {
             "category": CATEGORY,
             "name": name,
             "schema": {"type": "object"},
             "worker_id": worker_id,
         }
+        if on_disconnect is not None:
+            body["on_disconnect"] = on_disconnect
         response = await self.session.call(
             "register",
             "PUT",

@@ -35,7 +35,10 @@ class Config:
     long_poll_park_seconds: float = 0.05
     # 4. disconnect
     kill_repeats: int = 20
+    requeue_repeats: int = 20
     leave_repeats: int = 20
+    restart_workers: int = 8
+    restart_repeats: int = 5
     # 5. backlog
     backlog_levels: tuple[int, ...] = (0, 10_000, 100_000)
     backlog_repeats: int = 200
@@ -51,7 +54,10 @@ class Config:
             latency_repeats=10,
             long_poll_repeats=6,
             kill_repeats=2,
+            requeue_repeats=2,
             leave_repeats=3,
+            restart_workers=2,
+            restart_repeats=1,
             backlog_levels=(0, 100),
             backlog_repeats=10,
             memory_tasks=24,

@@ -2,11 +2,16 @@
 
 kill -9: a worker process (`bench.killable_worker`, stock python-socketio client)
 holds a running task; it is killed with SIGKILL, and an observer socket in the room
-(`join_room`) times the `task_status_event` that reports the task failed.
+(`join_room`) times the `task_status_event` that reports the task failed (the
+default policy: fail, no grace). Requeue: the same, on a job registered with
+`on_disconnect: {action: requeue}`, while a second worker holds a claim
+(`Prefer: wait`, as JobManager does); timed until the observer sees the task
+pending again (attempt 2) and until the held claim answers with it.
 Graceful: a socket-connected worker with a running task sends `leave_job_room`,
 then `DELETE /workers/{id}`; timed until the DELETE answers 204 (the worker is gone;
 a heartbeat then answers 404), and until the observer sees its task failed. For
 kill -9 the task's `completed_at` also tells when the server began the cleanup.
+Restart (`bench.restart`): JobManager workers through a server restart.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from bench.api import ROOM, JoblibApi, server_time
 from bench.client import BenchClient, summarize_ms
 from bench.config import Config
+from bench.restart import measure_restart
 from bench.server import REPO_ROOT, TOKEN, ServerProcess, joblib_on
 from bench.sio import AsyncSocket
 from bench.workers import Handoffs, SocketWorker
@@ -30,19 +36,24 @@ SPAWN_TIMEOUT = 60.0
 EVENT_TIMEOUT = 10.0
 PARALLEL_SPAWNS = 4
 WORKER_DISCONNECTED = "Worker disconnected"
+REQUEUE = {"action": "requeue", "max_attempts": 2}
+HELD_CLAIM_SECONDS = 30.0
 
 
 class Observer:
-    """A socket in `room:{ROOM}` that hands over each task's failure event."""
+    """A socket in `room:{ROOM}` that hands over each task's failure and requeue."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.socket = AsyncSocket(server.url, TOKEN)
         self.failures = Handoffs()
+        self.requeues = Handoffs()
         self.socket.on("task_status_event", self._on_status)
 
     def _on_status(self, event: dict[str, Any], arrival: float) -> None:
         if event.get("status") == "failed":
             self.failures.resolve(event["id"], (event, arrival))
+        elif event.get("status") == "pending" and event.get("attempt", 1) > 1:
+            self.requeues.resolve(event["id"], (event, arrival))
 
     async def open(self) -> None:
         """Connect and join the room."""
@@ -72,6 +83,7 @@ class KillableWorker:
     """A `bench.killable_worker` process holding one running task."""
 
     process: asyncio.subprocess.Process
+    name: str = ""
     task_id: str = ""
 
     async def line(self) -> dict[str, Any]:
@@ -91,7 +103,11 @@ class KillableWorker:
 
 
 async def _spawn(
-    server: ServerProcess, api: JoblibApi, index: int, gate: asyncio.Semaphore
+    server: ServerProcess,
+    api: JoblibApi,
+    name: str,
+    gate: asyncio.Semaphore,
+    policy: dict[str, Any] | None = None,
 ) -> KillableWorker:
     async with gate:
         process = await asyncio.create_subprocess_exec(
@@ -101,20 +117,43 @@ async def _spawn(
             server.url,
             TOKEN,
             ROOM,
-            f"kill-{index}",
+            name,
             cwd=REPO_ROOT,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
         )
-        worker = KillableWorker(process)
+        worker = KillableWorker(process, name)
         try:
-            job = (await worker.line())["job"]
-            await api.submit(job, {"kill": index})
+            registered = await worker.line()
+            job = registered["job"]
+            if policy is not None:
+                # The same registration again, now with the job's policy.
+                await api.register(name, registered["worker_id"], policy)
+            await api.submit(job, {"kill": name})
             worker.task_id = (await worker.line())["task_id"]
         except BaseException:
             await worker.reap()
             raise
         return worker
+
+
+async def _spawn_all(
+    server: ServerProcess,
+    client: BenchClient,
+    names: list[str],
+    policy: dict[str, Any] | None = None,
+) -> list[KillableWorker]:
+    """Killable workers, each holding a running task of its own job `names[i]`."""
+    api = JoblibApi(client.session())
+    gate = asyncio.Semaphore(PARALLEL_SPAWNS)
+    spawned = await asyncio.gather(
+        *(_spawn(server, api, name, gate, policy) for name in names),
+        return_exceptions=True,
+    )
+    for outcome in spawned:
+        if not isinstance(outcome, KillableWorker):
+            client.stats.error(f"killable worker: {outcome!r}")
+    return [w for w in spawned if isinstance(w, KillableWorker)]
 
 
 async def measure_kill(
@@ -125,16 +164,8 @@ async def measure_kill(
     Returns the seconds from each kill to the failure event, and from each kill to
     the task's `completed_at` (server clock: when the cleanup began).
     """
-    api = JoblibApi(client.session())
-    gate = asyncio.Semaphore(PARALLEL_SPAWNS)
-    spawned = await asyncio.gather(
-        *(_spawn(server, api, index, gate) for index in range(repeats)),
-        return_exceptions=True,
-    )
-    workers = [w for w in spawned if isinstance(w, KillableWorker)]
-    for outcome in spawned:
-        if not isinstance(outcome, KillableWorker):
-            client.stats.error(f"killable worker: {outcome!r}")
+    names = [f"kill-{index}" for index in range(repeats)]
+    workers = await _spawn_all(server, client, names)
     to_event: list[float] = []
     to_cleanup: list[float] = []
     try:
@@ -151,6 +182,68 @@ async def measure_kill(
         for worker in workers:
             await worker.reap()
     return to_event, to_cleanup
+
+
+async def measure_requeue(
+    server: ServerProcess,
+    client: BenchClient,
+    observer: Observer,
+    repeats: int,
+    park_seconds: float,
+) -> tuple[list[float], list[float]]:
+    """kill -9 of a worker holding a task of a requeue job, another worker waiting.
+
+    The waiting worker holds a claim (`Prefer: wait`) on the same job. Returns the
+    seconds from each kill to the observer's `pending` event of attempt 2, and
+    from each kill to the held claim's answer with the task.
+    """
+    names = [f"requeue-{index}" for index in range(repeats)]
+    workers = await _spawn_all(server, client, names, REQUEUE)
+    to_requeued: list[float] = []
+    to_claimed: list[float] = []
+    try:
+        for worker in workers:
+            successor = await SocketWorker.connect(client, worker.name, server.url)
+            try:
+                claim = asyncio.ensure_future(
+                    successor.api.claim(successor.id, HELD_CLAIM_SECONDS)
+                )
+                await asyncio.sleep(park_seconds)  # let the claim park first
+                killed = time.perf_counter()
+                worker.process.kill()
+                task = await claim
+                claimed = time.perf_counter()
+                if task is None or task["id"] != worker.task_id:
+                    client.stats.error(f"requeue: the held claim got {task!r}")
+                    continue
+                if task.get("attempt") != 2:
+                    client.stats.error(f"requeue: attempt {task.get('attempt')}")
+                to_claimed.append(claimed - killed)
+                seen = await _requeued(observer, worker.task_id, client)
+                if seen is not None:
+                    to_requeued.append(seen - killed)
+                await successor.api.complete(task["id"])
+            finally:
+                await successor.close()
+                await worker.process.wait()
+    finally:
+        for worker in workers:
+            await worker.reap()
+    return to_requeued, to_claimed
+
+
+async def _requeued(
+    observer: Observer, task_id: str, client: BenchClient
+) -> float | None:
+    """When the observer saw the task pending again (perf_counter), or None."""
+    try:
+        _event, arrival = await asyncio.wait_for(
+            observer.requeues.future(task_id), EVENT_TIMEOUT
+        )
+    except TimeoutError:
+        client.stats.error(f"no requeue event for task {task_id}")
+        return None
+    return float(arrival)
 
 
 async def measure_leave(
@@ -187,7 +280,7 @@ async def measure_leave(
 
 
 async def run(database: str, config: Config) -> dict[str, Any]:
-    """kill -9 and graceful leave on a fresh server."""
+    """kill -9 (fail, requeue) and graceful leave on a fresh server; then restarts."""
     async with (
         joblib_on(database) as (server, _url),
         BenchClient(server.url, TOKEN) as client,
@@ -198,17 +291,33 @@ async def run(database: str, config: Config) -> dict[str, Any]:
             killed, cleanup = await measure_kill(
                 server, client, observer, config.kill_repeats
             )
+            requeued, reclaimed = await measure_requeue(
+                server,
+                client,
+                observer,
+                config.requeue_repeats,
+                config.long_poll_park_seconds,
+            )
             gone, failed = await measure_leave(
                 server, client, observer, config.leave_repeats
             )
         finally:
             await observer.socket.close()
-        return {
+        results: dict[str, Any] = {
             "kill_to_failed_ms": summarize_ms(killed),
             "kill_to_cleanup_start_ms": summarize_ms(cleanup),
+            "kill_to_requeued_ms": summarize_ms(requeued),
+            "kill_to_reclaimed_ms": summarize_ms(reclaimed),
             "leave_to_gone_ms": summarize_ms(gone),
             "leave_to_failed_event_ms": summarize_ms(failed),
-            "routes": client.stats.summary(),
-            "errors": client.stats.errors,
-            "error_samples": client.stats.error_samples,
         }
+        stats = client.stats
+    # A server of its own: it is stopped and started again under the workers.
+    restart = await measure_restart(database, config)
+    results.update(restart.pop("results"))
+    return {
+        **results,
+        "routes": stats.summary(),
+        "errors": stats.errors + restart["errors"],
+        "error_samples": stats.error_samples + restart["error_samples"],
+    }

@@ -174,6 +174,22 @@ def _disconnect_rows(config: Config) -> Iterator[Row]:
     yield _spread_row(
         "disconnect", "  kill -9 → cleanup began", "kill_to_cleanup_start_ms"
     )
+    yield _spread_row(
+        "disconnect", "kill -9 (requeue) → task pending again", "kill_to_requeued_ms"
+    )
+    yield _spread_row(
+        "disconnect",
+        "kill -9 (requeue) → claimed again by a held claim",
+        "kill_to_reclaimed_ms",
+    )
+    yield _spread_row(
+        "disconnect", "restart (SIGTERM) → server answers", "restart_to_ready_ms"
+    )
+    yield _spread_row(
+        "disconnect",
+        "restart (SIGTERM) → all JobManager workers re-joined",
+        "restart_to_rejoined_ms",
+    )
     yield _spread_row("disconnect", "leave + DELETE → worker gone", "leave_to_gone_ms")
     yield _spread_row(
         "disconnect", "leave + DELETE → task failed event", "leave_to_failed_event_ms"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -46,11 +47,15 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """A running server subprocess."""
+    """A running server subprocess, and how to start it again (`restart`)."""
 
     process: asyncio.subprocess.Process
     port: int
     log: Path
+    module: str = "joblib_server.cli"
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    ready_path: str = f"{API}/workers"
+    token: str | None = None
 
     @property
     def url(self) -> str:
@@ -90,6 +95,17 @@ class ServerProcess:
             self.process.kill()
             await self.process.wait()
 
+    async def restart(self) -> float:
+        """Stop (SIGTERM), start again on the same port; the seconds it was down.
+
+        The seconds run from the signal to the first answer of the new process.
+        """
+        started = time.perf_counter()
+        await self.stop()
+        self.process = await _launch(self.module, self.port, self.env, self.log)
+        await _wait_ready(self, self.ready_path, self.token)
+        return time.perf_counter() - started
+
 
 class CpuMeter:
     """Wall time, and the CPU the server and this process used over it."""
@@ -108,6 +124,22 @@ class CpuMeter:
             "server_cpu": round((self.server.cpu_seconds() - self._server) / wall, 3),
             "client_cpu": round((time.process_time() - self._client) / wall, 3),
         }
+
+
+async def _launch(
+    module: str, port: int, env: Mapping[str, str], log: Path
+) -> asyncio.subprocess.Process:
+    """Start `python -m <module> serve` on `port`, its output appended to `log`."""
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", module, "serve", "--host", HOST),
+            *("--port", str(port), "--log-level", "warning"),
+            env={**os.environ, **env},
+            cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
 
 
 async def _wait_ready(server: ServerProcess, path: str, token: str | None) -> None:
@@ -139,17 +171,8 @@ async def serve(
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="joblib-bench-log-") as folder:
         log = Path(folder) / "server.log"
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", module, "serve", "--host", HOST),
-                *("--port", str(port), "--log-level", "warning"),
-                env={**os.environ, **env},
-                cwd=REPO_ROOT,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        server = ServerProcess(process, port, log)
+        process = await _launch(module, port, env, log)
+        server = ServerProcess(process, port, log, module, env, ready_path, token)
         try:
             await _wait_ready(server, ready_path, token)
             yield server

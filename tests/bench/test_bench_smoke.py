@@ -15,6 +15,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {"throughput", "latency", "disconnect", "backlog"}
+DISCONNECT_METRICS = (
+    "kill_to_failed_ms",
+    "kill_to_requeued_ms",
+    "kill_to_reclaimed_ms",
+    "restart_to_ready_ms",
+    "restart_to_rejoined_ms",
+)
 
 
 @pytest.mark.slow  # about 25 s: every section of the benchmark, briefly
@@ -37,3 +44,6 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     assert set(result["databases"]["sqlite"]) == SECTIONS
     assert result["floor"]["errors"] == 0
     assert result["targets"], "no target was evaluated"
+    disconnect = result["databases"]["sqlite"]["disconnect"]
+    for metric in DISCONNECT_METRICS:
+        assert disconnect[metric]["n"] >= 1, (metric, disconnect[metric])
