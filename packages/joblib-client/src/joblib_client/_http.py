@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from typing import Any, Protocol
 from urllib.parse import quote
 from uuid import UUID
@@ -138,9 +139,16 @@ class Rest:
         response = self.request("POST", "/workers")
         return WorkerResponse.model_validate_json(response.content)
 
-    def heartbeat(self, worker_id: UUID) -> WorkerResponse:
-        """`PATCH /workers/{worker_id}`."""
-        response = self.request("PATCH", f"/workers/{worker_id}")
+    def heartbeat(
+        self, worker_id: UUID, tasks: Collection[UUID] | None = None
+    ) -> WorkerResponse:
+        """`PATCH /workers/{worker_id}`; `tasks`, if given, are all the worker holds.
+
+        The server releases the worker's other tasks (ours; a server without the
+        extension ignores the body).
+        """
+        body = None if tasks is None else {"tasks": [str(t) for t in tasks]}
+        response = self.request("PATCH", f"/workers/{worker_id}", json=body)
         return WorkerResponse.model_validate_json(response.content)
 
     def delete_worker(self, worker_id: UUID) -> WorkerCleanupResponse | None:
@@ -173,14 +181,23 @@ class Rest:
         return TaskResponse.model_validate_json(response.content)
 
     def claim_task(
-        self, worker_id: UUID, *, start: bool, wait: float | None = None
+        self,
+        worker_id: UUID,
+        *,
+        start: bool,
+        wait: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[TaskResponse | None, bool]:
         """`POST /tasks/claim`; with `start`, the task comes back already running.
 
         With `wait`, the claim may be parked up to that many seconds until a task
         comes (`Prefer: wait`); also answers whether the server applied the wait.
+        `request_id` (ours) names this claim: sent again with the same id, it gets
+        back the task the first one took if that answer was lost.
         """
-        body = {"worker_id": str(worker_id), "start": start}
+        body: dict[str, Any] = {"worker_id": str(worker_id), "start": start}
+        if request_id is not None:
+            body["request_id"] = request_id
         if wait is None or wait <= 0:
             response = self.request("POST", "/tasks/claim", json=body)
         else:

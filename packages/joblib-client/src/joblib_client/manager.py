@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,10 +101,12 @@ class JobManager:
     submitted task wakes `listen()` at once, and after every reconnection the
     manager comes back as the same worker (or a new one if the server forgot it).
     Once it has a worker, a background thread heartbeats every
-    `heartbeat_interval` seconds (None: never). A status report the server cannot
-    take is tried again for up to `report_retry_seconds`. Use it as a context
-    manager, or call `disconnect()`; a disconnected manager does not become a
-    worker again.
+    `heartbeat_interval` seconds (None: never); each heartbeat lists the tasks the
+    manager holds (claimed, not yet finished), so the server releases any other
+    task it gave this worker, such as one whose claim's answer was lost. A status
+    report the server cannot take is tried again for up to `report_retry_seconds`.
+    Use it as a context manager, or call `disconnect()`; a disconnected manager
+    does not become a worker again.
 
     Threads may share a manager. Its lock guards its state only, never a request
     or an emit: a thread waiting on the server blocks no other thread, except one
@@ -125,6 +128,9 @@ class JobManager:
         # Notified when a worker creation ends and on disconnect().
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _Registration] = {}
+        # The tasks claimed and not yet done with, and the worker that claimed each:
+        # every heartbeat of that worker lists them.
+        self._held: dict[UUID, UUID] = {}
         self._worker_id: UUID | None = None
         self._last_heartbeat: datetime | None = None
         # One thread at a time creates the worker (first registration, recovery).
@@ -390,7 +396,9 @@ class JobManager:
         return self._heartbeat_as(self._require_worker())
 
     def _heartbeat_as(self, worker_id: UUID) -> datetime:
-        beat = self._rest.heartbeat(worker_id).last_heartbeat
+        with self._lock:
+            held = [task for task, owner in self._held.items() if owner == worker_id]
+        beat = self._rest.heartbeat(worker_id, held).last_heartbeat
         with self._lock:
             if self._worker_id == worker_id:
                 self._last_heartbeat = beat
@@ -417,7 +425,11 @@ class JobManager:
     # tasks
 
     def claim(
-        self, *, start: bool = True, wait: float | None = None
+        self,
+        *,
+        start: bool = True,
+        wait: float | None = None,
+        request_id: str | None = None,
     ) -> ClaimedTask | None:
         """Claim the oldest pending task of this worker's jobs; None when none waits.
 
@@ -426,17 +438,27 @@ class JobManager:
         `run()` starts it. With `wait`, a server that supports it holds the claim
         up to `wait` seconds until a task comes. A task whose payload does not fit
         its extension is failed with the validation error, and the next one is
-        claimed.
+        claimed. `request_id` names the claim (a fresh one if not given): when a
+        claim failed for want of an answer, sending it again with the same id gets
+        back the task the lost answer carried instead of a second one.
         """
         while True:
             worker_id = self._require_worker()
-            response, parked = self._rest.claim_task(worker_id, start=start, wait=wait)
+            response, parked = self._rest.claim_task(
+                worker_id,
+                start=start,
+                wait=wait,
+                request_id=request_id or uuid.uuid4().hex,
+            )
             self._claims_park = parked if wait else self._claims_park
             if response is None:
                 return None
+            with self._lock:
+                self._held[response.id] = worker_id
             task = self._claimed(response, worker_id)
             if task is not None:
                 return task
+            request_id = None  # the next task is a new claim
 
     def _claimed(self, response: TaskResponse, worker_id: UUID) -> ClaimedTask | None:
         registration = self._jobs.get(response.job_name)
@@ -465,6 +487,8 @@ class JobManager:
             # Cancelled or given to another worker meanwhile, or the server stayed
             # away: either way there is nothing more this worker can do about it.
             logger.warning("task %s could not be failed: %s", response.id, exc)
+        finally:
+            self._let_go(response.id)
         return None
 
     def start(self, task: ClaimedTask) -> None:
@@ -484,7 +508,20 @@ class JobManager:
         self, task: ClaimedTask, status: TaskStatus, error: str | None = None
     ) -> None:
         worker_id = task.worker_id if task.worker_id is not None else self._worker_id
-        task.status = self._reporter.update(task.id, worker_id, status, error).status
+        try:
+            answer = self._reporter.update(task.id, worker_id, status, error)
+        except JobLibError as exc:
+            if is_refusal(exc):
+                self._let_go(task.id)  # no longer this worker's
+            raise
+        task.status = answer.status
+        if is_terminal(task.status):
+            self._let_go(task.id)
+
+    def _let_go(self, task_id: UUID) -> None:
+        """Stop listing a task in heartbeats: the manager is done with it."""
+        with self._lock:
+            self._held.pop(task_id, None)
 
     def run(self, task: ClaimedTask, **kwargs: Any) -> TaskStatus:
         """Run the task's extension and report completed, or failed with the error.
@@ -501,7 +538,7 @@ class JobManager:
         try:
             self.start(task)
         except JobLibError as exc:
-            return self._reporter.unreported(task, TaskStatus.RUNNING, exc)
+            return self._unreported(task, TaskStatus.RUNNING, exc)
         error: str | None = None
         try:
             task.extension.run(**kwargs)
@@ -516,8 +553,17 @@ class JobManager:
                 self.fail(task, error)
         except JobLibError as exc:
             final = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
-            return self._reporter.unreported(task, final, exc)
+            return self._unreported(task, final, exc)
         return task.status
+
+    def _unreported(
+        self, task: ClaimedTask, status: TaskStatus, exc: JobLibError
+    ) -> TaskStatus:
+        """`run()` is done with a task whose report did not land: let it go."""
+        try:
+            return self._reporter.unreported(task, status, exc)
+        finally:
+            self._let_go(task.id)
 
     def listen(
         self,
@@ -535,8 +581,10 @@ class JobManager:
         announces a task for one of its jobs. While the server cannot be reached
         or answers 5xx, `listen()` logs each failed claim and tries again, pausing
         from `polling_interval` doubling up to 5 s (less when the socket
-        reconnects); it never ends for such an error. A worker the server forgot
-        is registered again.
+        reconnects); it never ends for such an error. A claim that got no answer is
+        sent again under the same request id, so a task it took comes back rather
+        than staying claimed by nobody. A worker the server forgot is registered
+        again.
         """
         park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
         outage = Backoff(
@@ -546,14 +594,18 @@ class JobManager:
         with self._lock:
             self._check_connected()
             self._listeners.add(stop)
+        # A claim that got no answer is sent again under its id: if it took a task,
+        # the server answers that task again.
+        request_id: str | None = None
         try:
             while not _any_set(stop, stop_event):
                 # Cleared before the claim, so an announcement arriving during
                 # the claim still cuts the following wait short.
                 self._wakeup.clear()
                 started = time.monotonic()
+                request_id = request_id or uuid.uuid4().hex
                 try:
-                    task = self._claim_or_recover(park)
+                    task = self._claim_or_recover(park, request_id)
                 except JobLibError as exc:
                     if _any_set(stop, stop_event):
                         return
@@ -568,6 +620,7 @@ class JobManager:
                     )
                     self._sleep(pause, stop, stop_event)
                     continue
+                request_id = None
                 if outage.failures:
                     logger.info("claiming works again")
                     outage.reset()
@@ -585,12 +638,12 @@ class JobManager:
             with self._lock:
                 self._listeners.discard(stop)
 
-    def _claim_or_recover(self, wait: float) -> ClaimedTask | None:
+    def _claim_or_recover(self, wait: float, request_id: str) -> ClaimedTask | None:
         worker_id = self._require_worker()
         # A server known not to hold claims is asked without the header.
         ask = None if self._claims_park is False or wait <= 0 else wait
         try:
-            return self.claim(wait=ask)
+            return self.claim(wait=ask, request_id=request_id)
         except WorkerNotFoundError:
             if not self._recover(worker_id):
                 raise
@@ -664,6 +717,7 @@ class JobManager:
             self._worker_id = None
             self._last_heartbeat = None
             self._jobs.clear()
+            self._held.clear()
         if self._heartbeat is not None:
             # Not waiting: a beat stuck on a slow server must not hold us up.
             self._heartbeat.stop(wait=False)
