@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from joblib_client import Category, Extension, JobManager
-from joblib_client._http import ApiClient
-from joblib_client._socket import SocketClient
+from joblib_client import ApiClient, Category, Extension, JobManager, SocketClient
 
 _print_lock = threading.Lock()
 
