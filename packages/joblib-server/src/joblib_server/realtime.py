@@ -35,6 +35,8 @@ from joblib_server.auth import Identity
 from joblib_server.disconnects import socket_closed
 from joblib_server.emitter import ordered
 from joblib_server.errors import ProblemError
+from joblib_server.guard import SocketGuard
+from joblib_server.logs import protect
 from joblib_server.workers import heartbeat, join_job
 
 if TYPE_CHECKING:
@@ -145,7 +147,12 @@ class Realtime:
         self.connections: dict[str, Connection] = {}
 
     def attach(self, *, connection_handlers: bool = True) -> Realtime:
-        """Register the handlers; `connection_handlers=False` keeps the host's own."""
+        """Register the handlers; `connection_handlers=False` keeps the host's own.
+
+        Either way the server gets joblib's `SocketGuard`: unnamed sessions
+        closed, a cap on sessions, bad packets logged as one line.
+        """
+        SocketGuard(self.sio, self.joblib.settings).attach()
         if connection_handlers:
             self.sio.on("connect", self._on_connect)
             self.sio.on("disconnect", self._on_disconnect)
@@ -167,6 +174,13 @@ class Realtime:
             raise socketio.exceptions.ConnectionRefusedError(
                 "unauthorized: send `Authorization: Bearer <token>` "
                 "or auth={'token': ...}"
+            )
+        cap = self.joblib.settings.max_sockets_per_identity
+        held = sum(1 for c in self.connections.values() if c.identity.id == identity.id)
+        if held >= cap:
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"too many connections: {identity.id!r} holds {held}, the most one "
+                f"identity may (max_sockets_per_identity={cap})"
             )
         self.accept(sid, identity)
         return identity
@@ -314,9 +328,19 @@ def create_socketio_server(
     redis_url: str | None = None,
     **kwargs: Any,
 ) -> socketio.AsyncServer:
-    """An ASGI `AsyncServer`; with `redis_url`, emissions reach every server process."""
+    """An ASGI `AsyncServer`; with `redis_url`, emissions reach every server process.
+
+    It logs through `joblib_server.socketio` and `joblib_server.engineio`, at
+    WARNING unless set otherwise: at INFO they log every packet (tokens redacted).
+    """
     manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
     kwargs.setdefault("cors_allowed_origins", [])
+    for option, name in (("logger", "socketio"), ("engineio_logger", "engineio")):
+        # A Logger object is used as it is: no second handler printing each line.
+        named = protect(logging.getLogger(f"joblib_server.{name}"))
+        if named.level == logging.NOTSET:
+            named.setLevel(logging.WARNING)
+        kwargs.setdefault(option, named)
     return socketio.AsyncServer(
         async_mode="asgi",
         client_manager=manager,

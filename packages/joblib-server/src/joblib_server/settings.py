@@ -35,6 +35,24 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    handshake_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="An Engine.IO session with no Socket.IO connection (so no "
+        "identity) this long after it opened, or after it left, is closed.",
+    )
+    max_sockets: int = Field(
+        default=1000,
+        ge=1,
+        description="Engine.IO sessions one server process holds at most; one more "
+        "is refused (HTTP 401 with the reason).",
+    )
+    max_sockets_per_identity: int = Field(
+        default=100,
+        ge=1,
+        description="Socket.IO connections one identity holds at most in one server "
+        "process; one more is refused with the reason.",
+    )
     max_list_offset: int = Field(
         default=10_000,
         ge=0,
