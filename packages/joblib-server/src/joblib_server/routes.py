@@ -31,7 +31,7 @@ from joblib_protocol import (
     WorkerCleanupResponse,
     WorkerHeartbeatRequest,
 )
-from joblib_server import disconnects, dispatch, jobs, stranded, tasks, workers
+from joblib_server import disconnects, dispatch, jobs, pages, stranded, tasks, workers
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
 from joblib_server.problems import validation_problem
@@ -127,10 +127,17 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
-def _page(request: Request) -> tuple[int, int]:
+def _page(request: Request, max_offset: int) -> tuple[int, int]:
     limit = _int_query(request, "limit", DEFAULT_PAGE_LIMIT, 0, MAX_PAGE_LIMIT)
-    # Offsets beyond any real table only make the database scan for nothing.
-    offset = _int_query(request, "offset", 0, 0, 2**31 - 1)
+    # The database walks every skipped row: a large offset costs as much as
+    # reading them all (see `pages`).
+    offset = _int_query(request, "offset", 0, 0, 2**63 - 1)
+    if offset > max_offset:
+        raise _invalid(
+            "offset",
+            f"must be at most {max_offset}: narrow the list instead "
+            "(`?status=`, or one job's tasks)",
+        )
     return limit, offset
 
 
@@ -188,6 +195,15 @@ class RestApi:
             ),
             _route("/openapi.json", GET=self.openapi),
         ]
+
+    def page(self, request: Request) -> tuple[int, int]:
+        """`?limit=` and `?offset=`, within their caps (422 beyond)."""
+        return _page(request, self.joblib.settings.max_list_offset)
+
+    @property
+    def count_limit(self) -> int:
+        """Where a list's count stops: the last item a client can page to."""
+        return pages.count_limit(self.joblib.settings.max_list_offset)
 
     async def identity(self, request: Request) -> Identity:
         """The caller's identity, or the 401 problem."""
@@ -249,9 +265,11 @@ class RestApi:
     async def list_workers(self, request: Request) -> Response:
         """`GET /workers`."""
         await self.identity(request)
-        limit, offset = _page(request)
-        async with self.joblib.database.read() as session:
-            items, total = await workers.list_workers(session, limit, offset)
+        limit, offset = self.page(request)
+        async with self.joblib.database.read(slow=True) as session:
+            items, total = await workers.list_workers(
+                session, limit, offset, count_limit=self.count_limit
+            )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
         )
@@ -301,10 +319,14 @@ class RestApi:
     async def list_jobs(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/jobs`."""
         await self.identity(request)
-        limit, offset = _page(request)
-        async with self.joblib.database.read() as session:
+        limit, offset = self.page(request)
+        async with self.joblib.database.read(slow=True) as session:
             items, total = await jobs.list_jobs(
-                session, request.path_params["room_id"], limit, offset
+                session,
+                request.path_params["room_id"],
+                limit,
+                offset,
+                count_limit=self.count_limit,
             )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
@@ -325,10 +347,14 @@ class RestApi:
     async def list_room_workers(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/workers`."""
         await self.identity(request)
-        limit, offset = _page(request)
-        async with self.joblib.database.read() as session:
+        limit, offset = self.page(request)
+        async with self.joblib.database.read(slow=True) as session:
             items, total = await workers.list_workers(
-                session, limit, offset, room_id=request.path_params["room_id"]
+                session,
+                limit,
+                offset,
+                room_id=request.path_params["room_id"],
+                count_limit=self.count_limit,
             )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
@@ -346,9 +372,9 @@ class RestApi:
 
     async def _list_tasks(self, request: Request, full_name: str | None) -> Response:
         await self.identity(request)
-        limit, offset = _page(request)
+        limit, offset = self.page(request)
         status = _status_filter(request)
-        async with self.joblib.database.read() as session:
+        async with self.joblib.database.read(slow=True) as session:
             items, total = await tasks.list_tasks(
                 session,
                 request.path_params["room_id"],
@@ -356,6 +382,7 @@ class RestApi:
                 offset,
                 full_name=full_name,
                 status=status,
+                count_limit=self.count_limit,
             )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
