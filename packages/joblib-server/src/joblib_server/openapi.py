@@ -71,7 +71,7 @@ _OPERATIONS: list[
         JobRegisterRequest,
         (201, 200),
         JobResponse,
-        (400, 403, 404, 409),
+        (400, 403, 404, 409, 423),
     ),
     (
         "get",
@@ -80,7 +80,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[JobSummary],
-        (400,),
+        (400, 403),
     ),
     (
         "get",
@@ -89,7 +89,7 @@ _OPERATIONS: list[
         None,
         200,
         JobResponse,
-        (400, 404),
+        (400, 403, 404),
     ),
     (
         "get",
@@ -98,7 +98,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400, 404),
+        (400, 403, 404),
     ),
     (
         "get",
@@ -107,7 +107,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[WorkerSummary],
-        (400,),
+        (400, 403),
     ),
     (
         "get",
@@ -116,7 +116,7 @@ _OPERATIONS: list[
         None,
         200,
         PaginatedResponse[TaskResponse],
-        (400,),
+        (400, 403),
     ),
     (
         "post",
@@ -125,7 +125,7 @@ _OPERATIONS: list[
         TaskSubmitRequest,
         202,
         TaskResponse,
-        (400, 404, 503),
+        (400, 403, 404, 423, 503),
     ),
     (
         "post",
@@ -144,7 +144,7 @@ _OPERATIONS: list[
         None,
         200,
         TaskResponse,
-        (404,),
+        (403, 404),
     ),
     (
         "patch",

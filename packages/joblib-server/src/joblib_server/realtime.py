@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from joblib_server.emitter import ordered
 from joblib_server.errors import ProblemError
 from joblib_server.guard import SocketGuard
 from joblib_server.logs import protect
+from joblib_server.policy import Action, authorize
 from joblib_server.workers import heartbeat, join_job
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("joblib_server.realtime")
 
 RoomHook = Callable[[Identity, str], Awaitable[bool]]
+"""Deprecated: `may_observe`; the access policy's `observe` action replaces it."""
 
 
 class SocketIOEmitter:
@@ -143,6 +146,8 @@ class Realtime:
     ) -> None:
         self.joblib = joblib
         self.sio = sio
+        if may_observe is not None:
+            _warn_may_observe()
         self.may_observe = may_observe
         self.connections: dict[str, Connection] = {}
 
@@ -264,6 +269,8 @@ class Realtime:
         epochs: list[int] = []
 
         async def join(identity: Identity, worker_id: uuid.UUID, job: str) -> None:
+            room_id = JobFullName.parse(job).room_id
+            await authorize(self.joblib.policy, identity, room_id, Action.SERVE)
             epochs.append(await self.joblib.execute(join_job, identity, worker_id, job))
 
         checked = await self._as_worker(sid, data, JoinJobRoom, join)
@@ -297,7 +304,7 @@ class Realtime:
         await self.sio.enter_room(sid, room_channel(validate_room_id(room_id)))
 
     async def join_room(self, sid: str, data: Any) -> dict[str, Any]:
-        """`join_room` (ours): observe a room, if the host's hook allows it."""
+        """`join_room` (ours): observe a room, if the access policy allows it."""
         connection = self.connections.get(sid)
         if connection is None:
             return _refusal(Forbidden, "this connection is not authenticated")
@@ -305,6 +312,12 @@ class Realtime:
             room_id = validate_room_id(JoinRoom.model_validate(data).room_id)
         except (ValidationError, ValueError) as exc:
             return _refusal(ValidationFailed, str(exc))
+        try:
+            await authorize(
+                self.joblib.policy, connection.identity, room_id, Action.OBSERVE
+            )
+        except ProblemError as exc:
+            return {"ok": False, "error": exc.document().model_dump(exclude_none=True)}
         if self.may_observe is not None and not await self.may_observe(
             connection.identity, room_id
         ):
@@ -357,8 +370,23 @@ def attach_joblib(
     may_observe: RoomHook | None = None,
     connection_handlers: bool = True,
 ) -> Realtime:
-    """One call for a host: emit joblib's events through `sio` and handle its events."""
+    """One call for a host: emit joblib's events through `sio` and handle its events.
+
+    `may_observe` is deprecated: `JobLib(policy=...)` decides `join_room` now (as
+    the `observe` action); a hook still given must allow the room as well.
+    """
     joblib.emitter = SocketIOEmitter(sio)
-    return Realtime(joblib, sio, may_observe=may_observe).attach(
-        connection_handlers=connection_handlers
+    realtime = Realtime(joblib, sio)
+    if may_observe is not None:
+        _warn_may_observe()
+        realtime.may_observe = may_observe
+    return realtime.attach(connection_handlers=connection_handlers)
+
+
+def _warn_may_observe() -> None:
+    warnings.warn(
+        "may_observe is deprecated: pass JobLib(policy=...), whose "
+        "allows(identity, room_id, Action.OBSERVE) decides join_room",
+        DeprecationWarning,
+        stacklevel=3,  # the caller of attach_joblib or Realtime
     )

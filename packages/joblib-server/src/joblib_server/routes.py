@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from joblib_protocol import (
     JobRegisterRequest,
     PaginatedResponse,
     PayloadTooLarge,
+    RequestTimeout,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskResponse,
@@ -33,7 +35,8 @@ from joblib_protocol import (
 )
 from joblib_server import disconnects, dispatch, jobs, pages, stranded, tasks, workers
 from joblib_server.auth import Identity
-from joblib_server.errors import ProblemError
+from joblib_server.errors import ProblemError, forbidden
+from joblib_server.policy import Action, authorize, restricts
 from joblib_server.problems import validation_problem
 from joblib_server.settings import default_policy
 
@@ -214,6 +217,14 @@ class RestApi:
             )
         return identity
 
+    async def in_room(
+        self, request: Request, identity: Identity, action: Action
+    ) -> str:
+        """The path's `room_id`: 400 if malformed, 403/423 if the policy refuses."""
+        room_id = jobs.check_room_id(request.path_params["room_id"])
+        await authorize(self.joblib.policy, identity, room_id, action)
+        return room_id
+
     async def body(
         self, request: Request, model: type[ModelT], *, optional: bool = False
     ) -> ModelT:
@@ -227,11 +238,24 @@ class RestApi:
             raise ProblemError(PayloadTooLarge, f"the body is over {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ProblemError(PayloadTooLarge, f"the body is over {limit} bytes")
-            chunks.append(chunk)
+        timeout = self.joblib.settings.body_timeout_seconds
+        try:
+            # A body sent a byte at a time (slow-loris) must not hold a request
+            # open for as long as its sender likes.
+            with anyio.fail_after(timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProblemError(
+                            PayloadTooLarge, f"the body is over {limit} bytes"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ProblemError(
+                RequestTimeout,
+                f"the body did not arrive within {timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None
         raw = b"".join(chunks)
         try:
             data: Any = json.loads(raw) if raw.strip() else None
@@ -306,11 +330,12 @@ class RestApi:
     async def register_job(self, request: Request) -> Response:
         """`PUT /rooms/{room_id}/jobs`."""
         identity = await self.identity(request)
+        room_id = await self.in_room(request, identity, Action.REGISTER)
         body = await self.body(request, JobRegisterRequest)
         registration = await self.joblib.execute(
             jobs.register_job,
             identity,
-            request.path_params["room_id"],
+            room_id,
             body,
             self.joblib.settings.allowed_categories,
         )
@@ -318,15 +343,11 @@ class RestApi:
 
     async def list_jobs(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/jobs`."""
-        await self.identity(request)
+        room_id = await self.in_room(request, await self.identity(request), Action.READ)
         limit, offset = self.page(request)
         async with self.joblib.database.read(slow=True) as session:
             items, total = await jobs.list_jobs(
-                session,
-                request.path_params["room_id"],
-                limit,
-                offset,
-                count_limit=self.count_limit,
+                session, room_id, limit, offset, count_limit=self.count_limit
             )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
@@ -334,11 +355,11 @@ class RestApi:
 
     async def get_job(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/jobs/{full_name}`."""
-        await self.identity(request)
+        room_id = await self.in_room(request, await self.identity(request), Action.READ)
         async with self.joblib.database.read() as session:
             job = await jobs.get_job(
                 session,
-                request.path_params["room_id"],
+                room_id,
                 request.path_params["full_name"],
                 default_policy(self.joblib.settings),
             )
@@ -346,15 +367,11 @@ class RestApi:
 
     async def list_room_workers(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/workers`."""
-        await self.identity(request)
+        room_id = await self.in_room(request, await self.identity(request), Action.READ)
         limit, offset = self.page(request)
         async with self.joblib.database.read(slow=True) as session:
             items, total = await workers.list_workers(
-                session,
-                limit,
-                offset,
-                room_id=request.path_params["room_id"],
-                count_limit=self.count_limit,
+                session, limit, offset, room_id=room_id, count_limit=self.count_limit
             )
         return _json(
             PaginatedResponse(items=items, total=total, limit=limit, offset=offset)
@@ -371,13 +388,13 @@ class RestApi:
         return await self._list_tasks(request, request.path_params["full_name"])
 
     async def _list_tasks(self, request: Request, full_name: str | None) -> Response:
-        await self.identity(request)
+        room_id = await self.in_room(request, await self.identity(request), Action.READ)
         limit, offset = self.page(request)
         status = _status_filter(request)
         async with self.joblib.database.read(slow=True) as session:
             items, total = await tasks.list_tasks(
                 session,
-                request.path_params["room_id"],
+                room_id,
                 limit,
                 offset,
                 full_name=full_name,
@@ -391,11 +408,12 @@ class RestApi:
     async def submit_task(self, request: Request) -> Response:
         """`POST /rooms/{room_id}/tasks/{full_name}`."""
         identity = await self.identity(request)
+        room_id = await self.in_room(request, identity, Action.SUBMIT)
         body = await self.body(request, TaskSubmitRequest)
         task = await self.joblib.execute(
             tasks.submit_task,
             identity,
-            request.path_params["room_id"],
+            room_id,
             request.path_params["full_name"],
             body.payload,
             internal_jobs=self.joblib.internal_jobs,
@@ -414,6 +432,10 @@ class RestApi:
             request.headers.get("prefer"), settings.long_poll_max_wait_seconds
         )
 
+        skip_rooms: frozenset[str] = frozenset()
+        if restricts(self.joblib.policy, identity):
+            skip_rooms = await self._unservable_rooms(identity, body.worker_id)
+
         async def claim() -> dispatch.Claim:
             return await self.joblib.execute(
                 tasks.claim_task,
@@ -421,6 +443,7 @@ class RestApi:
                 body.worker_id,
                 start=body.start,
                 request_id=body.request_id,
+                skip_rooms=skip_rooms,
             )
 
         if not wait:
@@ -440,9 +463,23 @@ class RestApi:
         applied = {"Preference-Applied": f"wait={_format_wait(wait)}"}
         return _json(TaskClaimResponse(task=held.task), 200, applied)
 
+    async def _unservable_rooms(
+        self, identity: Identity, worker_id: uuid.UUID
+    ) -> frozenset[str]:
+        """The rooms of the worker's jobs the policy refuses it; 403 if it is all."""
+        async with self.joblib.database.read() as session:
+            rooms = await workers.served_rooms(session, worker_id)
+        policy = self.joblib.policy
+        refused = frozenset(
+            [r for r in rooms if not await policy.allows(identity, r, Action.SERVE)]
+        )
+        if refused and refused == rooms:
+            raise forbidden(f"{identity.id!r} may not serve the rooms of {worker_id}")
+        return refused
+
     async def get_task(self, request: Request) -> Response:
         """`GET /tasks/{task_id}`, long-polling with `Prefer: wait=N`."""
-        await self.identity(request)
+        identity = await self.identity(request)
         task_id = _uuid(request, "task_id")
         settings = self.joblib.settings
         wait = prefer_wait(
@@ -453,8 +490,11 @@ class RestApi:
             async with self.joblib.database.read() as session:
                 return await tasks.get_task(session, task_id)
 
+        task = await read()
+        # Checked before any wait: the room of a task never changes.
+        await authorize(self.joblib.policy, identity, task.room_id, Action.READ)
         if wait is None:
-            return _json(await read())
+            return _json(task)
         task = await dispatch.wait_until_terminal(
             read,
             self.joblib.waiters,
@@ -469,6 +509,10 @@ class RestApi:
         identity = await self.identity(request)
         task_id = _uuid(request, "task_id")
         body = await self.body(request, TaskUpdateRequest)
+        if restricts(self.joblib.policy, identity):
+            async with self.joblib.database.read() as session:
+                room_id = await tasks.task_room(session, task_id)
+            await authorize(self.joblib.policy, identity, room_id, Action.READ)
         task = await self.joblib.execute(tasks.update_task, identity, task_id, body)
         return _json(task)
 
