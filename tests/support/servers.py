@@ -64,10 +64,11 @@ class LiveServer:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int = 0) -> Iterator[LiveServer]:
+def serve_in_thread(app: Any, port: int = 0, **config: Any) -> Iterator[LiveServer]:
     """Run `app` under uvicorn on a loopback port for the duration of the block.
 
-    `port` (default: a free one) lets a test start a server again where one was.
+    `port` (default: a free one) lets a test start a server again where one was;
+    `config` goes to `uvicorn.Config` (`http="h11"`, say).
     An app from `create_app` runs under `JobLibServer`, as the CLI runs it: its
     shutdown keeps the workers, so they can come back to the next server.
     """
@@ -79,10 +80,13 @@ def serve_in_thread(app: Any, port: int = 0) -> Iterator[LiveServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws="wsproto", lifespan="on")
+    options: dict[str, Any] = {"log_level": "warning", "ws": "wsproto", **config}
+    uvicorn_config = uvicorn.Config(app, lifespan="on", **options)
     joblib = getattr(app, "joblib", None)
     server = (
-        JobLibServer(config, joblib) if joblib is not None else uvicorn.Server(config)
+        JobLibServer(uvicorn_config, joblib)
+        if joblib is not None
+        else uvicorn.Server(uvicorn_config)
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True

@@ -15,6 +15,8 @@ from starlette.routing import Mount
 from joblib_protocol import API_PREFIX
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
+from joblib_server.deadlines import BODY_GRACE_SECONDS, with_deadlines
+from joblib_server.logs import protect
 from joblib_server.policy import AccessPolicy
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.realtime import attach_joblib, create_socketio_server
@@ -79,11 +81,27 @@ class JobLibServer(uvicorn.Server):
     without a word beforehand joblib would take the closing sockets for workers
     that went away and fail their tasks. Hosts that run uvicorn themselves use
     this class too (or call `JobLib.begin_shutdown()` from their own hook).
+
+    It also keeps the deadlines uvicorn has none for: request headers within
+    `Settings.header_timeout_seconds`, bodies within `body_timeout_seconds`.
     """
 
     def __init__(self, config: uvicorn.Config, joblib: JobLib) -> None:
         super().__init__(config)
         self.joblib = joblib
+        # At --log-level debug, the websockets library logs handshake headers
+        # and frames (tokens among them) through this logger.
+        protect(logging.getLogger("uvicorn.error"))
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        """Serve with deadlines for request headers and bodies (see `deadlines`)."""
+        settings = self.joblib.settings
+        self.config.http_protocol_class = with_deadlines(
+            self.config.http_protocol_class,
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds + BODY_GRACE_SECONDS,
+        )
+        await super().startup(sockets)
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         """Mark joblib as stopping, answer waiting requests, then shut down."""

@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 TOKENS_FILE_NAME = "joblib-tokens.json"
 
+_SPARE_FILES = 256
+"""Open files a server needs beside its sockets: requests, database, logs."""
+
 # What a database command can meet that is the user's to fix, not a bug: a URL we
 # cannot use, a server that does not answer, tables we cannot upgrade.
 _USER_ERRORS = (JobLibError, ValueError, SQLAlchemyError, OSError)
@@ -126,11 +129,48 @@ def _serve(args: argparse.Namespace) -> int:
         shown,
         where,
     )
+    _raise_file_limit(settings.joblib.max_sockets)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # An idle keep-alive connection is closed after this (uvicorn's own
+        # deadline; JobLibServer adds those for headers and bodies).
+        timeout_keep_alive=settings.keep_alive_seconds,
+        # Connections still open this long after SIGTERM are closed anyway.
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     JobLibServer(config, app.joblib).run()
     return 0
+
+
+def _raise_file_limit(max_sockets: int) -> None:
+    """Raise the soft limit on open files to the hard one, and warn when it is low.
+
+    Every socket is a file; 1,024 (a common soft limit) leaves no room beside
+    the default `max_sockets` of 1,000 for requests and database connections.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft < max_sockets + _SPARE_FILES:
+        logger.warning(
+            "only %d open files allowed: fewer than max_sockets (%d) plus %d for "
+            "requests and the database; lower JOBLIB_MAX_SOCKETS or raise ulimit -n",
+            soft,
+            max_sockets,
+            _SPARE_FILES,
+        )
 
 
 def _token(args: argparse.Namespace) -> int:

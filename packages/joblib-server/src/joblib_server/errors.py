@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from joblib_protocol import (
@@ -31,11 +32,18 @@ class ProblemError(JobLibError):
     """An error the client caused; it becomes an RFC 9457 answer."""
 
     def __init__(
-        self, problem: type[ProblemType], detail: str, **extensions: Any
+        self,
+        problem: type[ProblemType],
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
     ) -> None:
         super().__init__(detail)
         self.problem = problem
         self.detail = detail
+        self.headers = dict(headers or {})
+        """HTTP headers of the answer (`Retry-After`, `Connection: close`)."""
         self.extensions = extensions
 
     def document(self) -> ProblemDetail:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from joblib_protocol import (
@@ -18,6 +18,7 @@ from joblib_protocol import (
     PayloadTooLarge,
     ProblemDetail,
     ProblemType,
+    RequestTimeout,
     Unauthorized,
     ValidationFailed,
 )
@@ -58,8 +59,21 @@ def validation_problem(exc: ValidationError, where: str) -> ProblemError:
 async def handle_problem(request: Request, exc: Exception) -> Response:
     """Answer a `ProblemError` with its document."""
     assert isinstance(exc, ProblemError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.problem is Unauthorized else None
-    return problem_response(exc.document(), headers)
+    headers = dict(exc.headers)
+    if exc.problem is Unauthorized:
+        headers["WWW-Authenticate"] = "Bearer"
+    return problem_response(exc.document(), headers or None)
+
+
+async def handle_client_gone(request: Request, exc: Exception) -> Response:
+    """The client left before its body arrived: nobody will read an answer.
+
+    Not an error of the server's, and anyone can cause it at will, so no
+    traceback: one line at debug.
+    """
+    logger.debug("%s %s: the client went away", request.method, request.url.path)
+    document = RequestTimeout.document("the client went away before its body arrived")
+    return problem_response(document, {"Connection": "close"})
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -86,6 +100,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ProblemError: handle_problem,
+    ClientDisconnect: handle_client_gone,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from joblib_protocol import (
     JobRegisterRequest,
     PaginatedResponse,
     PayloadTooLarge,
+    RequestTimeout,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskResponse,
@@ -236,11 +238,24 @@ class RestApi:
             raise ProblemError(PayloadTooLarge, f"the body is over {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ProblemError(PayloadTooLarge, f"the body is over {limit} bytes")
-            chunks.append(chunk)
+        timeout = self.joblib.settings.body_timeout_seconds
+        try:
+            # A body sent a byte at a time (slow-loris) must not hold a request
+            # open for as long as its sender likes.
+            with anyio.fail_after(timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProblemError(
+                            PayloadTooLarge, f"the body is over {limit} bytes"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ProblemError(
+                RequestTimeout,
+                f"the body did not arrive within {timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None
         raw = b"".join(chunks)
         try:
             data: Any = json.loads(raw) if raw.strip() else None

@@ -35,6 +35,18 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="A request body not fully received this long after its headers "
+        "gets 408 request-timeout (REST), or its connection closed (JobLibServer).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="JobLibServer closes a connection whose request line and headers "
+        "have not all arrived this long after it opened or its last answer.",
+    )
     handshake_timeout_seconds: float = Field(
         default=5,
         gt=0,
@@ -130,6 +142,18 @@ class _StandaloneFields(BaseModel):
     )
     socketio_ping_interval_seconds: float = Field(default=8, gt=0)
     socketio_ping_timeout_seconds: float = Field(default=8, gt=0)
+    keep_alive_seconds: int = Field(
+        default=5,
+        gt=0,
+        description="uvicorn's timeout_keep_alive: an idle keep-alive connection "
+        "is closed after this long.",
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=10,
+        gt=0,
+        description="uvicorn's timeout_graceful_shutdown: connections still open "
+        "this long after SIGTERM are closed anyway.",
+    )
     tokens: SecretStr | None = Field(
         default=None,
         description='The whole token table as JSON: {"<token>": {"id": …, '
