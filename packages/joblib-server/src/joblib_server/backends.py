@@ -14,7 +14,12 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import (
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+    suppress,
+)
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -22,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
@@ -52,6 +58,9 @@ class Backend(ABC):
     name: ClassVar[str]
     keeps_time_zones: ClassVar[bool] = True
     """Whether timestamps are stored with their zone (else as naive UTC)."""
+
+    RETRY_AFTER_SECONDS: ClassVar[int] = 2
+    """What a 503 `database-unavailable` answer's `Retry-After` says."""
 
     SLOW_READERS: ClassVar[int] = 2
     """How many reads that may scan many rows (lists) run at once. The others wait
@@ -92,14 +101,45 @@ class Backend(ABC):
         run on a worker thread instead of the event loop.
         """
         if not slow:
-            async with self._read() as session:
+            async with self._read() as session, self._discarding_broken(session):
                 yield session
             return
         if self._slow_turns is None:
             self._slow_turns = anyio.Semaphore(self.SLOW_READERS)
         async with self._slow_turns, self._read() as session:
             with self._slow_statements():
-                yield session
+                async with self._discarding_broken(session):
+                    yield session
+
+    @asynccontextmanager
+    async def _discarding_broken(self, session: AsyncSession) -> AsyncIterator[None]:
+        """Throw the session's connection away if it failed as a connection.
+
+        A connection whose server process was terminated, or that asyncpg left
+        with "another operation is in progress", must not go back to the pool:
+        every request that drew it would fail the same way.
+        """
+        try:
+            yield
+        except Exception as exc:
+            if self.is_broken(exc):
+                with suppress(Exception):
+                    await session.invalidate()
+            raise
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether `exc` says the database cannot be used right now (503, retry).
+
+        No pooled connection came free in time, the server could not be
+        reached, or the connection broke.
+        """
+        return isinstance(exc, sa_exc.TimeoutError) or self.is_broken(exc)
+
+    def is_broken(self, exc: BaseException) -> bool:
+        """Whether `exc` says the connection itself failed (it is then discarded)."""
+        if isinstance(exc, OSError):  # refused, reset, timed out, unknown host
+            return True
+        return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
     def _slow_statements(self) -> AbstractContextManager[None]:
         """Where the statements of a slow read run (by default, as any other)."""
@@ -199,7 +239,11 @@ class SqliteBackend(Backend):
         # IMMEDIATE and the busy timeout.
         if self._writer is None:
             self._writer = anyio.Lock()
-        async with self._writer, self._write() as session:
+        async with (
+            self._writer,
+            self._write() as session,
+            self._discarding_broken(session),
+        ):
             await self._begin(session)
             try:
                 yield session
@@ -230,6 +274,20 @@ class SqliteBackend(Backend):
     def is_retryable(self, exc: DBAPIError) -> bool:
         """Another process held the write lock past every wait."""
         return "database is locked" in str(exc.orig)
+
+    UNAVAILABLE: ClassVar[tuple[str, ...]] = (
+        "database is locked",  # another process writes past every wait
+        "unable to open database file",
+        "disk I/O error",
+    )
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Also: the file cannot be opened, or stays locked by another process."""
+        if isinstance(exc, sa_exc.OperationalError):
+            message = str(exc.orig)
+            if any(reason in message for reason in self.UNAVAILABLE):
+                return True
+        return super().is_unavailable(exc)
 
     def insert_ignoring_conflicts(
         self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
@@ -310,15 +368,32 @@ class PostgresBackend(Backend):
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction; concurrent ones meet at row locks."""
-        async with self._write() as session, session.begin():
+        async with (
+            self._write() as session,
+            self._discarding_broken(session),
+            session.begin(),
+        ):
             yield session
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         """A serialization failure or a deadlock."""
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
-            exc.orig, "pgcode", None
+        return _sqlstate(exc) in self.RETRYABLE_SQLSTATES
+
+    BROKEN_SQLSTATES: ClassVar[frozenset[str]] = frozenset(
+        {"57P01", "57P02", "57P03", "53300"}
+    )
+    """Terminated by an administrator, crash shutdown, starting up, too many
+    connections; with every connection exception (class 08)."""
+
+    def is_broken(self, exc: BaseException) -> bool:
+        """Also: asyncpg's interface errors and PostgreSQL's connection states."""
+        if super().is_broken(exc) or isinstance(exc, sa_exc.InterfaceError):
+            # "connection is closed", "another operation is in progress"
+            return True
+        sqlstate = _sqlstate(exc)
+        return bool(sqlstate) and (
+            sqlstate.startswith("08") or sqlstate in self.BROKEN_SQLSTATES
         )
-        return sqlstate in self.RETRYABLE_SQLSTATES
 
     def insert_ignoring_conflicts(
         self, table: sa.Table, values: dict[str, Any], *conflict_columns: str
@@ -343,6 +418,15 @@ class PostgresBackend(Backend):
             sa.text("SELECT pg_advisory_xact_lock(hashtext('joblib_create_tables'))")
         )
         yield
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a PostgreSQL error, wrapped by SQLAlchemy or not; else ""."""
+    for error in (exc, getattr(exc, "orig", None)):
+        code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
 
 
 BACKENDS: dict[str, type[SqliteBackend] | type[PostgresBackend]] = {

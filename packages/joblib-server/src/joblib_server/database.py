@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from joblib_server.backends import Backend, create_engine, normalize_url
+from joblib_server.errors import ProblemError, database_unavailable
 
 __all__ = ["Database", "create_engine", "normalize_url"]
 
@@ -37,13 +39,26 @@ class Database:
 
         await upgrade_schema(self.engine)
 
-    def read(self, *, slow: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+    @asynccontextmanager
+    async def read(self, *, slow: bool = False) -> AsyncIterator[AsyncSession]:
         """A session for reading only (on PostgreSQL it runs in autocommit).
 
         `slow=True` for a read that may scan many rows (a list): such reads take
-        turns, and on SQLite they run off the event loop (`Backend.read`).
+        turns, and on SQLite they run off the event loop (`Backend.read`). A
+        database that cannot be used now raises the 503 `database-unavailable`
+        problem (`Backend.is_unavailable`).
         """
-        return self.backend.read(slow=slow)
+        try:
+            async with self.backend.read(slow=slow) as session:
+                yield session
+        except Exception as exc:
+            if not self.backend.is_unavailable(exc):
+                raise
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, cause: BaseException) -> ProblemError:
+        """The 503 problem for a failure the backend calls unavailability."""
+        return database_unavailable(cause, self.backend.RETRY_AFTER_SECONDS)
 
     def write(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A bare write transaction that commits when the block ends without error.

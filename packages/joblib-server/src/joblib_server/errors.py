@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from joblib_protocol import (
+    DatabaseUnavailable,
     Forbidden,
     InvalidTaskTransition,
     JobNotFound,
@@ -14,6 +16,8 @@ from joblib_protocol import (
     TaskNotFound,
     WorkerNotFound,
 )
+
+logger = logging.getLogger("joblib_server")
 
 
 class JobLibError(Exception):
@@ -49,6 +53,21 @@ class ProblemError(JobLibError):
     def document(self) -> ProblemDetail:
         """The problem document to send."""
         return self.problem.document(self.detail, **self.extensions)
+
+
+def database_unavailable(cause: BaseException, retry_after: int) -> ProblemError:
+    """The database cannot be used right now: 503 with `Retry-After` (and one log line).
+
+    The cause stays in the server's log: a driver's message can name hosts.
+    """
+    orig = getattr(cause, "orig", None) or cause
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    logger.warning("database unavailable (%s): %s", type(orig).__name__, reason)
+    return ProblemError(
+        DatabaseUnavailable,
+        f"the database cannot be used right now; try again in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def job_not_found(full_name: str, room_id: str) -> ProblemError:

@@ -11,6 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -101,10 +102,15 @@ class JobLib:
                     bind_settings(session, self.settings)
                     outcome = await operation(session, *args, **kwargs)
                 break
-            except DBAPIError as exc:
-                if attempt == _WRITE_ATTEMPTS or not backend.is_retryable(exc):
+            except (DBAPIError, OSError, SQLAlchemyTimeoutError) as exc:
+                retry = isinstance(exc, DBAPIError) and backend.is_retryable(exc)
+                if attempt == _WRITE_ATTEMPTS or not retry:
+                    if backend.is_unavailable(exc):
+                        # Not run again here: a connection lost in COMMIT leaves
+                        # it unknown whether the change was made.
+                        raise self.database.unavailable(exc) from exc
                     raise
-                logger.debug("retrying a write after %s", exc.orig)
+                logger.debug("retrying a write after %s", exc)
                 await anyio.sleep(0.005 * attempt)
         # Committed: whoever is waiting must hear of it even if our caller is
         # being cancelled meanwhile.
