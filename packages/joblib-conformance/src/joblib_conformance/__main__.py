@@ -1,0 +1,7 @@
+"""`python -m joblib_conformance`: the `joblib-conformance` command."""
+
+import sys
+
+from joblib_conformance.cli import main
+
+sys.exit(main())
