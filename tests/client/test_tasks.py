@@ -269,6 +269,18 @@ def test_wait_answers_once_the_task_ends(
         thread.join()
 
 
+def test_a_submit_sent_again_with_its_key_makes_no_second_task(
+    worker: JobManager, submitter: JobManager
+) -> None:
+    first = submitter.submit(Rotate(angle=1), "room1", idempotency_key="order-1")
+    again = submitter.submit(Rotate(angle=1), "room1", idempotency_key="order-1")
+    other = submitter.submit(Rotate(angle=1), "room1", idempotency_key="order-2")
+    assert again == first
+    assert other != first
+    claimed = [worker.claim(), worker.claim(), worker.claim()]
+    assert [t.id if t else None for t in claimed] == [first, other, None]
+
+
 def test_submit_and_wait_raise_not_found(submitter: JobManager) -> None:
     with pytest.raises(JobNotFoundError):
         submitter.submit(Rotate(), "room1")

@@ -44,7 +44,9 @@ def empty_postgres(url: str) -> None:
     """Delete every row of joblib's tables in the PostgreSQL database at `url`."""
     asyncio.run(
         pg_exec(
-            url, "TRUNCATE joblib_task, joblib_worker_job, joblib_worker, joblib_job"
+            url,
+            "TRUNCATE joblib_task, joblib_worker_job, joblib_worker, joblib_job,"
+            " joblib_idempotency_key",
         )
     )
 

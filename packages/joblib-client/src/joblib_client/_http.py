@@ -173,11 +173,24 @@ class Rest:
         return JobResponse.model_validate_json(response.content)
 
     def submit_task(
-        self, room_id: str, full_name: str, payload: dict[str, Any]
+        self,
+        room_id: str,
+        full_name: str,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
     ) -> TaskResponse:
-        """`POST /rooms/{room_id}/tasks/{full_name}`."""
+        """`POST /rooms/{room_id}/tasks/{full_name}`.
+
+        With `idempotency_key` (ours) the same key answers the task it made first.
+        """
         path = f"/rooms/{_segment(room_id)}/tasks/{_segment(full_name)}"
-        response = self.request("POST", path, json={"payload": payload})
+        headers = None
+        if idempotency_key is not None:
+            headers = {"Idempotency-Key": idempotency_key}
+        response = self.request(
+            "POST", path, json={"payload": payload}, headers=headers
+        )
         return TaskResponse.model_validate_json(response.content)
 
     def claim_task(

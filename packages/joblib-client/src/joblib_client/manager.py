@@ -666,13 +666,27 @@ class JobManager:
     # submitting
 
     def submit(
-        self, extension: Extension, room: str, *, job_room: str = GLOBAL_ROOM
+        self,
+        extension: Extension,
+        room: str,
+        *,
+        job_room: str = GLOBAL_ROOM,
+        idempotency_key: str | None = None,
     ) -> UUID:
-        """Submit a task running `extension` in `room`; return the task's id."""
+        """Submit a task running `extension` in `room`; return the task's id.
+
+        `idempotency_key` (up to 255 visible ASCII characters, unique per
+        submit you mean): sending the same key again within a day returns the
+        task the first submit made instead of making another, so a submit that
+        met a timeout or a 503 can safely be sent again.
+        """
         cls = check_extension(type(extension))
         full_name = job_full_name(cls, job_room)
         payload = extension.model_dump(mode="json")
-        return self._rest.submit_task(room, full_name, payload).id
+        task = self._rest.submit_task(
+            room, full_name, payload, idempotency_key=idempotency_key
+        )
+        return task.id
 
     def wait(self, task_id: UUID | str, timeout: float | None = None) -> TaskResponse:
         """Wait until the task is completed, failed or cancelled, and return it.

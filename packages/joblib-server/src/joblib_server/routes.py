@@ -33,7 +33,16 @@ from joblib_protocol import (
     WorkerCleanupResponse,
     WorkerHeartbeatRequest,
 )
-from joblib_server import disconnects, dispatch, jobs, pages, stranded, tasks, workers
+from joblib_server import (
+    disconnects,
+    dispatch,
+    idempotency,
+    jobs,
+    pages,
+    stranded,
+    tasks,
+    workers,
+)
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError, forbidden
 from joblib_server.policy import Action, authorize, restricts
@@ -142,6 +151,21 @@ def _page(request: Request, max_offset: int) -> tuple[int, int]:
             "(`?status=`, or one job's tasks)",
         )
     return limit, offset
+
+
+def _idempotency_key(request: Request) -> str | None:
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    try:
+        return idempotency.check_key(raw)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ProblemError(
+            ValidationFailed,
+            f"Idempotency-Key: {msg}",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": msg}],
+        ) from None
 
 
 def _status_filter(request: Request) -> TaskStatus | None:
@@ -410,18 +434,36 @@ class RestApi:
         identity = await self.identity(request)
         room_id = await self.in_room(request, identity, Action.SUBMIT)
         body = await self.body(request, TaskSubmitRequest)
-        task = await self.joblib.execute(
-            tasks.submit_task,
-            identity,
-            room_id,
-            request.path_params["full_name"],
-            body.payload,
-            internal_jobs=self.joblib.internal_jobs,
-        )
+        key = _idempotency_key(request)
+        full_name = request.path_params["full_name"]
+        internal = self.joblib.internal_jobs
+        replayed = False
+        if key is None:
+            task = await self.joblib.execute(
+                tasks.submit_task,
+                identity,
+                room_id,
+                full_name,
+                body.payload,
+                internal_jobs=internal,
+            )
+        else:
+            task, replayed = await self.joblib.execute(
+                idempotency.submit_once,
+                identity,
+                room_id,
+                full_name,
+                body.payload,
+                key,
+                internal_jobs=internal,
+            )
         # What url_for("get_task") gives, without matching the route table again:
         # root_path holds the mount point (and any proxy prefix).
         location = f"{request.scope.get('root_path', '')}/tasks/{task.id}"
-        return _json(task, 202, {"Location": location, "Retry-After": "1"})
+        headers = {"Location": location, "Retry-After": "1"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _json(task, 202, headers)
 
     async def claim_task(self, request: Request) -> Response:
         """`POST /tasks/claim`; with `Prefer: wait=N`, held until a task comes."""

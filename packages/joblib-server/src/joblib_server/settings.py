@@ -65,6 +65,12 @@ class Settings(BaseModel):
         description="Socket.IO connections one identity holds at most in one server "
         "process; one more is refused with the reason.",
     )
+    idempotency_key_ttl_seconds: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="How long a submit's Idempotency-Key answers the task it made; "
+        "the sweeper deletes older keys.",
+    )
     max_list_offset: int = Field(
         default=10_000,
         ge=0,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from joblib_server.disconnects import CleanupReceipt, cleanup_stale_workers
+from joblib_server.idempotency import forget_expired_keys
 from joblib_server.stranded import requeue_unstarted_claims
 from joblib_server.tasks import cleanup_stuck_internal_tasks
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
 
 logger = logging.getLogger("joblib_server.sweeper")
+
+_KEY_BATCH = 500
+_KEY_BATCHES = 20
+"""At most this many batches of expired idempotency keys per sweep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,8 @@ class Sweep:
     """The ids of the `@internal` tasks failed for running too long."""
     unstarted: list[uuid.UUID] = field(default_factory=list)
     """The ids of the claimed tasks put back to pending for not starting in time."""
+    idempotency_keys: int = 0
+    """How many idempotency keys older than their time to live were deleted."""
 
     def __bool__(self) -> bool:
         """Whether the sweep changed anything."""
@@ -47,7 +54,16 @@ async def sweep_once(joblib: JobLib) -> Sweep:
     unstarted = await joblib.execute(
         requeue_unstarted_claims, settings.claim_start_timeout_seconds
     )
-    return Sweep(workers, list(tasks), unstarted)
+    keys = 0
+    for _ in range(_KEY_BATCHES):
+        # Small batches, each its own transaction: no long write lock.
+        forgotten = await joblib.execute(
+            forget_expired_keys, settings.idempotency_key_ttl_seconds, _KEY_BATCH
+        )
+        keys += forgotten
+        if forgotten < _KEY_BATCH:
+            break
+    return Sweep(workers, list(tasks), unstarted, keys)
 
 
 async def run_sweeper(joblib: JobLib) -> None:

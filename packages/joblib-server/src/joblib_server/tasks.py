@@ -207,8 +207,9 @@ async def submit_task(
     payload: dict[str, Any],
     *,
     internal_jobs: bool = False,
+    task_id: uuid.UUID | None = None,
 ) -> Outcome[TaskResponse]:
-    """Queue a task for a job visible from `room_id`."""
+    """Queue a task for a job visible from `room_id` (with `task_id`, if given)."""
     name = job_name_in_room(room_id, full_name)
     if name.room_id == INTERNAL_ROOM and not internal_jobs:
         await find_job(session, room_id, full_name)  # unknown jobs still get 404
@@ -227,7 +228,7 @@ async def submit_task(
         raise job_not_found(full_name, room_id)
     job_id, seq = numbered
     task = TaskRow(
-        id=uuid.uuid4(),
+        id=task_id or uuid.uuid4(),
         job_name=full_name,
         room_id=room_id,
         status=TaskStatus.PENDING.value,
