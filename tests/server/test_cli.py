@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import socketio
 
 from joblib_server.cli import default_tokens_file, main
 from tests.support.processes import stop_process
@@ -171,3 +174,104 @@ def test_cli_without_a_command_is_a_usage_error(
         main([])
     assert exit_info.value.code == 2
     assert "usage: joblib-server" in capsys.readouterr().err
+
+
+def test_tokens_made_at_once_are_all_kept(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens.json"
+    names = [f"worker-{i}" for i in range(8)]
+    processes = [
+        subprocess.Popen(
+            [COMMAND, "token", "--name", name, "--tokens-file", str(tokens_file)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    made = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        made.append(out.strip())
+    stored = json.loads(tokens_file.read_text())
+    assert sorted(stored) == sorted(made)
+    assert sorted(entry["id"] for entry in stored.values()) == names
+    assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+    # No temporary file is left behind; the lock file stays, and holds nothing.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tokens.json",
+        "tokens.json.lock",
+    ]
+
+
+def test_the_tokens_file_is_0600_whatever_was_there(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text("{}")
+    tokens_file.chmod(0o644)
+    for leftover in (tmp_path / "tokens.tmp", tmp_path / ".tokens.json.tmp"):
+        leftover.write_text("from a crash")  # what the old way of writing reused
+        leftover.chmod(0o644)
+    _create_token(tokens_file, "--name", "x")
+    assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+
+
+def test_debug_logs_never_show_a_token(database_url: str, tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens.json"
+    token = _create_token(tokens_file, "--name", "x")
+    env = _env(JOBLIB_DATABASE_URL=database_url)
+    extra = ["--tokens-file", str(tokens_file), "--log-level", "debug"]
+    with serve([COMMAND], env, tmp_path, extra) as served:
+        url = served.api.removesuffix("/v1/joblib")
+        ways: list[dict[str, Any]] = [
+            {"auth": {"token": token}},
+            {"headers": {"Authorization": f"Bearer {token}"}},
+        ]
+        for way in ways:
+            for transport in ("websocket", "polling"):
+                sio = socketio.Client(reconnection=False)
+                sio.connect(url, transports=[transport], wait_timeout=10, **way)
+                assert sio.call("join_room", {"room_id": "room1"}, timeout=10) == {
+                    "ok": True
+                }
+                sio.disconnect()
+        with served.client(token) as client:
+            assert client.get("/workers").status_code == 200
+    log = served.log.read_text()
+    assert token not in log
+    assert "[redacted]" in log  # the frames were logged, without the secret
+
+
+def _connect(served: Served) -> socket.socket:
+    host, port = served.api.removeprefix("http://").split("/")[0].split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_serve_closes_slow_and_idle_connections(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = _env(
+        JOBLIB_DATABASE_URL=database_url,
+        JOBLIB_TOKENS=TOKENS_JSON,
+        JOBLIB_HEADER_TIMEOUT_SECONDS="1",
+        JOBLIB_KEEP_ALIVE_SECONDS="1",
+    )
+    with serve([COMMAND], env, tmp_path) as served:
+        with _connect(served) as slow:
+            slow.sendall(b"GET /v1/joblib/workers HTTP/1.1\r\nHost: x\r\n")
+            assert _until_closed(slow) == b""  # headers not done within 1 s
+        with _connect(served) as idle:
+            request = (
+                f"GET /v1/joblib/workers HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {ALICE}\r\n\r\n"
+            )
+            idle.sendall(request.encode())
+            # The answer, then nothing more: closed after 1 s of keep-alive.
+            assert _until_closed(idle).startswith(b"HTTP/1.1 200 OK\r\n")

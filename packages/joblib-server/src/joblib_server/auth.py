@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: token writes there are not locked
+    fcntl = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -152,21 +159,53 @@ class TokenStore:
         Refused with a `ValueError` when the identity's other tokens give other
         rooms: rooms belong to the identity, and the file must stay readable.
         """
-        raw = self._raw()
         token = secrets.token_urlsafe(32)
         entry: dict[str, Any] = {"id": identity.id, "admin": identity.is_admin}
         if rooms is not None:
             entry["rooms"] = list(rooms)
-        raw[token] = entry
-        TokenTable.parse(raw, str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        # Tokens are secrets: the file is readable by its owner only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(raw, handle, indent=2)
-        tmp.replace(self.path)
+        # Read, add, write back, as one: two `joblib-server token` at once
+        # would otherwise each write the file without the other's token.
+        with self._locked():
+            raw = self._raw()
+            raw[token] = entry
+            TokenTable.parse(raw, str(self.path))
+            self._replace(raw)
         return token
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on `<file>.lock` beside the tokens file."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
+
+    def _replace(self, raw: Any) -> None:
+        """Write a new file beside the old one, then put it in its place at once.
+
+        The new file has a name of its own (a leftover from a crash cannot be
+        reused with its mode) and mode 0600 whatever the old file's was: tokens
+        are secrets, readable by their owner only.
+        """
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        try:
+            with os.fdopen(fd, "w") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                json.dump(raw, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def tokens_from_env(value: str) -> dict[str, Identity]:
