@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
-from starlette.routing import Route
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 
-from joblib_server import JobLib
+from joblib_server import Database, JobLib, TokenAuth
 from tests.support.rest import ClientFactory, register, submit
+from tests.support.tokens import ALICE, TOKENS, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +187,175 @@ async def test_document_needs_an_identity_like_every_route(
     answer = await make_client(None).get("/openapi.json")
     assert answer.status_code == 401
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+_NO_BODY = object()
+
+
+def _path_values(template: str, path: str) -> dict[str, str]:
+    """The path parameters of `path` (not percent-encoded) under `template`."""
+    names = re.findall(r"\{(\w+)\}", template)
+    pattern = re.escape(template)
+    for name in names:
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+    match = re.fullmatch(pattern, path)
+    assert match is not None, (template, path)
+    return match.groupdict()
+
+
+def _accepts(schema: dict[str, Any], document: dict[str, Any], value: Any) -> bool:
+    full = {**schema, "components": document["components"]}
+    validator = Draft202012Validator(
+        full, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    return validator.is_valid(value)
+
+
+def document_accepts(
+    document: dict[str, Any],
+    method: str,
+    template: str,
+    path: str,
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    body: Any = _NO_BODY,
+) -> bool:
+    """Whether the document's parameter and body schemas take this request."""
+    operation = document["paths"][template][method]
+    given = {
+        "path": _path_values(template, path),
+        "query": params or {},
+        "header": {k.lower(): v for k, v in (headers or {}).items()},
+    }
+    for parameter in operation["parameters"]:
+        where = given[parameter["in"]]
+        name = parameter["name"]
+        raw = where.get(name.lower() if parameter["in"] == "header" else name)
+        if raw is None:
+            if parameter.get("required"):
+                return False
+            continue
+        schema = parameter["schema"]
+        value: Any = raw
+        if schema.get("type") == "integer":
+            try:
+                value = int(raw)
+            except ValueError:
+                return False
+        if not _accepts(schema, document, value):
+            return False
+    if body is not _NO_BODY:
+        [(_, spec)] = operation["requestBody"]["content"].items()
+        if not _accepts(spec["schema"], document, body):
+            return False
+    return True
+
+
+@dataclass
+class Case:
+    """A request, and whether its shape is one the server takes."""
+
+    method: str
+    template: str
+    path: str
+    valid: bool
+    params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    body: Any = _NO_BODY
+
+
+JOB = "room1:modifiers:Rotate"
+SUBMIT = "/rooms/{room_id}/tasks/{full_name}"
+JOBS = "/rooms/{room_id}/jobs"
+TASKS = "/rooms/{room_id}/tasks"
+REGISTER = {"category": "modifiers", "name": "Rotate"}
+KEY = "Idempotency-Key"
+CASES = [
+    Case("get", TASKS, "/rooms/room1/tasks", True, {"offset": "10000"}),
+    Case("get", TASKS, "/rooms/room1/tasks", False, {"offset": "10001"}),
+    Case("get", TASKS, "/rooms/room1/tasks", False, {"offset": str(2**31)}),
+    Case("get", TASKS, "/rooms/room1/tasks", False, {"offset": "-1"}),
+    Case("get", TASKS, "/rooms/room1/tasks", True, {"limit": "500"}),
+    Case("get", TASKS, "/rooms/room1/tasks", False, {"limit": "501"}),
+    Case("get", TASKS, "/rooms/room1/tasks", False, {"status": "done"}),
+    Case("get", JOBS, "/rooms/@global/jobs", True),
+    Case("get", JOBS, "/rooms/@elsewhere/jobs", False),
+    Case("get", JOBS, "/rooms/a:b/jobs", False),
+    Case("get", JOBS, "/rooms/tab\there/jobs", False),
+    Case("get", JOBS, f"/rooms/{'x' * 255}/jobs", True),
+    Case("get", JOBS, f"/rooms/{'x' * 256}/jobs", False),
+    Case("get", JOBS, "/rooms/zimmer-ü/jobs", True),
+    Case("put", JOBS, "/rooms/room1/jobs", True, body=REGISTER),
+    Case("put", JOBS, "/rooms/room1/jobs", False, body={**REGISTER, "category": "x"}),
+    Case("put", JOBS, "/rooms/room1/jobs", False, body={**REGISTER, "name": "a:b"}),
+    Case("put", JOBS, "/rooms/room1/jobs", False, body={**REGISTER, "name": ""}),
+    Case("put", JOBS, "/rooms/room1/jobs", False, body={**REGISTER, "name": "x" * 256}),
+    Case("put", JOBS, "/rooms/room1/jobs", False, body={**REGISTER, "name": "a\x7f"}),
+    Case("post", SUBMIT, f"/rooms/room1/tasks/{JOB}", True, body={}),
+    Case("post", SUBMIT, "/rooms/room1/tasks/room1:modifiers", False, body={}),
+    Case("post", SUBMIT, "/rooms/room1/tasks/a:b:c:d", False, body={}),
+    Case("post", SUBMIT, f"/rooms/room1/tasks/{JOB}", False, body={"payload": []}),
+    *(
+        Case("post", SUBMIT, f"/rooms/room1/tasks/{JOB}", bool(ok), None, {KEY: k}, {})
+        for k, ok in [("k", 1), ('"k"', 1), ('""', 0), ("k" * 256, 0)]
+    ),
+    Case("patch", "/tasks/{task_id}", "/tasks/{task}", False,
+         body={"status": "cancelled", "error": "a\x00b"}),
+    Case("patch", "/tasks/{task_id}", "/tasks/{task}", True,
+         body={"status": "cancelled", "error": "ab"}),
+]  # fmt: skip
+
+REFUSALS = {400, 404, 422}
+"""How the server refuses a request's shape: a bad name (400), a job name that
+cannot be one (404, as for an unknown job), a bad value (422)."""
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method} {c.path[:40]}")
+async def test_the_document_refuses_what_the_server_refuses(
+    document: dict[str, Any],
+    alice: httpx.AsyncClient,
+    case: Case,
+) -> None:
+    await register(alice)
+    task = await submit(alice, JOB)
+    path = case.path.replace("{task}", task["id"])
+    documented = document_accepts(
+        document,
+        case.method,
+        case.template,
+        path,
+        params=case.params,
+        headers=case.headers,
+        body=case.body,
+    )
+    assert documented == case.valid
+    answer = await alice.request(
+        case.method.upper(),
+        quote(path, safe="/:@"),
+        params=case.params,
+        headers=case.headers,
+        json=None if case.body is _NO_BODY else case.body,
+    )
+    refused = answer.status_code in REFUSALS
+    assert refused == (not case.valid), answer.text
+
+
+async def test_a_503_for_an_unusable_database_matches_the_document(
+    document: dict[str, Any],
+) -> None:
+    broken = JobLib(
+        database=Database.from_url("sqlite:////nonexistent/joblib.db"),
+        auth=TokenAuth(TOKENS),
+    )
+    app = Starlette(routes=[Mount("/v1/joblib", app=broken.asgi_app())])
+    conform = Conformance(document)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://testserver/v1/joblib",
+        headers=bearer(ALICE),
+    ) as client:
+        conform.check(await client.get("/workers"), "/workers")
+        conform.check(await client.post("/workers"), "/workers")
+    assert {status for *_, status in conform.checked} == {503}
+    await broken.database.dispose()

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 from joblib_protocol import (
     MAX_PAGE_LIMIT,
     PROBLEM_CONTENT_TYPE,
+    RESERVED_ROOMS,
     JobRegisterRequest,
     JobResponse,
     JobSummary,
@@ -27,6 +28,7 @@ from joblib_protocol import (
     WorkerSummary,
     __version__,
 )
+from joblib_protocol.naming import MAX_PART_LENGTH
 from joblib_server.settings import Settings
 
 _REF = "#/components/schemas/{model}"
@@ -172,6 +174,27 @@ _PREFER_EXAMPLES = {
 }
 
 _UUID_PARAMS = {"worker_id", "task_id"}
+
+# What the server refuses, the document refuses too (joblib_protocol.naming):
+# room ids and names of 1-255 characters, no control characters, no ':' or
+# '/', and in a room id no '@' but for the reserved rooms. `(?![\s\S])` ends
+# a pattern where `$` would let a trailing newline through in some engines.
+_END = r"(?![\s\S])"
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+_ROOM = (
+    rf"(?:{'|'.join(sorted(RESERVED_ROOMS))}|[^@:/{_CONTROL}]{{1,{MAX_PART_LENGTH}}})"
+)
+_NAME = rf"[^:/{_CONTROL}]{{1,{MAX_PART_LENGTH}}}"
+ROOM_ID_PATTERN = rf"^{_ROOM}{_END}"
+NAME_PATTERN = rf"^{_NAME}{_END}"
+FULL_NAME_PATTERN = rf"^{_ROOM}:{_NAME}:{_NAME}{_END}"
+_VISIBLE = r"[\u0020-\u007e]"
+IDEMPOTENCY_KEY_PATTERN = (
+    rf'^(?:"{_VISIBLE}{{1,255}}"|(?!"{_VISIBLE}*"{_END}){_VISIBLE}{{1,255}}){_END}'
+)
+"""A key of 1-255 visible ASCII characters, bare or as a quoted string."""
+
+_PATH_PATTERNS = {"room_id": ROOM_ID_PATTERN, "full_name": FULL_NAME_PATTERN}
 _LIST_PATHS = {
     "/workers",
     "/rooms/{room_id}/jobs",
@@ -181,13 +204,15 @@ _LIST_PATHS = {
 }
 
 
-def _parameters(path: str, method: str) -> list[dict[str, Any]]:
+def _parameters(path: str, method: str, settings: Settings) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
     for name in ("room_id", "full_name", "worker_id", "task_id"):
         if "{" + name + "}" in path:
             schema = {"type": "string"}
             if name in _UUID_PARAMS:
                 schema["format"] = "uuid"
+            if name in _PATH_PATTERNS:
+                schema["pattern"] = _PATH_PATTERNS[name]
             params.append(
                 {"name": name, "in": "path", "required": True, "schema": schema}
             )
@@ -201,9 +226,24 @@ def _parameters(path: str, method: str) -> list[dict[str, Any]]:
             {
                 "name": "offset",
                 "in": "query",
-                "schema": {"type": "integer", "minimum": 0},
+                "schema": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": settings.max_list_offset,
+                },
             },
         ]
+    if (method, path) == ("post", "/rooms/{room_id}/tasks/{full_name}"):
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "description": "Ours: the same identity's same key within "
+                f"{settings.idempotency_key_ttl_seconds:g} s answers the task the "
+                "first submit made (with `Idempotent-Replayed: true`).",
+                "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+            }
+        )
     if method == "get" and path.endswith("/tasks"):
         params.append(
             {
@@ -246,7 +286,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": summary,
             "security": [{"bearer": []}],
-            "parameters": _parameters(path, method),
+            "parameters": _parameters(path, method, settings),
             "responses": {},
         }
         if body is not None:
@@ -271,13 +311,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         problem = {
             PROBLEM_CONTENT_TYPE: {"schema": ref(ProblemDetail, "serialization")}
         }
-        too_large = (413,) if body is not None else ()
-        for code in sorted({401, 422, *too_large, *errors}):
+        # 413 and 408 for a body too large or too slow; 503 when the database
+        # cannot be used (with Retry-After).
+        with_body = (408, 413) if body is not None else ()
+        for code in sorted({401, 422, 503, *with_body, *errors}):
             operation["responses"][str(code)] = {
                 "description": "problem document (RFC 9457)",
                 "content": problem,
             }
         paths.setdefault(path, {})[method] = operation
+    _refuse_what_the_server_refuses(schemas, settings)
     return {
         "openapi": "3.1.0",
         "info": {"title": "joblib", "version": __version__},
@@ -288,6 +331,25 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _refuse_what_the_server_refuses(
+    schemas: dict[str, Any], settings: Settings
+) -> None:
+    """Add to the request schemas the rules the server checks beyond the models."""
+    register = schemas["JobRegisterRequest"]["properties"]
+    register["category"]["enum"] = list(settings.allowed_categories)
+    register["name"]["pattern"] = NAME_PATTERN
+    error = schemas["TaskUpdateRequest"]["properties"]["error"]
+    for choice in error["anyOf"]:
+        if choice.get("type") == "string":
+            choice["pattern"] = rf"^[^\u0000]*{_END}"  # PostgreSQL text holds no NUL
+    payload = schemas["TaskSubmitRequest"]["properties"]["payload"]
+    payload["description"] = (
+        "Any JSON object: finite numbers, no lone surrogates in strings, nested "
+        "at most 100 levels; the whole body at most "
+        f"{settings.max_body_bytes} bytes."
+    )
 
 
 def _requests() -> set[Any]:
