@@ -19,7 +19,7 @@ from tests.support.tokens import ADMIN, ALICE, BOB, TOKENS
 Flaw = Callable[[Any], None]
 """Breaks the standalone app it is given (`create_app`'s, Socket.IO included)."""
 
-EARLY_BY = 0.2
+EARLY_BY = 0.15
 """Seconds an emit-before-commit server keeps its transaction open after emitting."""
 
 

@@ -2,6 +2,7 @@
 
     joblib-conformance server BASE_URL --admin-token … --user-token … \\
         --other-user-token … [--group core,ours] [--check ID] [--json]
+    joblib-conformance worker [--group worker] [--json] -- COMMAND …
     joblib-conformance list
 
 Exit code 0 when every required check selected passed, 1 when one did not, 2 for
@@ -67,10 +68,36 @@ def _server(args: argparse.Namespace) -> int:
     return _finish(report, args)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from joblib_conformance.fake import WorkerScenario, check_worker_command
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("joblib-conformance worker: give the worker's command after --")
+        return 2
+    scenario = WorkerScenario(
+        tasks=args.tasks,
+        payload=json.loads(args.payload),
+        heartbeat_within=args.heartbeat_within,
+        timeout=args.timeout,
+    )
+    report = check_worker_command(
+        command,
+        scenario,
+        groups=_groups(args.group),
+        only=args.check or None,
+        on_result=_printer(args),
+    )
+    return _finish(report, args)
+
+
 def _list(args: argparse.Namespace) -> int:
+    from joblib_conformance.fake.checks import WORKER_CHECKS
     from joblib_conformance.server import SERVER_CHECKS
 
-    registries: Sequence[Registry] = (SERVER_CHECKS,)
+    registries: Sequence[Registry] = (SERVER_CHECKS, WORKER_CHECKS)
     for registry in registries:
         print(f"{registry.name} checks (joblib-conformance {registry.name}):")
         for check in registry:
@@ -116,7 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.set_defaults(run=_server)
 
-    for sub in (server,):
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker against the kit's fake server and check what it sent",
+    )
+    worker.add_argument(
+        "--tasks", type=int, default=1, help="tasks to submit to its first job"
+    )
+    worker.add_argument(
+        "--payload", default="{}", help="the tasks' payload, as JSON (default {})"
+    )
+    worker.add_argument(
+        "--heartbeat-within",
+        type=float,
+        default=30.0,
+        help="seconds within which the worker must send its first heartbeat",
+    )
+    worker.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="the worker's command, after --; it gets JOBLIB_URL and JOBLIB_TOKEN",
+    )
+    worker.set_defaults(run=_worker)
+
+    for sub in (server, worker):
         sub.add_argument("--group", help="comma-separated groups to run (default: all)")
         sub.add_argument(
             "--check",
