@@ -10,6 +10,8 @@
 - `processes`: scripts and `joblib-server` in processes of their own; a server
   that stops and starts again, and `JobManager` workers (manager_worker.py)
 - `proxy`: a TCP forwarder that cuts its connections, a network blip on demand
+- `load`: load for the reliability suite: `JobManager` workers that write down
+  every task they ran (ledger_worker.py), a paced submitter, the rows afterwards
 """
 
 from tests.support.waiting import aeventually, eventually
