@@ -2,7 +2,8 @@
 
 Every check works in rooms and job names of its own (`cf<run>-<n>`), so checks
 never see each other's tasks and the kit can run against a server that holds
-other data. The workers a check creates are deleted when it ends.
+other data. When a check ends, the workers it created are deleted and the tasks
+it submitted cancelled, so its jobs disappear too (`@global` ones included).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class ServerContext:
     other: Rest = field(init=False)
     anonymous: Rest = field(init=False)
     _workers: list[str] = field(default_factory=list)
+    _tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         target = self.target
@@ -93,7 +95,7 @@ class ServerContext:
         self.user = client(target.user_token)
         self.other = client(target.other_user_token)
         self.anonymous = client(None)
-        self.stack.callback(self._delete_workers)
+        self.stack.callback(self._tidy)
 
     @property
     def timeout(self) -> float:
@@ -121,11 +123,17 @@ class ServerContext:
         self._workers.append(worker_id)
         return worker_id
 
-    def _delete_workers(self) -> None:
+    def _tidy(self) -> None:
+        """Delete the check's workers, then cancel its tasks still open.
+
+        Best effort: the server may be gone, a worker or a task finished already.
+        """
         for worker_id in self._workers:
-            # Best effort: the server may be gone, or the worker already.
             with suppress(Exception):
                 self.admin.delete(f"/workers/{worker_id}")
+        for task_id in self._tasks:
+            with suppress(Exception):
+                self.admin.patch(f"/tasks/{task_id}", json={"status": "cancelled"})
 
     def create_worker(self, rest: Rest | None = None) -> str:
         """`POST /workers` (201) as `rest` (default: the user); the worker's id."""
@@ -198,7 +206,9 @@ class ServerContext:
             json={"payload": payload or {}},
         )
         body = expect.status(answer, 202, f"from submitting a task of {full_name}")
-        return expect.model(body, TaskResponse, "the submitted task")
+        task = expect.model(body, TaskResponse, "the submitted task")
+        self._tasks.append(str(task.id))
+        return task
 
     def claim(
         self,

@@ -179,7 +179,8 @@ def failed_over_rest(ctx: ServerContext, task_id: str) -> TaskResponse:
 @check(
     "core.disconnect.socket-drop",
     "when a worker's socket drops (kill -9), its running task fails at once with "
-    '"Worker disconnected", and the worker and its orphaned job are removed',
+    '"Worker disconnected" (the default policy), and the worker and its orphaned '
+    "job are removed",
 )
 def _socket_drop(ctx: ServerContext) -> None:
     dropped = drop_a_worker(ctx)
