@@ -122,6 +122,10 @@ class Workers:
         job = self.job()
         return [] if job is None else [str(worker) for worker in job["workers"]]
 
+    @property
+    def ledgers(self) -> list[Path]:
+        return [worker.ledger for worker in self.workers]
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -162,6 +166,7 @@ class Submitter(threading.Thread):
         self.acknowledged: list[str] = []
         self.refused: Counter[str] = Counter()
         self.failure: BaseException | None = None
+        self._halt = threading.Event()
 
     @property
     def attempts(self) -> int:
@@ -180,8 +185,8 @@ class Submitter(threading.Thread):
             for index in range(count):
                 # Paced against the start: a slow answer is caught up, not added.
                 delay = started + index / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                if self._halt.wait(max(delay, 0)):
+                    return
                 self._submit(http, self.payload)
 
     def _submit(self, http: httpx.Client, payload: dict[str, Any]) -> str | None:
@@ -203,6 +208,12 @@ class Submitter(threading.Thread):
         with httpx.Client(headers=self.headers, timeout=5, trust_env=False) as http:
             ids = [self._submit(http, payload) for _ in range(count)]
         return [task_id for task_id in ids if task_id is not None]
+
+    def halt(self) -> None:
+        """End the submits early (a test that failed meanwhile)."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(10)
 
     def finish(self, timeout: float) -> None:
         """Wait for the last submit; raise what the thread raised, if anything."""
@@ -279,6 +290,8 @@ class Execution:
     task_id: str
     worker_id: str
     at: float
+    ledger: str
+    """The ledger's file name: which worker process ran it."""
 
 
 def executions(ledgers: list[Path]) -> dict[str, list[Execution]]:
@@ -289,8 +302,9 @@ def executions(ledgers: list[Path]) -> dict[str, list[Execution]]:
             continue
         for line in ledger.read_text().splitlines():
             task_id, worker_id, at = line.split()
+            task_id = str(uuid.UUID(task_id))
             found.setdefault(task_id, []).append(
-                Execution(str(uuid.UUID(task_id)), worker_id, float(at))
+                Execution(task_id, worker_id, float(at), ledger.name)
             )
     for runs in found.values():
         runs.sort(key=lambda run: run.at)
