@@ -81,6 +81,14 @@ def test_a_selection_that_matches_nothing_is_a_usage_error(
     assert "joblib-conformance:" in capsys.readouterr().err
 
 
+def test_a_worker_command_that_cannot_run_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["worker", "--", "/nonexistent/worker"]) == 2
+    assert main(["worker"]) == 2
+    assert "joblib-conformance:" in capsys.readouterr().err
+
+
 def test_list_names_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out

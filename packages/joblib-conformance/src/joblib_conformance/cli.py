@@ -75,7 +75,7 @@ def _worker(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        print("joblib-conformance worker: give the worker's command after --")
+        print("joblib-conformance: give the worker's command after --", file=sys.stderr)
         return 2
     scenario = WorkerScenario(
         tasks=args.tasks,
@@ -83,13 +83,17 @@ def _worker(args: argparse.Namespace) -> int:
         heartbeat_within=args.heartbeat_within,
         timeout=args.timeout,
     )
-    report = check_worker_command(
-        command,
-        scenario,
-        groups=_groups(args.group),
-        only=args.check or None,
-        on_result=_printer(args),
-    )
+    try:
+        report = check_worker_command(
+            command,
+            scenario,
+            groups=_groups(args.group),
+            only=args.check or None,
+            on_result=_printer(args),
+        )
+    except OSError as exc:
+        print(f"joblib-conformance: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 2
     return _finish(report, args)
 
 
