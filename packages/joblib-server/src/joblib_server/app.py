@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,7 +49,7 @@ def create_app(
     app = Starlette(
         # The routes themselves, not `joblib.asgi_app()`: a nested Starlette app
         # would run a second error-handling stack on every request.
-        routes=[Mount(API_PREFIX, routes=joblib.routes)],
+        routes=[_mount(API_PREFIX, joblib)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
@@ -72,6 +73,18 @@ def _with_socketio(
     app.state.sio = sio
     app.state.realtime = attach_joblib(sio, joblib)
     return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")
+
+
+def _mount(prefix: str, joblib: JobLib) -> Mount:
+    """Mount the routes so that every path under `prefix` reaches them.
+
+    Starlette matches the rest of a mounted path with `.*`, which stops at a
+    newline: `/rooms/a%0Ab/jobs` would get a bare 404 instead of the routes' own
+    400 for a bad room id.
+    """
+    mount = Mount(prefix, routes=joblib.routes)
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return mount
 
 
 class JobLibServer(uvicorn.Server):
