@@ -338,6 +338,8 @@ def test_a_revived_worker_cannot_report_a_task_given_to_another(
             frozen.event("ran", task_id=task_id)
             frozen.event("done", task_id=task_id)  # refused, and it goes on
             assert frozen.alive
+            # The refusal it logged names the problem type it was answered.
+            assert "task-worker-mismatch" in frozen.log.read_text()
             held = task(server, task_id)
             assert (held["status"], held["attempt"]) == ("running", 2)
             assert held["worker_id"] == successor_id
