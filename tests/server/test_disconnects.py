@@ -435,6 +435,20 @@ async def test_fencing_comes_before_the_ownership_check(
     assert await snapshot(joblib) == before
 
 
+async def test_a_removed_workers_report_on_its_failed_task_is_fenced(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
+) -> None:
+    """The failed task keeps the worker's id, but the worker is gone: 409, not 403."""
+    task_id, worker_id = await _running(alice, bob, None)
+    assert (await _delete(alice, worker_id))["failed"] == [task_id]
+    before = await snapshot(joblib)
+    answer = await alice.patch(
+        f"/tasks/{task_id}", json={"status": "completed", "worker_id": worker_id}
+    )
+    assert_problem(answer, 409, "task-worker-mismatch")
+    assert await snapshot(joblib) == before
+
+
 # error codes
 
 

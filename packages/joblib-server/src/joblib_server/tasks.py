@@ -341,9 +341,10 @@ async def update_task(
     if row is None:
         raise task_not_found(task_id)
     if request.worker_id is not None:
-        if request.worker_id != row.worker_id:
+        if request.worker_id != row.worker_id or row.worker_owner is None:
             # A stale report: the task was requeued (and maybe claimed by another
-            # worker), or this worker was removed. Nothing changes.
+            # worker), or this worker was removed (a failed task keeps its worker
+            # id, but the worker row is gone). Nothing changes.
             raise ProblemError(
                 TaskWorkerMismatch,
                 f"task {task_id} is not held by worker {request.worker_id} any more",
