@@ -58,6 +58,10 @@ def _server(args: argparse.Namespace) -> int:
         socketio_path=args.socketio_path,
         timeout=args.timeout,
         disconnect_within=args.disconnect_within,
+        max_list_offset=args.max_list_offset,
+        heartbeat_task_margin=args.heartbeat_task_margin,
+        body_timeout=args.body_timeout,
+        locked_room=args.locked_room,
     )
     report = run_server_checks(
         target,
@@ -144,6 +148,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=3.0,
         help="seconds within which a dropped worker must be cleaned up (default 3)",
+    )
+    server.add_argument(
+        "--max-list-offset",
+        type=int,
+        default=10_000,
+        help="the largest ?offset= the server's lists take (default 10000)",
+    )
+    server.add_argument(
+        "--heartbeat-task-margin",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how old a claim must be before a heartbeat that leaves it out "
+        "releases it (default 10; the check waits this long)",
+    )
+    server.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the server's time limit for a request body: runs the 408 check, "
+        "which sends part of a body and waits this long",
+    )
+    server.add_argument(
+        "--locked-room",
+        metavar="ROOM",
+        help="a room the server's access policy locks for the user: runs the 423 check",
     )
     server.set_defaults(run=_server)
 

@@ -1,8 +1,9 @@
 """A worker for the kit to kill: raw REST and Socket.IO, nothing of joblib's SDK.
 
-`python -m joblib_conformance.dropped_worker URL TOKEN ROOM CATEGORY NAME PATH`
-connects its socket (`Authorization: Bearer`, Socket.IO path PATH), registers
-`ROOM:CATEGORY:NAME`, joins the job's room and prints `{"worker_id", "job_name"}`.
+`python -m joblib_conformance.dropped_worker URL TOKEN ROOM CATEGORY NAME PATH
+[ON_DISCONNECT]` connects its socket (`Authorization: Bearer`, Socket.IO path
+PATH), registers `ROOM:CATEGORY:NAME` (with the disconnect policy ON_DISCONNECT,
+JSON, when given), joins the job's room and prints `{"worker_id", "job_name"}`.
 Each line `claim` on its input claims a task, reports it running and prints
 `{"task_id"}`. It then waits for the kit to kill it; nothing closes its socket.
 """
@@ -26,7 +27,7 @@ def say(**fields: object) -> None:
 
 def main(argv: list[str]) -> int:
     """Register, join, claim on demand; see the module's docstring."""
-    url, token, room_id, category, name, path = argv
+    url, token, room_id, category, name, path, *policy = argv
     headers = {"Authorization": f"Bearer {token}"}
     http = httpx.Client(base_url=url + API_PREFIX, headers=headers, timeout=10)
     sio = socketio.Client(reconnection=False, handle_sigint=False)
@@ -37,10 +38,10 @@ def main(argv: list[str]) -> int:
         socketio_path=path,
         wait_timeout=10,
     )
-    answer = http.put(
-        f"/rooms/{quote(room_id, safe='@:')}/jobs",
-        json={"category": category, "name": name, "schema": {}},
-    )
+    body = {"category": category, "name": name, "schema": {}}
+    if policy:
+        body["on_disconnect"] = json.loads(policy[0])
+    answer = http.put(f"/rooms/{quote(room_id, safe='@:')}/jobs", json=body)
     if answer.status_code not in (200, 201):
         say(error=f"registering answered {answer.status_code}: {answer.text}")
         return 1

@@ -87,8 +87,12 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when every required check passed (the exit code is 0 then)."""
-        return all(r.passed for r in self.results if r.required)
+        """True when no required check failed (the exit code is 0 then).
+
+        A skipped check did not apply (an option the operator did not give, a
+        feature the server does not have): it fails nothing.
+        """
+        return not any(r.failed for r in self.results if r.required)
 
     def ids(self, *statuses: Status) -> list[str]:
         """The ids of the checks that ended in one of `statuses`."""
@@ -117,7 +121,7 @@ class Report:
             "every required check passed"
             if self.ok
             else "required checks failed: "
-            + ", ".join(r.id for r in self.results if r.required and not r.passed)
+            + ", ".join(r.id for r in self.results if r.required and r.failed)
         )
         return (
             f"{self.target}: {', '.join(parts)} — {counts[Status.PASS]} passed, "
@@ -136,7 +140,7 @@ class Report:
                 "failed": len(self.failed),
                 "skipped": len(self.ids(Status.SKIP)),
                 "required_failed": [
-                    r.id for r in self.results if r.required and not r.passed
+                    r.id for r in self.results if r.required and r.failed
                 ],
             },
         }

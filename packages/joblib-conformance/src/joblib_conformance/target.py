@@ -43,6 +43,13 @@ class ServerTarget:
     (for the 413 check); `timeout` bounds each request and each wait for an event;
     `disconnect_within` is how soon a dropped worker socket must be cleaned up
     ("at once": without waiting for a ping to time out).
+
+    What the kit cannot find out for itself: `max_list_offset` (the largest
+    `?offset=` a list takes) and `heartbeat_task_margin` (how old a claim must be
+    before a heartbeat that leaves it out releases it) default to our server's
+    defaults. The checks that need `body_timeout` (the server's time limit for a
+    request body, for 408) or `locked_room` (a room its access policy locks for
+    the user, for 423) are skipped without them.
     """
 
     url: str
@@ -54,6 +61,10 @@ class ServerTarget:
     socketio_path: str = "socket.io"
     timeout: float = 10.0
     disconnect_within: float = 3.0
+    max_list_offset: int = 10_000
+    heartbeat_task_margin: float = 10.0
+    body_timeout: float | None = None
+    locked_room: str | None = None
 
 
 class Served(NamedTuple):
@@ -122,6 +133,11 @@ class ServerContext:
         """Delete this worker (as admin) when the check ends."""
         self._workers.append(worker_id)
         return worker_id
+
+    def remember_task(self, task_id: object) -> str:
+        """Cancel this task (as admin) when the check ends, if it is still open."""
+        self._tasks.append(str(task_id))
+        return str(task_id)
 
     def _tidy(self) -> None:
         """Delete the check's workers, then cancel its tasks still open.
@@ -207,7 +223,7 @@ class ServerContext:
         )
         body = expect.status(answer, 202, f"from submitting a task of {full_name}")
         task = expect.model(body, TaskResponse, "the submitted task")
-        self._tasks.append(str(task.id))
+        self.remember_task(task.id)
         return task
 
     def claim(

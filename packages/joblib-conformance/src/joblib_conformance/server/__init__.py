@@ -14,11 +14,13 @@ MODULES = (
     "workers",
     "jobs",
     "tasks",
+    "idempotency",
     "claims",
     "longpoll",
     "events",
     "sockets",
     "disconnect",
+    "grace",
     "errors",
     "later",
 )

@@ -73,10 +73,17 @@ class WorkerProcess:
 
 @contextmanager
 def spawned_worker(
-    ctx: ServerContext, room_id: str, name: str
+    ctx: ServerContext,
+    room_id: str,
+    name: str,
+    on_disconnect: dict[str, Any] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """Start `dropped_worker` as the user; it is killed when the block ends."""
+    """Start `dropped_worker` as the user; it is killed when the block ends.
+
+    `on_disconnect` is the disconnect policy it registers its job with.
+    """
     target = ctx.target
+    policy = [] if on_disconnect is None else [json.dumps(on_disconnect)]
     process = subprocess.Popen(
         [
             sys.executable,
@@ -88,6 +95,7 @@ def spawned_worker(
             target.category,
             name,
             target.socketio_path,
+            *policy,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

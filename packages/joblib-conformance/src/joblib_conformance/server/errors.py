@@ -1,5 +1,5 @@
 """Checks of authentication on every route, and of ours: problem documents for
-bad input, unknown routes and oversized bodies."""
+bad input, unknown routes, oversized and unfinished bodies, and locked rooms."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ from collections.abc import Callable
 import httpx
 
 from joblib_conformance import expect
-from joblib_conformance.checks import CheckFailed
-from joblib_conformance.rest import Rest, segment
+from joblib_conformance.checks import CheckFailed, CheckSkipped
+from joblib_conformance.rest import Rest, segment, unfinished_body
 from joblib_conformance.server.registry import SERVER_CHECKS
 from joblib_conformance.target import SCHEMA, Served, ServerContext
 from joblib_protocol import (
+    GLOBAL_ROOM,
+    JobNotFound,
     MethodNotAllowed,
     NotFound,
+    PaginatedResponse,
     PayloadTooLarge,
+    RequestTimeout,
+    RoomLocked,
+    TaskResponse,
     TaskStatus,
     Unauthorized,
     ValidationFailed,
@@ -169,3 +175,81 @@ def _too_large(ctx: ServerContext) -> None:
         json={"payload": {"filler": filler}},
     )
     expect.problem(answer, PayloadTooLarge, f"over {ctx.target.max_body_bytes} bytes")
+
+
+UNFINISHED = b'{"payload": {"angle": '
+"""The part of a body the 408 check sends before it falls silent."""
+
+
+@check(
+    "ours.errors.request-timeout",
+    "a body that has not all arrived within the server's body timeout is 408 "
+    "request-timeout, and nothing is submitted (needs --body-timeout)",
+)
+def _request_timeout(ctx: ServerContext) -> None:
+    limit = ctx.target.body_timeout
+    if limit is None:
+        raise CheckSkipped(
+            "give --body-timeout SECONDS (the server's body time limit) to check 408"
+        )
+    served = ctx.serving()
+    path = f"/rooms/{segment(served.room_id)}/tasks/{segment(served.full_name)}"
+    wait = limit + ctx.timeout
+    try:
+        answer, seconds = unfinished_body(
+            ctx.target.url,
+            path,
+            ctx.target.user_token,
+            part=UNFINISHED,
+            length=len(UNFINISHED) + 10,
+            wait=wait,
+        )
+    except TimeoutError as exc:
+        raise CheckFailed(f"408 within {wait:g} s of an unfinished body", exc) from None
+    expect.problem(answer, RequestTimeout, "for a body that stopped halfway")
+    expect.that(
+        seconds >= limit * 0.9,
+        f"the answer no sooner than the body timeout ({limit:g} s)",
+        f"after {seconds:.2f} s",
+    )
+    body = expect.status(ctx.user.get(f"/rooms/{segment(served.room_id)}/tasks"), 200)
+    page = expect.model(body, PaginatedResponse[TaskResponse], "the room's tasks")
+    expect.equal(page.total, 0, "tasks in the room after the unfinished submit")
+
+
+@check(
+    "ours.errors.room-locked",
+    "a submit or registration into a room the access policy locks is 423 "
+    "room-locked and changes nothing (needs --locked-room)",
+)
+def _room_locked(ctx: ServerContext) -> None:
+    room = ctx.target.locked_room
+    if room is None:
+        raise CheckSkipped(
+            "give --locked-room ROOM (a room locked for the user) to check 423"
+        )
+    locked = segment(room)
+    name = ctx.name("Locked")
+    answer = ctx.user.put(
+        f"/rooms/{locked}/jobs",
+        json={"category": ctx.target.category, "name": name, "schema": SCHEMA},
+    )
+    expect.problem(answer, RoomLocked, f"for a registration in {room}")
+    expect.problem(
+        ctx.user.get(f"/rooms/{locked}/jobs/{segment(ctx.full_name(room, name))}"),
+        JobNotFound,
+        "for the job the refused registration named",
+    )
+    everywhere = ctx.serving(GLOBAL_ROOM, rest=ctx.admin)
+    answer = ctx.user.post(
+        f"/rooms/{locked}/tasks/{segment(everywhere.full_name)}",
+        json={"payload": {}},
+    )
+    expect.problem(answer, RoomLocked, f"for a submit in {room}")
+    body = expect.status(
+        ctx.user.get(f"/rooms/{locked}/jobs/{segment(everywhere.full_name)}/tasks"),
+        200,
+        f"from the @global job's tasks in {room}",
+    )
+    page = expect.model(body, PaginatedResponse[TaskResponse], "the job's tasks")
+    expect.equal(page.total, 0, f"tasks of the @global job in {room}")

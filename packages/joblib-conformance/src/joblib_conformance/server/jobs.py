@@ -225,3 +225,39 @@ def _on_disconnect(ctx: ServerContext) -> None:
     path = f"/rooms/{served.room_id}/jobs/{segment(served.full_name)}"
     job = expect.model(expect.status(ctx.user.get(path), 200), JobResponse, "the job")
     expect.equal(job.on_disconnect, DisconnectPolicy(**policy), "the policy read back")
+
+
+@check(
+    "ours.jobs.owner-only",
+    "registering another identity's room job (linking a worker to it) is 403 "
+    "forbidden and changes nothing; an admin may link to it",
+)
+def _owner_only(ctx: ServerContext) -> None:
+    served = ctx.serving()
+    room, name = served.room_id, served.job.name
+    body = {"category": ctx.target.category, "name": name, "schema": SCHEMA}
+    foreign = ctx.create_worker(ctx.other)
+    for what, extra in (
+        ("with one of its workers", {"worker_id": foreign}),
+        ("with a new worker", {}),
+    ):
+        answer = ctx.other.put(f"/rooms/{segment(room)}/jobs", json=body | extra)
+        expect.problem(answer, Forbidden, f"for another identity's job, {what}")
+    path = f"/rooms/{segment(room)}/jobs/{segment(served.full_name)}"
+    job = expect.model(expect.status(ctx.user.get(path), 200), JobResponse, "the job")
+    expect.equal(
+        [str(w) for w in job.workers],
+        [served.worker_id],
+        "the job's workers, unchanged",
+    )
+    workers = expect.status(ctx.user.get(f"/rooms/{segment(room)}/workers"), 200)
+    listed = [item.get("id") for item in workers.get("items", [])]
+    expect.equal(listed, [served.worker_id], "the room's workers, unchanged")
+    linked = ctx.register(
+        room,
+        name,
+        rest=ctx.admin,
+        worker_id=ctx.create_worker(ctx.admin),
+        expect_status=200,
+    )
+    expect.equal(len(linked.workers), 2, "the job's workers once an admin linked one")

@@ -21,6 +21,7 @@ from joblib_protocol import (
     TaskNotFound,
     TaskResponse,
     TaskStatus,
+    ValidationFailed,
 )
 
 check = SERVER_CHECKS.check
@@ -278,3 +279,36 @@ def _submitter_cancels(ctx: ServerContext) -> None:
     expect.problem(answer, Forbidden, "the submitter starting the task")
     cancelled = ctx.update(task.id, "cancelled", rest=ctx.other)
     expect.equal(cancelled.status, TaskStatus.CANCELLED, "status")
+
+
+@check(
+    "ours.pagination.offset-cap",
+    "every list takes ?offset= up to the server's max_list_offset, and answers an "
+    "offset above it with 422 validation-error",
+)
+def _offset_cap(ctx: ServerContext) -> None:
+    served = ctx.serving()
+    room, job = served.room_id, segment(served.full_name)
+    cap = ctx.target.max_list_offset
+    lists = [
+        "/workers",
+        f"/rooms/{room}/jobs",
+        f"/rooms/{room}/jobs/{job}/tasks",
+        f"/rooms/{room}/workers",
+        f"/rooms/{room}/tasks",
+    ]
+    for path in lists:
+        at_cap = expect.status(ctx.user.get(f"{path}?offset={cap}"), 200, f"{path}")
+        # Only GET /workers reads beyond the check's own room: it may be longer.
+        expect.equal(
+            (at_cap.get("offset"), at_cap.get("items") if path != "/workers" else []),
+            (cap, []),
+            f"(offset, items) of {path}?offset={cap}",
+        )
+        over = ctx.user.get(f"{path}?offset={cap + 1}")
+        body = expect.problem(over, ValidationFailed, f"for {path}?offset={cap + 1}")
+        expect.that(
+            isinstance(body.get("errors"), list) and body["errors"],
+            f"the field errors of {path}?offset={cap + 1}",
+            body,
+        )

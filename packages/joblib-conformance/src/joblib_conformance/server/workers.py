@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from joblib_conformance import expect
 from joblib_conformance.server.registry import SERVER_CHECKS
 from joblib_conformance.target import ServerContext
 from joblib_protocol import (
+    ErrorCode,
     Forbidden,
     PaginatedResponse,
+    TaskStatus,
+    ValidationFailed,
     WorkerNotFound,
     WorkerResponse,
     WorkerSummary,
@@ -16,6 +21,12 @@ from joblib_protocol import (
 check = SERVER_CHECKS.check
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 """A well-formed worker or task id that no server has handed out."""
+
+NOT_HELD = "Worker does not hold the task"
+"""The `error` of a task its worker's heartbeat left out (ours)."""
+
+MARGIN_SLACK = 0.5
+"""Seconds past the heartbeat task margin the kit waits, for clocks and latency."""
 
 
 @check(
@@ -107,3 +118,63 @@ def _list_room(ctx: ServerContext) -> None:
     ids = {str(item.id) for item in page.items}
     expect.that(here.worker_id in ids, "the room's worker listed", ids)
     expect.that(elsewhere.worker_id not in ids, "another room's worker left out", ids)
+
+
+@check(
+    "ours.workers.heartbeat-tasks",
+    "a heartbeat {tasks: [...]} releases the worker's claimed and running tasks it "
+    "leaves out (failed, error_code not_held) once claimed longer than the margin, "
+    "and none sooner; a heartbeat without tasks releases nothing",
+)
+def _heartbeat_tasks(ctx: ServerContext) -> None:
+    margin = ctx.target.heartbeat_task_margin
+    served = ctx.serving(on_disconnect={"action": "fail"})
+    worker = f"/workers/{served.worker_id}"
+    kept = ctx.submit(served.room_id, served.full_name)
+    left_out = ctx.submit(served.room_id, served.full_name)
+    ctx.claim(served.worker_id)
+    ctx.update(kept.id, "running")
+    sent = time.monotonic()
+    claimed = ctx.claim(served.worker_id)
+    received = time.monotonic()
+    expect.equal(claimed.id if claimed else None, left_out.id, "the second claim")
+
+    def beat(body: dict[str, object] | None, what: str) -> None:
+        if body is None:
+            answer = ctx.user.patch(worker)
+        else:
+            answer = ctx.user.patch(worker, json=body)
+        expect.model(expect.status(answer, 200, what), WorkerResponse, what)
+
+    beat({"tasks": [str(kept.id)]}, "a heartbeat listing one task")
+    # The claim can be no older on the server than this, so it must still count.
+    if time.monotonic() - sent < margin:
+        expect.equal(
+            ctx.task(left_out.id).status,
+            TaskStatus.CLAIMED,
+            f"a claim younger than the margin ({margin:g} s) kept",
+        )
+    time.sleep(max(0.0, received + margin + MARGIN_SLACK - time.monotonic()))
+    beat(None, "a heartbeat without a body")
+    beat({}, "a heartbeat without tasks")
+    expect.equal(
+        ctx.task(left_out.id).status, TaskStatus.CLAIMED, "the task after those"
+    )
+    beat({"tasks": [str(kept.id)]}, "a heartbeat leaving the claimed task out")
+    released = ctx.task(left_out.id)
+    expect.equal(
+        (released.status, released.error_code, released.error),
+        (TaskStatus.FAILED, ErrorCode.NOT_HELD, NOT_HELD),
+        "(status, error_code, error) of the task left out",
+    )
+    still = ctx.task(kept.id)
+    expect.equal(
+        (still.status, str(still.worker_id)),
+        (TaskStatus.RUNNING, served.worker_id),
+        "(status, worker_id) of the task listed",
+    )
+    expect.problem(
+        ctx.user.patch(worker, json={"tasks": "all"}),
+        ValidationFailed,
+        "for tasks that are not a list",
+    )
