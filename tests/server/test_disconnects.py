@@ -46,6 +46,7 @@ from tests.support.rest import (
     events,
     full_name,
     get_task,
+    held_claim,
     submit,
     update,
 )
@@ -717,18 +718,6 @@ async def test_the_sweeper_ends_a_grace_whose_timer_is_gone(
 # the server's own shutdown
 
 
-async def _held_claim(
-    client: httpx.AsyncClient, worker_id: str, answers: list[httpx.Response]
-) -> None:
-    answers.append(
-        await client.post(
-            "/tasks/claim",
-            json={"worker_id": worker_id},
-            headers={"Prefer": f"wait={CAP}"},
-        )
-    )
-
-
 async def _long_poll(
     client: httpx.AsyncClient, task_id: str, answers: list[httpx.Response]
 ) -> None:
@@ -746,7 +735,7 @@ async def test_shutdown_answers_held_claims_and_long_polls_at_once(
     polls: list[httpx.Response] = []
     with anyio.fail_after(RECHECK / 4):
         async with anyio.create_task_group() as group:
-            group.start_soon(_held_claim, alice, idle, claims)
+            group.start_soon(held_claim, alice, idle, claims, CAP)
             group.start_soon(_long_poll, bob, task_id, polls)
             await aeventually(
                 lambda: len(joblib.claims) == 1 and len(joblib.waiters) == 1,

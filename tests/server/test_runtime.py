@@ -37,7 +37,7 @@ from joblib_server.auth import Identity
 from joblib_server.tables import utcnow
 from joblib_server.views import jobs_invalidate
 from tests.support import aeventually
-from tests.support.rest import serving_job
+from tests.support.rest import held_claim, serving_job
 from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -55,18 +55,6 @@ def settings() -> Settings:
     )
 
 
-async def _held_claim(
-    client: httpx.AsyncClient, worker_id: str, answers: list[httpx.Response]
-) -> None:
-    answers.append(
-        await client.post(
-            "/tasks/claim",
-            json={"worker_id": worker_id},
-            headers={"Prefer": f"wait={CAP}"},
-        )
-    )
-
-
 async def _release_while_held(
     joblib: JobLib, client: httpx.AsyncClient, worker_id: str, remove: object
 ) -> httpx.Response:
@@ -74,7 +62,7 @@ async def _release_while_held(
     answers: list[httpx.Response] = []
     with anyio.fail_after(RECHECK / 2):
         async with anyio.create_task_group() as group:
-            group.start_soon(_held_claim, client, worker_id, answers)
+            group.start_soon(held_claim, client, worker_id, answers, CAP)
             await aeventually(lambda: len(joblib.claims) == 1, what="a held claim")
             await remove()  # type: ignore[operator]
     [answer] = answers

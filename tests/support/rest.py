@@ -165,3 +165,19 @@ def task_statuses(emitter: RecordingEmitter) -> list[str]:
 def rest(api: str, token: str) -> httpx.Client:
     """A REST client for a live server's `/v1/joblib` API."""
     return httpx.Client(base_url=api, headers=bearer(token), timeout=30)
+
+
+async def held_claim(
+    client: httpx.AsyncClient,
+    worker_id: str,
+    answers: list[httpx.Response],
+    wait: float,
+) -> None:
+    """Claim with `Prefer: wait`, and append the answer to `answers` when it comes."""
+    answers.append(
+        await client.post(
+            "/tasks/claim",
+            json={"worker_id": worker_id},
+            headers={"Prefer": f"wait={wait:g}"},
+        )
+    )
