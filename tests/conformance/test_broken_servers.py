@@ -18,6 +18,7 @@ from tests.conformance.broken import (
     answers_500_on_bad_input,
     broken_server,
     emits_before_commit,
+    ignores_idempotency_keys,
     lets_anyone_connect,
     never_cleans_up,
 )
@@ -33,6 +34,10 @@ FLAWS: dict[str, tuple[Flaw, list[str]]] = {
         lets_anyone_connect,
         ["core.socket.auth", "ours.socket.auth-payload"],
     ),
+    "ignores-idempotency-keys": (
+        ignores_idempotency_keys,
+        ["ours.tasks.idempotency-key"],
+    ),
 }
 
 NEAR = {
@@ -40,6 +45,7 @@ NEAR = {
     "500-on-bad-input": ["ours.errors", "core.pagination"],
     "never-cleans-up": ["core.disconnect", "ours.disconnect.error-code"],
     "lets-anyone-connect": ["core.socket", "ours.socket.auth-payload"],
+    "ignores-idempotency-keys": ["core.tasks.submit", "ours.tasks"],
 }
 
 EVERYWHERE = {
