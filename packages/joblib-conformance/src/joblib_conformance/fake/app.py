@@ -2,9 +2,10 @@
 over the in-memory `World`, recording everything a client sends.
 
 It is a reference, not a product: one process, no database, no sweeper, no
-grace times. It holds claims and long-polls (`Prefer: wait=N`), emits after each
-change, checks trust on `join_job_room`, and cleans up a worker whose socket
-drops.
+grace times, no claim times (so a heartbeat's `tasks` are not looked at). It holds
+claims and long-polls (`Prefer: wait=N`), emits after each change, checks trust on
+`join_job_room`, answers a submit's `Idempotency-Key` again, and cleans up a
+worker whose socket drops.
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ def _model(body: Any, model: type[ModelT], *, optional: bool = False) -> ModelT:
         raise Problem(ValidationFailed, "the body does not match", errors) from None
 
 
+MAX_LIST_OFFSET = 10_000
+"""The largest `?offset=` a list takes (our server's default `max_list_offset`)."""
+
+MAX_KEY_LENGTH = 255
+"""The longest `Idempotency-Key`."""
+
+
+def _idempotency_key(call: Call) -> str | None:
+    key = call.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or any(
+        not 0x20 <= ord(ch) < 0x7F for ch in key
+    ):
+        raise Problem(
+            ValidationFailed,
+            "Idempotency-Key: 1 to 255 visible ASCII characters",
+            [{"loc": ["header", "Idempotency-Key"], "msg": "not a valid key"}],
+        )
+    return key
+
+
 def _page(call: Call, items: list[Any]) -> Answer:
     def number(name: str, default: int, high: int) -> int:
         raw = call.query.get(name)
@@ -149,7 +172,7 @@ def _page(call: Call, items: list[Any]) -> Answer:
         return value
 
     limit = number("limit", DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)
-    offset = number("offset", 0, 2**62)
+    offset = number("offset", 0, MAX_LIST_OFFSET)
     page = PaginatedResponse[Any](
         items=items[offset : offset + limit],
         total=len(items),
@@ -179,6 +202,7 @@ class FakeApp:
         self._sockets: dict[str, Identity] = {}
         self._joined: dict[str, set[uuid.UUID]] = {}
         self._latest_sid: dict[uuid.UUID, str] = {}
+        self._keys: dict[tuple[str, str], uuid.UUID] = {}
         self._attach()
         rest = Starlette(routes=self._routes())
         self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=rest)
@@ -364,12 +388,21 @@ class FakeApp:
     async def submit(self, call: Call) -> Answer:
         """`POST /rooms/{room_id}/tasks/{full_name}`."""
         request = _model(call.body, TaskSubmitRequest)
+        key = _idempotency_key(call)
+        # Nothing awaits between looking the key up and remembering its task.
+        earlier = self._keys.get((call.identity.id, key)) if key else None
+        if earlier is not None:
+            task = self.world.task_response(self.world.task(earlier))
+            headers = {"Location": f"{API_PREFIX}/tasks/{task.id}", "Retry-After": "1"}
+            return Answer(202, _dump(task), headers | {"Idempotent-Replayed": "true"})
         task, emissions = self.world.submit(
             call.identity,
             call.params["room_id"],
             call.params["full_name"],
             request.payload,
         )
+        if key:
+            self._keys[(call.identity.id, key)] = task.id
         await self._publish(emissions)
         headers = {"Location": f"{API_PREFIX}/tasks/{task.id}", "Retry-After": "1"}
         return Answer(202, _dump(task), headers)
