@@ -80,23 +80,10 @@ class Answer500For422:
         await self.app(scope, receive, rewrite)
 
 
-def ignores_idempotency_keys(app: Any) -> None:
-    """Drop the `Idempotency-Key` header: a submit sent again makes a second task."""
-    app.other_asgi_app = WithoutHeader(app.other_asgi_app, b"idempotency-key")
-
-
-class WithoutHeader:
-    """ASGI middleware: requests reach the app without one header."""
-
-    def __init__(self, app: Any, name: bytes) -> None:
-        self.app = app
-        self.name = name
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() != self.name]
-            scope = {**scope, "headers": headers}
-        await self.app(scope, receive, send)
+def forgets_idempotency_keys(app: Any) -> None:
+    """Forget each `Idempotency-Key` at once: a submit sent again makes a second
+    task (keys are still validated, so only the replay is missing)."""
+    app.joblib.settings.idempotency_key_ttl_seconds = 1e-6
 
 
 def never_cleans_up(app: Any) -> None:

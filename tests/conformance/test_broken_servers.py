@@ -18,34 +18,41 @@ from tests.conformance.broken import (
     answers_500_on_bad_input,
     broken_server,
     emits_before_commit,
-    ignores_idempotency_keys,
+    forgets_idempotency_keys,
     lets_anyone_connect,
     never_cleans_up,
 )
 
 FLAWS: dict[str, tuple[Flaw, list[str]]] = {
     "emits-before-commit": (emits_before_commit, ["core.events.after-commit"]),
-    "500-on-bad-input": (answers_500_on_bad_input, ["ours.errors.bad-input"]),
+    "500-on-bad-input": (
+        answers_500_on_bad_input,
+        ["ours.pagination.offset-cap", "ours.errors.bad-input"],
+    ),
     "never-cleans-up": (
         never_cleans_up,
-        ["core.disconnect.socket-drop", "ours.disconnect.error-code"],
+        [
+            "core.disconnect.socket-drop",
+            "ours.disconnect.error-code",
+            "ours.disconnect.grace-expires",
+        ],
     ),
     "lets-anyone-connect": (
         lets_anyone_connect,
         ["core.socket.auth", "ours.socket.auth-payload"],
     ),
-    "ignores-idempotency-keys": (
-        ignores_idempotency_keys,
+    "forgets-idempotency-keys": (
+        forgets_idempotency_keys,
         ["ours.tasks.idempotency-key"],
     ),
 }
 
 NEAR = {
     "emits-before-commit": ["core.events.after-commit", "core.events.task-status"],
-    "500-on-bad-input": ["ours.errors", "core.pagination"],
-    "never-cleans-up": ["core.disconnect", "ours.disconnect.error-code"],
+    "500-on-bad-input": ["ours.errors", "core.pagination", "ours.pagination"],
+    "never-cleans-up": ["core.disconnect", "ours.disconnect"],
     "lets-anyone-connect": ["core.socket", "ours.socket.auth-payload"],
-    "ignores-idempotency-keys": ["core.tasks.submit", "ours.tasks"],
+    "forgets-idempotency-keys": ["core.tasks.submit", "ours.tasks"],
 }
 
 EVERYWHERE = {

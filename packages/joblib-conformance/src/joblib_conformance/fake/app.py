@@ -56,6 +56,7 @@ from joblib_protocol import (
     TaskUpdateRequest,
     Unauthorized,
     ValidationFailed,
+    WorkerHeartbeatRequest,
     WorkerNotFound,
     is_terminal,
     job_channel,
@@ -329,8 +330,11 @@ class FakeApp:
         return _page(call, [_dump(w) for w in self.world.list_workers()])
 
     async def heartbeat(self, call: Call) -> Answer:
-        """`PATCH /workers/{worker_id}` (a body, if any, is not looked at)."""
-        beat, _ = self.world.heartbeat(call.identity, _uuid(call, "worker_id"))
+        """`PATCH /workers/{worker_id}`; its `tasks`, if any, are validated only
+        (the fake keeps no claim times, so it releases nothing)."""
+        worker_id = _uuid(call, "worker_id")
+        _model(call.body, WorkerHeartbeatRequest, optional=True)
+        beat, _ = self.world.heartbeat(call.identity, worker_id)
         return Answer(200, _dump(beat))
 
     async def delete_worker(self, call: Call) -> Answer:

@@ -101,8 +101,8 @@ def _unauthorized(ctx: ServerContext) -> None:
 
 @check(
     "ours.errors.bad-input",
-    "malformed JSON, wrong types, bad ids and bad query values are 422 "
-    "validation-error with the field errors, never a 5xx",
+    "malformed JSON, wrong types, bad ids, query values and Idempotency-Keys are "
+    "422 validation-error with the field errors, never a 5xx",
 )
 def _bad_input(ctx: ServerContext) -> None:
     served = ctx.serving()
@@ -133,6 +133,27 @@ def _bad_input(ctx: ServerContext) -> None:
         "update, not JSON": lambda r: r.patch(f"/tasks/{task.id}", **raw),
         "GET task, not a UUID": lambda r: r.get("/tasks/not-a-uuid"),
         "heartbeat, not a UUID": lambda r: r.patch("/workers/not-a-uuid"),
+        "heartbeat, tasks not a list": lambda r: r.patch(
+            f"/workers/{served.worker_id}", json={"tasks": "all"}
+        ),
+        "heartbeat, a task not a UUID": lambda r: r.patch(
+            f"/workers/{served.worker_id}", json={"tasks": ["not-a-uuid"]}
+        ),
+        "submit, empty Idempotency-Key": lambda r: r.post(
+            f"/rooms/{room}/tasks/{job}",
+            json={"payload": {}},
+            headers={"Idempotency-Key": ""},
+        ),
+        "submit, Idempotency-Key too long": lambda r: r.post(
+            f"/rooms/{room}/tasks/{job}",
+            json={"payload": {}},
+            headers={"Idempotency-Key": "k" * 256},
+        ),
+        "submit, Idempotency-Key not ASCII": lambda r: r.post(
+            f"/rooms/{room}/tasks/{job}",
+            json={"payload": {}},
+            headers={"Idempotency-Key": "naïve".encode()},
+        ),
         "limit=-1": lambda r: r.get(f"/rooms/{room}/tasks?limit=-1"),
         "limit=501": lambda r: r.get(f"/rooms/{room}/tasks?limit=501"),
         "limit=abc": lambda r: r.get(f"/rooms/{room}/tasks?limit=abc"),
