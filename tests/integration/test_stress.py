@@ -22,7 +22,7 @@ from sqlmodel import select
 from joblib_server import Database, Job, Task
 from joblib_server.tables import utcnow
 from tests.support.servers import LiveServer
-from tests.support.tokens import ALICE, BOB
+from tests.support.tokens import ADMIN, ALICE, BOB
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -50,12 +50,14 @@ class Ledger:
 
 
 @asynccontextmanager
-async def _clients(api: str, count: int) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """`count` clients of their own, alternating between alice and bob."""
+async def _clients(
+    api: str, count: int, tokens: tuple[str, str] = (ALICE, BOB)
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """`count` clients of their own, alternating between the two tokens."""
     async with AsyncExitStack() as stack:
         clients = []
         for index in range(count):
-            token = ALICE if index % 2 == 0 else BOB
+            token = tokens[index % 2]
             client = httpx.AsyncClient(
                 base_url=api,
                 headers={"Authorization": f"Bearer {token}"},
@@ -143,7 +145,12 @@ async def _queue(database_url: str, count: int, ledger: Ledger) -> None:
 
 async def _run(api: str, ledger: Ledger, database_url: str) -> list[str]:
     """Register the workers, then submit and drain concurrently; the worker ids."""
-    async with _clients(api, WORKERS) as workers, _clients(api, SUBMITTERS) as subs:
+    # The job's owner (alice registers first) and an admin run its workers: no
+    # other identity may link a worker to alice's job.
+    async with (
+        _clients(api, WORKERS, (ALICE, ADMIN)) as workers,
+        _clients(api, SUBMITTERS) as subs,
+    ):
         worker_ids = []
         for client in workers:
             answer = await client.put(
