@@ -409,17 +409,24 @@ async def test_a_report_from_the_old_worker_is_409_and_changes_nothing(
     assert (done.json()["status"], done.json()["attempt"]) == ("completed", 2)
 
 
+async def _assert_fenced(
+    joblib: JobLib, client: httpx.AsyncClient, task_id: str, worker_id: str
+) -> None:
+    """A completed report naming `worker_id` is 409 and changes no row."""
+    before = await snapshot(joblib)
+    answer = await client.patch(
+        f"/tasks/{task_id}", json={"status": "completed", "worker_id": worker_id}
+    )
+    assert_problem(answer, 409, "task-worker-mismatch")
+    assert await snapshot(joblib) == before
+
+
 async def test_a_report_for_a_requeued_task_nobody_holds_is_409(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient, joblib: JobLib
 ) -> None:
     task_id, old = await _running(alice, bob, REQUEUE)
     await _delete(alice, old)
-    before = await snapshot(joblib)
-    answer = await alice.patch(
-        f"/tasks/{task_id}", json={"status": "completed", "worker_id": old}
-    )
-    assert_problem(answer, 409, "task-worker-mismatch")
-    assert await snapshot(joblib) == before
+    await _assert_fenced(joblib, alice, task_id, old)
 
 
 async def test_fencing_comes_before_the_ownership_check(
@@ -428,12 +435,7 @@ async def test_fencing_comes_before_the_ownership_check(
     """Even another identity's report names no worker it could change."""
     task_id, _worker = await _running(alice, bob, None)
     stranger = await create_worker(bob)
-    before = await snapshot(joblib)
-    answer = await bob.patch(
-        f"/tasks/{task_id}", json={"status": "completed", "worker_id": stranger}
-    )
-    assert_problem(answer, 409, "task-worker-mismatch")
-    assert await snapshot(joblib) == before
+    await _assert_fenced(joblib, bob, task_id, stranger)
 
 
 async def test_a_removed_workers_report_on_its_failed_task_is_fenced(
@@ -442,12 +444,7 @@ async def test_a_removed_workers_report_on_its_failed_task_is_fenced(
     """The failed task keeps the worker's id, but the worker is gone: 409, not 403."""
     task_id, worker_id = await _running(alice, bob, None)
     assert (await _delete(alice, worker_id))["failed"] == [task_id]
-    before = await snapshot(joblib)
-    answer = await alice.patch(
-        f"/tasks/{task_id}", json={"status": "completed", "worker_id": worker_id}
-    )
-    assert_problem(answer, 409, "task-worker-mismatch")
-    assert await snapshot(joblib) == before
+    await _assert_fenced(joblib, alice, task_id, worker_id)
 
 
 # error codes
