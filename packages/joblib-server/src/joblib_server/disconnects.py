@@ -33,9 +33,7 @@ from joblib_protocol import (
     DisconnectPolicy,
     Emission,
     ErrorCode,
-    TaskAvailable,
     TaskStatus,
-    job_channel,
 )
 from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
@@ -52,7 +50,7 @@ from joblib_server.tables import (
     job_full_name,
     utcnow,
 )
-from joblib_server.views import TaskRow, jobs_invalidate, task_emission
+from joblib_server.views import TaskRow, jobs_invalidate, task_available, task_emission
 from joblib_server.workers import locked_worker, owned_worker
 
 WORKER_DISCONNECTED = "Worker disconnected"
@@ -86,18 +84,26 @@ _SOME_LOST_TASKS = _LOST_TASKS.where(
 
 _REQUEUE = (
     sa.update(_task)
-    .where(_task.c.id == sa.bindparam("b_task"), _task.c.status.in_(_IN_FLIGHT))
+    .where(
+        _task.c.id.in_(sa.bindparam("b_tasks", expanding=True)),
+        _task.c.status.in_(_IN_FLIGHT),
+    )
     .values(
         status=TaskStatus.PENDING.value,
         worker_id=None,
         started_at=None,
+        claimed_at=None,
+        claim_request_id=None,
         attempt=_task.c.attempt + 1,
     )
 )
 
 _FAIL = (
     sa.update(_task)
-    .where(_task.c.id == sa.bindparam("b_task"), _task.c.status.in_(_IN_FLIGHT))
+    .where(
+        _task.c.id.in_(sa.bindparam("b_tasks", expanding=True)),
+        _task.c.status.in_(_IN_FLIGHT),
+    )
     .values(
         status=TaskStatus.FAILED.value,
         error=sa.bindparam("b_error"),
@@ -332,62 +338,61 @@ async def _cleanup(
 async def _release(
     session: AsyncSession, lost: Sequence[Any], error: str, error_code: ErrorCode
 ) -> tuple[list[uuid.UUID], list[uuid.UUID], set[Emission]]:
-    """Fail or requeue locked rows of `_LOST_TASKS`: (failed, requeued, emissions)."""
+    """Fail or requeue locked rows of `_LOST_TASKS`: (failed, requeued, emissions).
+
+    One statement for the failed and one for the requeued, however many there are.
+    """
     defaults = default_policy(settings_of(session))
     connection = await session.connection()
+    back: list[Any] = []
+    gone: list[Any] = []
+    for row in lost:
+        (back if _requeues(row, job_policy(row, defaults)) else gone).append(row)
     now = utcnow()
     emissions: set[Emission] = set()
-    failed: list[uuid.UUID] = []
-    requeued: list[uuid.UUID] = []
-    heads: dict[uuid.UUID, int | None] = {}
-    for row in lost:
-        task = TaskRow.of(
-            row, job_full_name(row.job_room_id, row.job_category, row.job_name)
-        )
-        if _requeues(row, job_policy(row, defaults)):
-            await connection.execute(_REQUEUE, {"b_task": row.id})
+    if back:
+        await connection.execute(_REQUEUE, {"b_tasks": [row.id for row in back]})
+        heads = {
+            job_id: await pending_head(connection, job_id)
+            for job_id in {row.job_id for row in back}
+        }
+        for row in back:
             task = replace(
-                task,
+                _task_row(row),
                 status=TaskStatus.PENDING.value,
                 worker_id=None,
                 started_at=None,
                 attempt=row.attempt + 1,
             )
-            if row.job_id not in heads:
-                heads[row.job_id] = await pending_head(connection, row.job_id)
             position = queue_position(task.status, row.seq, heads[row.job_id])
             emissions.add(task_emission(task, position))
             if row.job_room_id != INTERNAL_ROOM:
-                emissions.add(_announce(task))
-            requeued.append(row.id)
-        else:
-            params = {
-                "b_task": row.id,
-                "b_error": error,
-                "b_error_code": error_code.value,
-                "b_now": now,
-            }
-            await connection.execute(_FAIL, params)
+                emissions.add(task_available(task))
+    if gone:
+        params = {
+            "b_tasks": [row.id for row in gone],
+            "b_error": error,
+            "b_error_code": error_code.value,
+            "b_now": now,
+        }
+        await connection.execute(_FAIL, params)
+        for row in gone:
             task = replace(
-                task,
+                _task_row(row),
                 status=TaskStatus.FAILED.value,
                 error=error,
                 error_code=error_code.value,
                 completed_at=now,
             )
             emissions.add(task_emission(task))
-            failed.append(row.id)
-    return failed, requeued, emissions
+    return [row.id for row in gone], [row.id for row in back], emissions
+
+
+def _task_row(row: Any) -> TaskRow:
+    return TaskRow.of(
+        row, job_full_name(row.job_room_id, row.job_category, row.job_name)
+    )
 
 
 def _requeues(row: Any, policy: DisconnectPolicy) -> bool:
     return policy.action == "requeue" and row.attempt < policy.max_attempts
-
-
-def _announce(task: TaskRow) -> Emission:
-    return Emission(
-        TaskAvailable(
-            job_name=task.job_name, room_id=task.room_id, task_id=str(task.id)
-        ),
-        job_channel(task.job_name),
-    )

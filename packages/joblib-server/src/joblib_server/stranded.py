@@ -32,10 +32,8 @@ from joblib_protocol import (
     INTERNAL_ROOM,
     Emission,
     ErrorCode,
-    TaskAvailable,
     TaskStatus,
     WorkerResponse,
-    job_channel,
 )
 from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
@@ -50,7 +48,7 @@ from joblib_server.tables import (
     job_full_name,
     utcnow,
 )
-from joblib_server.views import TaskRow, task_emission
+from joblib_server.views import TaskRow, task_available, task_emission
 from joblib_server.workers import touch_worker
 
 NOT_HELD = "Worker does not hold the task"
@@ -86,7 +84,10 @@ _JOB_NAMES = sa.select(_job.c.id, _job.c.room_id, _job.c.category, _job.c.name).
 
 _UNCLAIM = (
     sa.update(_task)
-    .where(_task.c.id == sa.bindparam("b_task"), _task.c.status == _CLAIMED)
+    .where(
+        _task.c.id.in_(sa.bindparam("b_tasks", expanding=True)),
+        _task.c.status == _CLAIMED,
+    )
     .values(
         status=TaskStatus.PENDING.value,
         worker_id=None,
@@ -147,8 +148,7 @@ async def requeue_unstarted_claims(
     rows = (await connection.execute(statement, {"b_cutoff": cutoff})).all()
     if not rows:
         return Outcome([])
-    for row in rows:
-        await connection.execute(_UNCLAIM, {"b_task": row.id})
+    await connection.execute(_UNCLAIM, {"b_tasks": [row.id for row in rows]})
     job_ids = sorted({row.job_id for row in rows})
     jobs = {
         job.id: job for job in await connection.execute(_JOB_NAMES, {"b_jobs": job_ids})
@@ -164,14 +164,5 @@ async def requeue_unstarted_claims(
         position = queue_position(task.status, row.seq, heads[row.job_id])
         emissions.add(task_emission(task, position))
         if job.room_id != INTERNAL_ROOM:
-            emissions.add(_announce(task))
+            emissions.add(task_available(task))
     return Outcome([row.id for row in rows], emissions)
-
-
-def _announce(task: TaskRow) -> Emission:
-    return Emission(
-        TaskAvailable(
-            job_name=task.job_name, room_id=task.room_id, task_id=str(task.id)
-        ),
-        job_channel(task.job_name),
-    )

@@ -21,7 +21,6 @@ from joblib_protocol import (
     Emission,
     ErrorCode,
     InternalJobNotConfigured,
-    TaskAvailable,
     TaskResponse,
     TaskStatus,
     TaskUpdateRequest,
@@ -29,7 +28,6 @@ from joblib_protocol import (
     ValidationFailed,
     is_terminal,
     is_valid_transition,
-    job_channel,
 )
 from joblib_server.auth import Identity
 from joblib_server.backends import PENDING, backend_of
@@ -60,7 +58,12 @@ from joblib_server.tables import (
     job_full_name,
     utcnow,
 )
-from joblib_server.views import TaskRow, task_emission, task_response
+from joblib_server.views import (
+    TaskRow,
+    task_available,
+    task_emission,
+    task_response,
+)
 from joblib_server.workers import mark_returned, touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
@@ -257,14 +260,7 @@ async def submit_task(
     position = queue_position(task.status, seq, await pending_head(connection, job_id))
     emissions = {task_emission(task, position)}
     if name.room_id != INTERNAL_ROOM:
-        emissions.add(
-            Emission(
-                TaskAvailable(
-                    job_name=full_name, room_id=room_id, task_id=str(task.id)
-                ),
-                job_channel(full_name),
-            )
-        )
+        emissions.add(task_available(task))
     return Outcome(task_response(task, position), emissions)
 
 

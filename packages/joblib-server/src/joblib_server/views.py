@@ -14,9 +14,11 @@ from joblib_protocol import (
     JobResponse,
     JobsInvalidate,
     JobSummary,
+    TaskAvailable,
     TaskResponse,
     TaskStatus,
     TaskStatusEvent,
+    job_channel,
     room_channel,
 )
 from joblib_server.tables import Job
@@ -80,6 +82,14 @@ def task_emission(task: TaskRow, queue_position: int | None = None) -> Emission:
         error_code=ErrorCode(task.error_code) if task.error_code else None,
     )
     return Emission(event, room_channel(task.room_id))
+
+
+def task_available(task: TaskRow) -> Emission:
+    """The `task_available` telling the workers of the task's job it may be claimed."""
+    event = TaskAvailable(
+        job_name=task.job_name, room_id=task.room_id, task_id=str(task.id)
+    )
+    return Emission(event, job_channel(task.job_name))
 
 
 def jobs_invalidate(room_id: str) -> Emission:
