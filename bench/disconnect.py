@@ -17,8 +17,6 @@ Restart (`bench.restart`): JobManager workers through a server restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from bench.api import ROOM, JoblibApi, server_time
 from bench.client import BenchClient, summarize_ms
 from bench.config import Config
 from bench.restart import measure_restart
-from bench.server import REPO_ROOT, TOKEN, ServerProcess, joblib_on
+from bench.server import REPO_ROOT, TOKEN, ServerProcess, WorkerProcess, joblib_on
 from bench.sio import AsyncSocket
 from bench.workers import Handoffs, SocketWorker
 
@@ -79,27 +77,11 @@ class Observer:
 
 
 @dataclass
-class KillableWorker:
+class KillableWorker(WorkerProcess):
     """A `bench.killable_worker` process holding one running task."""
 
-    process: asyncio.subprocess.Process
     name: str = ""
     task_id: str = ""
-
-    async def line(self) -> dict[str, Any]:
-        """The next JSON line the process prints."""
-        assert self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), SPAWN_TIMEOUT)
-        if not raw:
-            raise RuntimeError("the killable worker exited early")
-        answer: dict[str, Any] = json.loads(raw)
-        return answer
-
-    async def reap(self) -> None:
-        """Kill (if alive) and wait for the process."""
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        await self.process.wait()
 
 
 async def _spawn(
@@ -124,13 +106,13 @@ async def _spawn(
         )
         worker = KillableWorker(process, name)
         try:
-            registered = await worker.line()
+            registered = await worker.line(SPAWN_TIMEOUT)
             job = registered["job"]
             if policy is not None:
                 # The same registration again, now with the job's policy.
                 await api.register(name, registered["worker_id"], policy)
             await api.submit(job, {"kill": name})
-            worker.task_id = (await worker.line())["task_id"]
+            worker.task_id = (await worker.line(SPAWN_TIMEOUT))["task_id"]
         except BaseException:
             await worker.reap()
             raise

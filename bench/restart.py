@@ -11,8 +11,6 @@ still be listed in the room: the server's own shutdown removes nobody.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -21,33 +19,17 @@ from typing import Any
 from bench.api import API, ROOM
 from bench.client import BenchClient, summarize_ms
 from bench.config import Config
-from bench.server import REPO_ROOT, TOKEN, ServerProcess, joblib_on
+from bench.server import REPO_ROOT, TOKEN, ServerProcess, WorkerProcess, joblib_on
 
 SPAWN_TIMEOUT = 60.0
 REJOIN_TIMEOUT = 30.0
 
 
 @dataclass
-class RejoinWorker:
+class RejoinWorker(WorkerProcess):
     """A `bench.rejoin_worker` process and the worker id it registered."""
 
-    process: asyncio.subprocess.Process
     worker_id: str = ""
-
-    async def line(self, seconds: float) -> dict[str, Any]:
-        """The next JSON line the process prints."""
-        assert self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), seconds)
-        if not raw:
-            raise RuntimeError("the rejoin worker exited")
-        answer: dict[str, Any] = json.loads(raw)
-        return answer
-
-    async def reap(self) -> None:
-        """Kill (if alive) and wait for the process."""
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        await self.process.wait()
 
 
 async def _spawn(server: ServerProcess, name: str) -> RejoinWorker:

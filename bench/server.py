@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -233,3 +234,25 @@ async def joblib_on(
     """A fresh database of `kind` and a joblib server on it; yields both."""
     async with database(kind) as url, joblib_server(url, settings) as server:
         yield server, url
+
+
+@dataclass
+class WorkerProcess:
+    """A bench worker process that reports on stdout, one JSON line a step."""
+
+    process: asyncio.subprocess.Process
+
+    async def line(self, seconds: float) -> dict[str, Any]:
+        """The next JSON line the process prints."""
+        assert self.process.stdout is not None
+        raw = await asyncio.wait_for(self.process.stdout.readline(), seconds)
+        if not raw:
+            raise RuntimeError(f"{type(self).__name__} exited early")
+        answer: dict[str, Any] = json.loads(raw)
+        return answer
+
+    async def reap(self) -> None:
+        """Kill (if alive) and wait for the process."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()

@@ -12,6 +12,7 @@ import asyncio
 import signal
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tests.support.processes import (
     restartable_server,
     server_env,
 )
-from tests.support.proxy import tcp_proxy
+from tests.support.proxy import TcpProxy, tcp_proxy
 from tests.support.rest import assert_problem, rest
 from tests.support.sockets import Event, Peer, connect_peer
 from tests.support.tokens import ADMIN, ALICE, BOB
@@ -36,17 +37,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.slow
 
 REQUEUE = {"action": "requeue", "max_attempts": 2}
-
-
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with restartable_server(server_env(database_url), tmp_path / "server.log") as s:
-        yield s
-
-
-@pytest.fixture
-def room() -> str:
-    return f"room-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -142,6 +132,34 @@ def registered(worker: ScriptProcess) -> str:
 # network blips
 
 
+@contextmanager
+def blipping_worker(
+    server: ServerProcess,
+    room: str,
+    observer: Peer,
+    gate: Path,
+    tmp_path: Path,
+    *,
+    grace: float,
+) -> Iterator[tuple[TcpProxy, ScriptProcess, str, str]]:
+    """A worker whose socket goes through a proxy, running a gated task of job Blip.
+
+    Yields the proxy, the worker process, its worker id and the running task's id.
+    """
+    with (
+        tcp_proxy(server.port) as proxy,
+        manager_worker(
+            server.url, ALICE, room, "Blip", tmp_path / "worker.log",
+            socket_url=proxy.url, policy={"grace_seconds": grace},
+        ) as worker,
+    ):  # fmt: skip
+        worker_id = registered(worker)
+        task_id = submit(server, room, "Blip", gate=str(gate))
+        worker.event("claimed", task_id=task_id)
+        observer.wait_for(status_event(task_id, "running"))
+        yield proxy, worker, worker_id, task_id
+
+
 def test_a_blip_within_the_grace_loses_nothing(
     server: ServerProcess,
     database_url: str,
@@ -150,17 +168,12 @@ def test_a_blip_within_the_grace_loses_nothing(
     gate: Path,
     tmp_path: Path,
 ) -> None:
-    with (
-        tcp_proxy(server.port) as proxy,
-        manager_worker(
-            server.url, ALICE, room, "Blip", tmp_path / "worker.log",
-            socket_url=proxy.url, policy={"grace_seconds": 5},
-        ) as worker,
-    ):  # fmt: skip
-        worker_id = registered(worker)
-        task_id = submit(server, room, "Blip", gate=str(gate))
-        worker.event("claimed", task_id=task_id)
-        observer.wait_for(status_event(task_id, "running"))
+    with blipping_worker(server, room, observer, gate, tmp_path, grace=5) as (
+        proxy,
+        worker,
+        worker_id,
+        task_id,
+    ):
         connections = proxy.accepted
 
         proxy.cut(1.0)  # its socket drops, and cannot come back for a second
@@ -196,18 +209,12 @@ def test_a_blip_without_grace_fails_the_task_and_the_worker_goes_on(
     gate: Path,
     tmp_path: Path,
 ) -> None:
-    with (
-        tcp_proxy(server.port) as proxy,
-        manager_worker(
-            server.url, ALICE, room, "Blip", tmp_path / "worker.log",
-            socket_url=proxy.url, policy={"grace_seconds": 0},
-        ) as worker,
-    ):  # fmt: skip
-        worker_id = registered(worker)
-        lost = submit(server, room, "Blip", gate=str(gate))
-        worker.event("claimed", task_id=lost)
-        observer.wait_for(status_event(lost, "running"))
-
+    with blipping_worker(server, room, observer, gate, tmp_path, grace=0) as (
+        proxy,
+        worker,
+        worker_id,
+        lost,
+    ):
         proxy.cut(1.0)
 
         _, failed = observer.wait_for(status_event(lost, "failed"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,6 @@ from tests.support.processes import (
     ScriptProcess,
     ServerProcess,
     manager_worker,
-    restartable_server,
-    server_env,
 )
 from tests.support.rest import rest
 from tests.support.tokens import ALICE, BOB
@@ -33,17 +30,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = 5.0
-
-
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with restartable_server(server_env(database_url), tmp_path / "server.log") as s:
-        yield s
-
-
-@pytest.fixture
-def room() -> str:
-    return f"room-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
