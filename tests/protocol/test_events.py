@@ -56,6 +56,8 @@ EVENT_NAMES = {
     "JobsInvalidate": "jobs_invalidate",
     "TaskAvailable": "task_available",
     "TaskStatusEvent": "task_status_event",
+    "TaskProgressEvent": "task_progress_event",
+    "TaskCancelled": "task_cancelled",
     "JoinJobRoom": "join_job_room",
     "LeaveJobRoom": "leave_job_room",
     "JoinRoom": "join_room",
@@ -137,6 +139,8 @@ def test_task_status_event_payload_is_json_ready() -> None:
         "error",
         "attempt",
         "error_code",
+        "deadline_at",
+        "expires_at",
     }
 
 

@@ -18,6 +18,10 @@ EXPECTED = {
     "WorkerCleanupResponse",
     # tasks that come back (ours)
     "WorkerHeartbeatRequest",
+    # tasks as calls (ours): results, progress, deadlines, cancellation
+    "CancelReason", "MAX_PROGRESS_MESSAGE", "MAX_TIMEOUT_SECONDS", "TaskCancelled",
+    "TaskProgress", "TaskProgressEvent", "TaskProgressRequest", "TimeoutSeconds",
+    "worker_channel", "InvalidPayload", "InvalidSchema", "TaskNotRunning",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",

@@ -28,6 +28,8 @@ def test_event_names_in_the_snapshot() -> None:
         "leave_job_room",
         "leave_room",
         "task_available",
+        "task_cancelled",
+        "task_progress_event",
         "task_status_event",
     ]
 

@@ -50,6 +50,8 @@ async def test_register_answers_the_job_then_200_for_the_same_schema(
         "workers",
         "worker_id",
         "on_disconnect",
+        "timeout_seconds",
+        "pending_timeout_seconds",
     }
     # Ours: the disconnect policy in force, here the server's defaults.
     assert job["on_disconnect"] == {

@@ -42,6 +42,11 @@ TASK_FIELDS = {
     "queue_position",
     "attempt",
     "error_code",
+    "result",
+    "progress",
+    "timeout_seconds",
+    "deadline_at",
+    "expires_at",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from joblib_protocol.tasks import ErrorCode, TaskStatus
+from joblib_protocol.tasks import CancelReason, ErrorCode, TaskProgress, TaskStatus
 
 
 class EventName(str):
@@ -83,6 +83,27 @@ class TaskStatusEvent(Event, event_name="task_status_event"):
     # Ours: additions old clients ignore.
     attempt: int = 1
     error_code: ErrorCode | None = None
+    deadline_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class TaskProgressEvent(Event, event_name="task_progress_event"):
+    """Ours: a running task's progress, to its room; at most ~10 a second per task.
+
+    Updates coming faster are coalesced: the latest always arrives.
+    """
+
+    id: str
+    room_id: str
+    progress: TaskProgress
+
+
+class TaskCancelled(Event, event_name="task_cancelled"):
+    """Ours: to the worker holding a task: stop it, it was cancelled or timed out."""
+
+    task_id: str
+    job_name: str
+    reason: CancelReason
 
 
 class JoinJobRoom(Event, event_name="join_job_room"):
@@ -128,10 +149,17 @@ def job_channel(full_name: str) -> str:
     return f"jobs:{full_name}"
 
 
+def worker_channel(worker_id: object) -> str:
+    """Return the Socket.IO room of the connections a worker joined its jobs from."""
+    return f"worker:{worker_id}"
+
+
 SERVER_EVENTS: tuple[type[Event], ...] = (
     JobsInvalidate,
     TaskAvailable,
     TaskStatusEvent,
+    TaskProgressEvent,
+    TaskCancelled,
 )
 """Events the server sends."""
 

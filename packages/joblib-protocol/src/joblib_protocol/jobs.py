@@ -7,6 +7,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from joblib_protocol.tasks import TimeoutSeconds
+
 DisconnectAction = Literal["fail", "requeue"]
 
 
@@ -49,6 +51,13 @@ class JobRegisterRequest(BaseModel):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     worker_id: UUID | None = None
     on_disconnect: DisconnectPolicyRequest | None = None
+    # Ours: limits every task of the job gets unless its submit overrides them.
+    timeout_seconds: TimeoutSeconds | None = Field(
+        default=None, description="Longest a task may run once started."
+    )
+    pending_timeout_seconds: TimeoutSeconds | None = Field(
+        default=None, description="Longest a task may wait to be claimed."
+    )
 
 
 class JobResponse(BaseModel):
@@ -65,6 +74,8 @@ class JobResponse(BaseModel):
     workers: list[UUID]
     worker_id: UUID | None = None
     on_disconnect: DisconnectPolicy | None = None
+    timeout_seconds: float | None = None
+    pending_timeout_seconds: float | None = None
 
 
 class JobSummary(BaseModel):

@@ -165,8 +165,40 @@ class ValidationFailed(ProblemType):
     status = 422
 
 
+class InvalidPayload(ProblemType):
+    """Ours: a task's payload does not match its job's JSON Schema; see `errors`.
+
+    Each error has `loc` (the path inside the payload, as a list) and `msg`.
+    Nothing was stored.
+    """
+
+    slug = "invalid-payload"
+    title = "Invalid payload"
+    status = 422
+
+
+class InvalidSchema(ProblemType):
+    """Ours: a job's `schema` is not a valid JSON Schema (2020-12); see `errors`."""
+
+    slug = "invalid-schema"
+    title = "Invalid schema"
+    status = 422
+
+
+class TaskNotRunning(ProblemType):
+    """Ours: progress was reported for a task that is not running (any more).
+
+    A task cancelled, failed by its deadline or finished answers this: its worker
+    should stop working on it.
+    """
+
+    slug = "task-not-running"
+    title = "Task not running"
+    status = 409
+
+
 class PayloadTooLarge(ProblemType):
-    """Ours: the request body is over the server's size limit."""
+    """Ours: the request body, or a task's result, is over the server's size limit."""
 
     slug = "payload-too-large"
     title = "Payload too large"
@@ -234,6 +266,9 @@ PROBLEM_TYPES: dict[str, type[ProblemType]] = {
         InternalJobNotConfigured,
         Unauthorized,
         ValidationFailed,
+        InvalidPayload,
+        InvalidSchema,
+        TaskNotRunning,
         PayloadTooLarge,
         NotFound,
         MethodNotAllowed,

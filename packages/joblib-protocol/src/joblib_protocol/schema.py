@@ -13,6 +13,8 @@ from joblib_protocol.problems import ProblemDetail
 from joblib_protocol.tasks import (
     TaskClaimRequest,
     TaskClaimResponse,
+    TaskProgress,
+    TaskProgressRequest,
     TaskResponse,
     TaskSubmitRequest,
     TaskUpdateRequest,
@@ -37,6 +39,8 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     TaskClaimRequest,
     TaskClaimResponse,
     TaskUpdateRequest,
+    TaskProgressRequest,
+    TaskProgress,
     PaginatedResponse[JobSummary],
     PaginatedResponse[WorkerSummary],
     PaginatedResponse[TaskResponse],

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TaskStatus(StrEnum):
@@ -70,12 +70,71 @@ class ErrorCode(StrEnum):
     """An `@internal` task ran longer than `internal_task_timeout_seconds`."""
     NOT_HELD = "not_held"
     """Its worker's heartbeat listed the tasks it holds, and this one was not there."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """It ran longer than its `timeout_seconds`."""
+    EXPIRED = "expired"
+    """It waited in the queue longer than its `pending_timeout_seconds`."""
+
+
+class CancelReason(StrEnum):
+    """Ours: why a worker is told to stop a task it holds (`task_cancelled`)."""
+
+    CANCELLED = "cancelled"
+    """Its submitter or an admin cancelled it."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """It ran past its deadline and was failed."""
+
+
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600.0
+"""The longest `timeout_seconds` or `pending_timeout_seconds` accepted: a year."""
+
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
+"""A positive number of seconds, at most a year."""
+
+MAX_PROGRESS_MESSAGE = 1000
+"""The longest progress message, in characters."""
+
+
+class TaskProgress(BaseModel):
+    """Ours: how far a running task has come, as its worker last said."""
+
+    current: float = Field(ge=0, allow_inf_nan=False, description="Work done so far.")
+    total: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Work in all, when known: `current / total` is the fraction done.",
+    )
+    message: str | None = Field(
+        default=None, max_length=MAX_PROGRESS_MESSAGE, description="What it is doing."
+    )
+
+
+class TaskProgressRequest(TaskProgress):
+    """Ours: body of `PUT /tasks/{task_id}/progress`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The reporting worker, fenced as in `TaskUpdateRequest`.
+    worker_id: UUID | None = None
 
 
 class TaskSubmitRequest(BaseModel):
     """Body of `POST /rooms/{room_id}/tasks/{full_name}`."""
 
     payload: dict[str, Any] = Field(default_factory=dict)
+    # Ours: override the job's own limits for this task.
+    timeout_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="Longest the task may run once started; past it, it is failed "
+        "with `error_code` `deadline_exceeded` and its worker told to stop. "
+        "Default: the job's.",
+    )
+    pending_timeout_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="Longest the task may wait to be claimed; past it, it is failed "
+        "with `error_code` `expired`. Default: the job's.",
+    )
 
 
 class TaskResponse(BaseModel):
@@ -95,6 +154,21 @@ class TaskResponse(BaseModel):
     # Ours: additions old clients ignore.
     attempt: int = Field(default=1, ge=1, description="1 for a first run.")
     error_code: ErrorCode | None = None
+    result: Any = Field(
+        default=None, description="What the job returned, once `completed`."
+    )
+    progress: TaskProgress | None = Field(
+        default=None, description="The latest progress its worker reported."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, description="Longest it may run once started (None: no limit)."
+    )
+    deadline_at: datetime | None = Field(
+        default=None, description="When a running task is failed if still running."
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="When a pending task is failed if still pending."
+    )
 
 
 class TaskClaimRequest(BaseModel):
@@ -131,3 +205,9 @@ class TaskUpdateRequest(BaseModel):
     # Ours: the reporting worker. When it is not the task's worker any more (the
     # task was requeued to another, or the worker removed), the answer is 409.
     worker_id: UUID | None = None
+    # Ours: what the job returned; only with `completed`.
+    result: Any = Field(
+        default=None,
+        description="Any JSON value, only with `status` `completed`, at most the "
+        "server's `max_result_bytes` (413 beyond).",
+    )

@@ -13,6 +13,12 @@ class WorkerResponse(BaseModel):
 
     id: UUID
     last_heartbeat: datetime
+    # Ours: only in the answer to a heartbeat that listed its tasks.
+    cancelled: list[UUID] = Field(
+        default_factory=list,
+        description="Tasks the heartbeat listed that the worker should stop: "
+        "cancelled, failed by their deadline, or no longer its.",
+    )
 
 
 MAX_HELD_TASKS = 1000

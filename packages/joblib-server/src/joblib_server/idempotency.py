@@ -26,7 +26,7 @@ from joblib_server.backends import backend_of
 from joblib_server.outcome import Outcome
 from joblib_server.settings import settings_of
 from joblib_server.tables import IDEMPOTENCY_TABLE, utcnow
-from joblib_server.tasks import get_task, submit_task
+from joblib_server.tasks import NO_LIMITS, TaskLimits, get_task, submit_task
 
 MAX_KEY_LENGTH = 255
 
@@ -100,6 +100,7 @@ async def submit_once(
     key: str,
     *,
     internal_jobs: bool = False,
+    limits: TaskLimits = NO_LIMITS,
 ) -> Outcome[tuple[TaskResponse, bool]]:
     """`submit_task` under an idempotency key: (the task, whether it existed before)."""
     task_id = uuid.uuid4()
@@ -115,6 +116,7 @@ async def submit_once(
         payload,
         internal_jobs=internal_jobs,
         task_id=task_id,
+        limits=limits,
     )
     return Outcome((made.value, False), made.emissions, made.removed_workers)
 

@@ -39,6 +39,7 @@ from joblib_server.errors import (
 )
 from joblib_server.outcome import Outcome
 from joblib_server.pages import bounded_count
+from joblib_server.payloads import check_schema
 from joblib_server.settings import default_policy, settings_of
 from joblib_server.tables import (
     JOB_TABLE,
@@ -96,6 +97,7 @@ async def register_job(
         validate_job_name(request.name)
     except ValueError as exc:
         raise ProblemError(InvalidJobName, str(exc)) from None
+    check_schema(request.schema_)
 
     if request.worker_id is None:
         worker = Worker(owner_id=identity.id)
@@ -154,6 +156,7 @@ async def register_job(
         created = True
         # A revived job starts from the server's policy unless this one sets its own.
         job.disconnect_action = job.max_attempts = job.grace_seconds = None
+        job.timeout_seconds = job.pending_timeout_seconds = None
     elif not created and job.schema_ != request.schema_:
         raise ProblemError(
             SchemaConflict,
@@ -166,6 +169,11 @@ async def register_job(
         job.disconnect_action = given.get("action", job.disconnect_action)
         job.max_attempts = given.get("max_attempts", job.max_attempts)
         job.grace_seconds = given.get("grace_seconds", job.grace_seconds)
+    # Likewise for the time limits: one left out keeps what it was.
+    if request.timeout_seconds is not None:
+        job.timeout_seconds = request.timeout_seconds
+    if request.pending_timeout_seconds is not None:
+        job.pending_timeout_seconds = request.pending_timeout_seconds
 
     linked = await session.execute(
         backend.insert_ignoring_conflicts(

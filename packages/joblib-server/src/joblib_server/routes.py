@@ -437,6 +437,7 @@ class RestApi:
         key = _idempotency_key(request)
         full_name = request.path_params["full_name"]
         internal = self.joblib.internal_jobs
+        limits = tasks.TaskLimits(body.timeout_seconds, body.pending_timeout_seconds)
         replayed = False
         if key is None:
             task = await self.joblib.execute(
@@ -446,6 +447,7 @@ class RestApi:
                 full_name,
                 body.payload,
                 internal_jobs=internal,
+                limits=limits,
             )
         else:
             task, replayed = await self.joblib.execute(
@@ -456,6 +458,7 @@ class RestApi:
                 body.payload,
                 key,
                 internal_jobs=internal,
+                limits=limits,
             )
         # What url_for("get_task") gives, without matching the route table again:
         # root_path holds the mount point (and any proxy prefix).

@@ -83,6 +83,9 @@ class Job(JoblibModel, table=True):
     disconnect_action: str | None = Field(default=None, sa_type=sa.String(16))
     max_attempts: int | None = Field(default=None)
     grace_seconds: float | None = Field(default=None, sa_type=sa.Float)
+    # The limits its tasks get unless a submit overrides them; NULL: none.
+    timeout_seconds: float | None = Field(default=None, sa_type=sa.Float)
+    pending_timeout_seconds: float | None = Field(default=None, sa_type=sa.Float)
 
     @property
     def full_name(self) -> str:
@@ -155,6 +158,19 @@ class Task(JoblibModel, table=True):
         sa.Index("ix_joblib_task_job_seq", "job_id", "status", "seq"),
         sa.Index("ix_joblib_task_room", "room_id", "created_at"),
         sa.Index("ix_joblib_task_worker", "worker_id", "status"),
+        # The deadline timers load the due tasks from these (at startup too).
+        sa.Index(
+            "ix_joblib_task_deadline",
+            "deadline_at",
+            postgresql_where=sa.text("status = 'running'"),
+            sqlite_where=sa.text("status = 'running'"),
+        ),
+        sa.Index(
+            "ix_joblib_task_expiry",
+            "expires_at",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -191,6 +207,20 @@ class Task(JoblibModel, table=True):
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
     completed_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    # What the job returned (completed tasks), and the latest reported progress.
+    result: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    progress: dict[str, Any] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
+    # Its running time limit; `deadline_at` is set from it when the task starts.
+    timeout_seconds: float | None = Field(default=None, sa_type=sa.Float)
+    deadline_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    # When it fails as `expired` if still pending.
+    expires_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
 

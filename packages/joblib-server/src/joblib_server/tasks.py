@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlmodel import col, select
 
 from joblib_protocol import (
     INTERNAL_ROOM,
+    CancelReason,
     Emission,
     ErrorCode,
     InternalJobNotConfigured,
@@ -47,6 +48,7 @@ from joblib_server.jobs import (
 )
 from joblib_server.outcome import Outcome
 from joblib_server.pages import bounded_count
+from joblib_server.payloads import check_payload
 from joblib_server.queues import pending_head, queue_position
 from joblib_server.tables import (
     JOB_TABLE,
@@ -61,12 +63,24 @@ from joblib_server.tables import (
 from joblib_server.views import (
     TaskRow,
     task_available,
+    task_cancelled,
     task_emission,
     task_response,
 )
 from joblib_server.workers import mark_returned, touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """A submit's own time limits; None takes the job's."""
+
+    timeout_seconds: float | None = None
+    pending_timeout_seconds: float | None = None
+
+
+NO_LIMITS = TaskLimits()
 
 
 _task, _job, _worker, _link = TASK_TABLE, JOB_TABLE, WORKER_TABLE, LINK_TABLE
@@ -92,7 +106,13 @@ _NEXT_SEQ = (
         _job.c.deleted.is_(False),
     )
     .values(task_seq=_job.c.task_seq + 1)
-    .returning(_job.c.id, _job.c.task_seq)
+    .returning(
+        _job.c.id,
+        _job.c.task_seq,
+        _job.c.schema,
+        _job.c.timeout_seconds,
+        _job.c.pending_timeout_seconds,
+    )
 )
 
 _INSERT_TASK = sa.insert(_task)
@@ -160,6 +180,12 @@ _FINISH_TASK = (
     )
 )
 
+_SET_DEADLINE = (
+    sa.update(_task)
+    .where(_task.c.id == sa.bindparam("b_task"))
+    .values(deadline_at=sa.bindparam("b_at"))
+)
+
 _SET_STATUS = (
     sa.update(_task)
     .where(_task.c.id == sa.bindparam("b_task"))
@@ -211,8 +237,13 @@ async def submit_task(
     *,
     internal_jobs: bool = False,
     task_id: uuid.UUID | None = None,
+    limits: TaskLimits = NO_LIMITS,
 ) -> Outcome[TaskResponse]:
-    """Queue a task for a job visible from `room_id` (with `task_id`, if given)."""
+    """Queue a task for a job visible from `room_id` (with `task_id`, if given).
+
+    The payload must match the job's JSON Schema (422 `invalid-payload`, nothing
+    stored). `limits` override the job's own time limits.
+    """
     name = job_name_in_room(room_id, full_name)
     if name.room_id == INTERNAL_ROOM and not internal_jobs:
         await find_job(session, room_id, full_name)  # unknown jobs still get 404
@@ -229,13 +260,20 @@ async def submit_task(
     ).first()
     if numbered is None:
         raise job_not_found(full_name, room_id)
-    job_id, seq = numbered
+    job_id, seq, schema, job_timeout, job_pending_timeout = numbered
+    check_payload(schema, payload)
+    created_at = utcnow()
+    timeout = limits.timeout_seconds or job_timeout
+    pending_timeout = limits.pending_timeout_seconds or job_pending_timeout
+    expires_at = (
+        created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
+    )
     task = TaskRow(
         id=task_id or uuid.uuid4(),
         job_name=full_name,
         room_id=room_id,
         status=TaskStatus.PENDING.value,
-        created_at=utcnow(),
+        created_at=created_at,
         started_at=None,
         completed_at=None,
         worker_id=None,
@@ -243,6 +281,8 @@ async def submit_task(
         payload=payload,
         attempt=1,
         error_code=None,
+        timeout_seconds=timeout,
+        expires_at=expires_at,
     )
     await connection.execute(
         _INSERT_TASK,
@@ -255,6 +295,8 @@ async def submit_task(
             "payload": payload,
             "seq": seq,
             "created_at": task.created_at,
+            "timeout_seconds": timeout,
+            "expires_at": expires_at,
         },
     )
     position = queue_position(task.status, seq, await pending_head(connection, job_id))
@@ -309,6 +351,8 @@ async def claim_task(
             # right now (PostgreSQL skips locked rows): try the next job.
             continue
         task = TaskRow.of(row, _job_name(job))
+        if start and task.timeout_seconds is not None:
+            task = await _set_deadline(connection, task, now)
         emissions = {task_emission(task)}
         if start:
             # Observers still see the task pass through claimed.
@@ -320,6 +364,14 @@ async def claim_task(
 
 def _oldest(row: Any) -> Any:
     return row.oldest
+
+
+async def _set_deadline(connection: Any, task: TaskRow, started: datetime) -> TaskRow:
+    """Give a task that starts now its deadline, from its `timeout_seconds`."""
+    assert task.timeout_seconds is not None
+    deadline = started + timedelta(seconds=task.timeout_seconds)
+    await connection.execute(_SET_DEADLINE, {"b_task": task.id, "b_at": deadline})
+    return replace(task, deadline_at=deadline)
 
 
 async def update_task(
@@ -368,6 +420,8 @@ async def update_task(
     if new == TaskStatus.RUNNING:
         await connection.execute(_START_TASK, params)
         task = replace(task, status=new.value, started_at=now)
+        if task.timeout_seconds is not None:
+            task = await _set_deadline(connection, task, now)
     elif is_terminal(new):
         code = ErrorCode.JOB_FAILED.value if new == TaskStatus.FAILED else None
         finish = {**params, "b_error": request.error, "b_error_code": code}
@@ -383,6 +437,11 @@ async def update_task(
         await connection.execute(_SET_STATUS, params)
         task = replace(task, status=new.value)
     emissions = {task_emission(task)}
+    if new == TaskStatus.CANCELLED and row.status != TaskStatus.PENDING:
+        # Its worker may be running it: tell it to stop.
+        stop = task_cancelled(task, CancelReason.CANCELLED)
+        if stop is not None:
+            emissions.add(stop)
     if is_terminal(new):
         emissions |= await soft_delete_orphan_jobs(session, [row.job_id])
     return Outcome(task_response(task, None), emissions)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from joblib_protocol import (
+    CancelReason,
     DisconnectPolicy,
     Emission,
     ErrorCode,
@@ -15,11 +16,13 @@ from joblib_protocol import (
     JobsInvalidate,
     JobSummary,
     TaskAvailable,
+    TaskCancelled,
     TaskResponse,
     TaskStatus,
     TaskStatusEvent,
     job_channel,
     room_channel,
+    worker_channel,
 )
 from joblib_server.tables import Job
 
@@ -44,6 +47,11 @@ class TaskRow:
     payload: dict[str, Any]
     attempt: int
     error_code: str | None
+    result: Any = None
+    progress: dict[str, Any] | None = None
+    timeout_seconds: float | None = None
+    deadline_at: datetime | None = None
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, task: Any, job_name: str) -> TaskRow:
@@ -80,8 +88,18 @@ def task_emission(task: TaskRow, queue_position: int | None = None) -> Emission:
         error=task.error,
         attempt=task.attempt,
         error_code=ErrorCode(task.error_code) if task.error_code else None,
+        deadline_at=task.deadline_at,
+        expires_at=task.expires_at,
     )
     return Emission(event, room_channel(task.room_id))
+
+
+def task_cancelled(task: TaskRow, reason: CancelReason) -> Emission | None:
+    """The `task_cancelled` telling the task's worker to stop it; None if unheld."""
+    if task.worker_id is None:
+        return None
+    event = TaskCancelled(task_id=str(task.id), job_name=task.job_name, reason=reason)
+    return Emission(event, worker_channel(task.worker_id))
 
 
 def task_available(task: TaskRow) -> Emission:
@@ -114,6 +132,8 @@ def job_response(
         workers=workers,
         worker_id=worker_id,
         on_disconnect=policy,
+        timeout_seconds=job.timeout_seconds,
+        pending_timeout_seconds=job.pending_timeout_seconds,
     )
 
 
