@@ -60,7 +60,13 @@ def connect_peer(
     """Connect a Socket.IO client (auth payload or Authorization header)."""
     sio = socketio.Client(reconnection=False)
     peer = Peer(sio)
-    for name in ("task_available", "task_status_event", "jobs_invalidate"):
+    for name in (
+        "task_available",
+        "task_status_event",
+        "jobs_invalidate",
+        "task_progress_event",
+        "task_cancelled",
+    ):
         sio.on(name, lambda data, name=name: peer.record(name, data))
     sio.connect(
         url,
