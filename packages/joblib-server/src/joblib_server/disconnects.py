@@ -95,6 +95,11 @@ _REQUEUE = (
         claimed_at=None,
         claim_request_id=None,
         attempt=_task.c.attempt + 1,
+        # A new run: the next start sets a new deadline; the queue expiry is
+        # for the first wait only, so a lost worker never makes a task expire.
+        deadline_at=None,
+        expires_at=None,
+        progress=None,
     )
 )
 
@@ -363,6 +368,9 @@ async def _release(
                 worker_id=None,
                 started_at=None,
                 attempt=row.attempt + 1,
+                deadline_at=None,
+                expires_at=None,
+                progress=None,
             )
             position = queue_position(task.status, row.seq, heads[row.job_id])
             emissions.add(task_emission(task, position))

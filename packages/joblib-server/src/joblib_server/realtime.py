@@ -31,6 +31,7 @@ from joblib_protocol import (
     job_channel,
     room_channel,
     validate_room_id,
+    worker_channel,
 )
 from joblib_server.auth import Identity
 from joblib_server.disconnects import socket_closed
@@ -278,6 +279,8 @@ class Realtime:
             return checked
         job_name, worker_id = checked
         await self.sio.enter_room(sid, job_channel(job_name))
+        # Where `task_cancelled` reaches the worker, whichever job it joined for.
+        await self.sio.enter_room(sid, worker_channel(worker_id))
         connection = self.connections.get(sid)
         if connection is not None:
             connection.workers[worker_id] = epochs[-1]

@@ -21,6 +21,7 @@ from joblib_server.database import Database
 from joblib_server.disconnects import grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
+from joblib_server.expiry import TimeLimits
 from joblib_server.outcome import Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
@@ -66,6 +67,7 @@ class JobLib:
         self.internal_jobs = internal_jobs
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
+        self.time_limits = TimeLimits(self)
         self.stopping = False
         """True once the server's own shutdown began: closing sockets are not
         workers going away, so nobody is cleaned up for them."""
@@ -125,6 +127,7 @@ class JobLib:
         if not batch:
             return
         self.waiters.notify(batch)
+        self.time_limits.notice(batch)
         try:
             await self.emitter.emit(batch)
         except Exception:
@@ -189,6 +192,7 @@ class JobLib:
             async with anyio.create_task_group() as group:
                 if self._run_sweeper:
                     group.start_soon(run_sweeper, self)
+                group.start_soon(self.time_limits.run)
                 self._timers = group
                 try:
                     yield self

@@ -93,6 +93,9 @@ _UNCLAIM = (
         worker_id=None,
         claimed_at=None,
         claim_request_id=None,
+        # It was claimed within its queue time; it must not expire for a
+        # worker that never started it.
+        expires_at=None,
     )
 )
 
@@ -107,7 +110,8 @@ async def heartbeat(
 
     `held` lists every task the worker holds. Its claimed and running tasks not
     listed, claimed longer than `heartbeat_task_margin_seconds` ago, are failed
-    or requeued by their jobs' policies with `error_code` `not_held`.
+    or requeued by their jobs' policies with `error_code` `not_held`. The answer's
+    `cancelled` lists the held tasks that are no longer the worker's to run.
     """
     now = utcnow()
     beat = await touch_worker(session, worker_id, identity, now)
@@ -119,6 +123,10 @@ async def heartbeat(
     connection = await session.connection()
     rows = (await connection.execute(_IN_FLIGHT_OF, {"b_worker": worker_id})).all()
     listed = set(held)
+    # Listed but no longer its to run: cancelled, failed by a deadline, requeued.
+    in_flight = {row.id for row in rows}
+    stop = sorted(task for task in listed if task not in in_flight)
+    answer = answer.model_copy(update={"cancelled": stop})
     lost = [
         row.id
         for row in rows
@@ -159,7 +167,10 @@ async def requeue_unstarted_claims(
         job = jobs[row.job_id]
         name = job_full_name(job.room_id, job.category, job.name)
         task = replace(
-            TaskRow.of(row, name), status=TaskStatus.PENDING.value, worker_id=None
+            TaskRow.of(row, name),
+            status=TaskStatus.PENDING.value,
+            worker_id=None,
+            expires_at=None,
         )
         position = queue_position(task.status, row.seq, heads[row.job_id])
         emissions.add(task_emission(task, position))
