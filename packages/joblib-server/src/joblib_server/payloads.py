@@ -1,13 +1,186 @@
-"""Task payloads checked against their job's JSON Schema (placeholder)."""
+"""Task payloads checked against their job's JSON Schema (Draft 2020-12)."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+from functools import lru_cache
+from itertools import islice
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
+
+from joblib_protocol import InvalidPayload, InvalidSchema
+from joblib_server.errors import ProblemError
+
+logger = logging.getLogger("joblib_server")
+
+MAX_ERRORS = 20
+"""The most `errors` one 422 lists; the detail says how many there were."""
+
+_SORTED_ERRORS = 1000
+"""Errors gathered (and sorted) before the first `MAX_ERRORS` are picked."""
+
+_MAX_MESSAGE = 300
+"""Characters of one error's message: jsonschema quotes the offending value."""
+
+_CACHED_SCHEMAS = 256
+"""Compiled validators kept, by distinct schema (least recently used go first)."""
+
+# Checks a schema against the 2020-12 meta-schema, with the meta-schema's own
+# format checks (a `pattern` must be a regular expression). Payloads are checked
+# without format assertions: `format` stays an annotation, as 2020-12 says.
+_META = Draft202012Validator(
+    Draft202012Validator.META_SCHEMA,
+    format_checker=Draft202012Validator.FORMAT_CHECKER,
+)
+
+
+def check_schema(schema: Any) -> None:
+    """Raise 422 `invalid-schema` unless `schema` is a valid JSON Schema object."""
+    if not isinstance(schema, dict):
+        raise _invalid_schema("a job's schema must be a JSON object", [])
+    errors = sorted(_META.iter_errors(schema), key=_error_key)
+    if errors:
+        first = best_match(errors)
+        assert first is not None
+        raise _invalid_schema(
+            f"not a valid JSON Schema (2020-12): {_message(first)}",
+            [_entry("schema", error) for error in errors[:MAX_ERRORS]],
+        )
+    unresolvable = _unresolvable_refs(schema)
+    if unresolvable:
+        _, ref = unresolvable[0]
+        raise _invalid_schema(
+            f"not a valid JSON Schema: $ref {ref!r} points to nothing in the schema "
+            "(remote references are not fetched)",
+            [
+                {"loc": ["body", "schema", *where], "msg": f"cannot resolve {ref!r}"}
+                for where, ref in unresolvable[:MAX_ERRORS]
+            ],
+        )
 
 
 def check_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
     """Raise 422 `invalid-payload` unless `payload` matches `schema`."""
+    if not schema:
+        return  # `{}` takes anything: the common case costs nothing
+    validator = _validator(_canonical(schema))
+    if validator is None:
+        return
+    try:
+        # jsonschema finds some errors in set order (unknown properties), which
+        # changes from one process to the next: sorting a good many of them makes
+        # the answer the same every time, short of a payload with thousands.
+        errors = list(islice(validator.iter_errors(payload), _SORTED_ERRORS))
+    except (Unresolvable, RecursionError) as exc:
+        # The schema passed `check_schema` but cannot be applied (a $ref that
+        # loops forever or leads nowhere): like an invalid stored schema, it
+        # must not block submits.
+        logger.warning("a job's schema cannot be applied, payload not checked: %r", exc)
+        return
+    if not errors:
+        return
+    errors.sort(key=_error_key)
+    shown = errors[:MAX_ERRORS]
+    found = f"{len(errors)}{'+' if len(errors) == _SORTED_ERRORS else ''}"
+    count = "1 error" if len(errors) == 1 else f"{found} errors"
+    if len(errors) > MAX_ERRORS:
+        count += f", the first {MAX_ERRORS} listed"
+    raise ProblemError(
+        InvalidPayload,
+        f"the payload does not match the job's schema ({count}): "
+        f"{_where(shown[0])}{_message(shown[0])}",
+        errors=[_entry("payload", error) for error in shown],
+    )
 
 
-def check_schema(schema: dict[str, Any]) -> None:
-    """Raise 422 `invalid-schema` unless `schema` is a valid JSON Schema."""
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+@lru_cache(maxsize=_CACHED_SCHEMAS)
+def _validator(canonical: str) -> Draft202012Validator | None:
+    """The compiled validator of a schema, or None when the schema is not valid.
+
+    Built from the canonical text, so equal schemas check payloads (and order
+    their errors) alike whatever the order of their keys.
+    """
+    schema = json.loads(canonical)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        # Jobs registered before schemas were checked may hold one that is not
+        # valid: their submits go through unchecked, as they always did. Logged
+        # once while the validator stays cached.
+        logger.warning(
+            "a job's stored schema is not valid, payloads unchecked: %s", exc.message
+        )
+        return None
+    return Draft202012Validator(schema)
+
+
+def _unresolvable_refs(schema: dict[str, Any]) -> list[tuple[list[Any], str]]:
+    """The `$ref`s that lead nowhere from the schema's root, with their paths.
+
+    Only a schema without nested `$id`s is looked at: a nested `$id` changes
+    what its `$ref`s are relative to, and such a schema is left to the check
+    applied at submit time.
+    """
+    refs = list(_keyword(schema, [], "$ref"))
+    if not refs or any(len(path) > 1 for path, _ in _keyword(schema, [], "$id")):
+        return []
+    resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))
+    missing: list[tuple[list[Any], str]] = []
+    for path, ref in refs:
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            missing.append((path, ref))
+    return missing
+
+
+def _keyword(value: Any, path: list[Any], name: str) -> Iterator[tuple[list[Any], str]]:
+    """Every string under key `name` in a JSON value, with the path to its object.
+
+    `enum`, `const` and `default` hold data, not schemas, and are not entered.
+    """
+    if isinstance(value, dict):
+        if isinstance(value.get(name), str):
+            yield [*path, name], value[name]
+        for key, item in value.items():
+            if key not in ("enum", "const", "default", "examples"):
+                yield from _keyword(item, [*path, key], name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _keyword(item, [*path, index], name)
+
+
+def _error_key(error: ValidationError) -> tuple[str, str]:
+    return (error.json_path, error.message)
+
+
+def _message(error: ValidationError) -> str:
+    message = error.message
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    return message
+
+
+def _where(error: ValidationError) -> str:
+    return f"at {error.json_path}: " if error.absolute_path else ""
+
+
+def _entry(field: str, error: ValidationError) -> dict[str, Any]:
+    return {"loc": ["body", field, *error.absolute_path], "msg": _message(error)}
+
+
+def _invalid_schema(detail: str, errors: list[dict[str, Any]]) -> ProblemError:
+    if not errors:
+        errors = [{"loc": ["body", "schema"], "msg": detail}]
+    return ProblemError(InvalidSchema, detail, errors=errors)
