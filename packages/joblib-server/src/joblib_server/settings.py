@@ -35,6 +35,13 @@ class Settings(BaseModel):
     )
     internal_task_timeout_seconds: float = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_result_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="The largest task result, as JSON; a `PATCH /tasks/{id}` "
+        "completing a task takes a body this much larger than `max_body_bytes`, "
+        "and a larger result gets 413 payload-too-large.",
+    )
     body_timeout_seconds: float = Field(
         default=30,
         gt=0,

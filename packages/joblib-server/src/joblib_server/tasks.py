@@ -5,6 +5,7 @@ Queue positions come from per-job sequence numbers; see `queues`.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -22,6 +23,7 @@ from joblib_protocol import (
     Emission,
     ErrorCode,
     InternalJobNotConfigured,
+    PayloadTooLarge,
     TaskResponse,
     TaskStatus,
     TaskUpdateRequest,
@@ -50,6 +52,7 @@ from joblib_server.outcome import Outcome
 from joblib_server.pages import bounded_count
 from joblib_server.payloads import check_payload
 from joblib_server.queues import pending_head, queue_position
+from joblib_server.settings import settings_of
 from joblib_server.tables import (
     JOB_TABLE,
     LINK_TABLE,
@@ -177,6 +180,7 @@ _FINISH_TASK = (
         completed_at=sa.bindparam("b_now"),
         error=sa.bindparam("b_error"),
         error_code=sa.bindparam("b_error_code"),
+        result=sa.bindparam("b_result"),
     )
 )
 
@@ -374,6 +378,28 @@ async def _set_deadline(connection: Any, task: TaskRow, started: datetime) -> Ta
     return replace(task, deadline_at=deadline)
 
 
+async def fence_report(
+    session: AsyncSession, task_id: uuid.UUID, reporter: uuid.UUID | None, row: Any
+) -> None:
+    """409 `task-worker-mismatch` unless the reporting worker still holds the task.
+
+    `row` is the task's row with its worker's `worker_owner` (None once the worker
+    row is gone). A report without a `reporter` is not fenced.
+    """
+    if reporter is None:
+        return
+    if reporter != row.worker_id or row.worker_owner is None:
+        # A stale report: the task was requeued (and maybe claimed by another
+        # worker), or this worker was removed (a failed task keeps its worker
+        # id, but the worker row is gone). Nothing changes.
+        raise ProblemError(
+            TaskWorkerMismatch,
+            f"task {task_id} is not held by worker {reporter} any more",
+        )
+    # A report is a sign of life: a worker in its grace time is back.
+    await mark_returned(session, reporter)
+
+
 async def update_task(
     session: AsyncSession,
     identity: Identity,
@@ -388,17 +414,7 @@ async def update_task(
     row = (await connection.execute(locked, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
-    if request.worker_id is not None:
-        if request.worker_id != row.worker_id or row.worker_owner is None:
-            # A stale report: the task was requeued (and maybe claimed by another
-            # worker), or this worker was removed (a failed task keeps its worker
-            # id, but the worker row is gone). Nothing changes.
-            raise ProblemError(
-                TaskWorkerMismatch,
-                f"task {task_id} is not held by worker {request.worker_id} any more",
-            )
-        # A report is a sign of life: a worker in its grace time is back.
-        await mark_returned(session, request.worker_id)
+    await fence_report(session, task_id, request.worker_id, row)
     new = request.status
     allowed = (
         identity.is_admin
@@ -414,6 +430,8 @@ async def update_task(
     if request.error is not None and "\x00" in request.error:
         # PostgreSQL text cannot hold NUL; SQLite could, but both must answer alike.
         raise _invalid_error("an error must not contain NUL characters")
+    if "result" in request.model_fields_set:
+        _check_result(request, settings_of(session).max_result_bytes)
     now = utcnow()
     task = TaskRow.of(row, _job_name(row))
     params: dict[str, Any] = {"b_task": task_id, "b_status": new.value, "b_now": now}
@@ -424,7 +442,12 @@ async def update_task(
             task = await _set_deadline(connection, task, now)
     elif is_terminal(new):
         code = ErrorCode.JOB_FAILED.value if new == TaskStatus.FAILED else None
-        finish = {**params, "b_error": request.error, "b_error_code": code}
+        finish = {
+            **params,
+            "b_error": request.error,
+            "b_error_code": code,
+            "b_result": request.result,
+        }
         await connection.execute(_FINISH_TASK, finish)
         task = replace(
             task,
@@ -432,6 +455,7 @@ async def update_task(
             completed_at=now,
             error=request.error,
             error_code=code,
+            result=request.result,
         )
     else:
         await connection.execute(_SET_STATUS, params)
@@ -447,10 +471,30 @@ async def update_task(
     return Outcome(task_response(task, None), emissions)
 
 
-def _invalid_error(msg: str) -> ProblemError:
+def _invalid_error(msg: str, field: str = "error") -> ProblemError:
     return ProblemError(
-        ValidationFailed, msg, errors=[{"loc": ["body", "error"], "msg": msg}]
+        ValidationFailed, msg, errors=[{"loc": ["body", field], "msg": msg}]
     )
+
+
+def _check_result(request: TaskUpdateRequest, limit: int) -> None:
+    """A result comes only with `completed` (422), and within `limit` bytes (413)."""
+    if request.status != TaskStatus.COMPLETED:
+        raise _invalid_error(
+            f"a result may only be given with status 'completed', "
+            f"not {request.status.value!r}",
+            "result",
+        )
+    size = len(
+        json.dumps(request.result, ensure_ascii=False, separators=(",", ":")).encode()
+    )
+    if size > limit:
+        raise ProblemError(
+            PayloadTooLarge,
+            f"the result is {size} bytes as JSON, over this server's limit of "
+            f"{limit} bytes (max_result_bytes): store large outputs elsewhere and "
+            "return a reference to them",
+        )
 
 
 async def task_room(session: AsyncSession, task_id: uuid.UUID) -> str:
