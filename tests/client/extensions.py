@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import field_validator
+
 from joblib_client import Category, Extension
 
 
@@ -38,3 +40,22 @@ class Explode(Extension):
 
     def run(self, **kwargs: Any) -> None:
         raise ValueError("boom")
+
+
+class Picky(Extension):
+    """Its JSON Schema takes any angle, its validator no negative one: a payload
+    the server accepts can still fail to fit on the worker."""
+
+    category: ClassVar[Category] = Category.MODIFIER
+
+    angle: float = 0.0
+
+    @field_validator("angle")
+    @classmethod
+    def _not_negative(cls, angle: float) -> float:
+        if angle < 0:
+            raise ValueError("the angle must not be negative")
+        return angle
+
+    def run(self, **kwargs: Any) -> None:
+        pass

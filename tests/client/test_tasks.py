@@ -23,7 +23,7 @@ from joblib_client import (
 from joblib_protocol import TaskStatus
 from joblib_server import Settings
 from tests.client.conftest import Listener, ManagerFactory, RequestCounter, auth
-from tests.client.extensions import Explode, Rotate
+from tests.client.extensions import Explode, Picky, Rotate
 from tests.support import eventually
 from tests.support.servers import make_settings
 from tests.support.tokens import ADMIN, ALICE
@@ -121,9 +121,12 @@ def test_run_keeps_a_cancelled_task_cancelled(
 def test_a_payload_that_does_not_fit_fails_the_task(
     worker: JobManager, submitter: JobManager, server: TestClient
 ) -> None:
+    # The server checks the payload against the job's schema; the worker's
+    # validator refuses it.
+    worker.register(Picky)
     answer = server.post(
-        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Rotate",
-        json={"payload": {"angle": "not a number"}},
+        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Picky",
+        json={"payload": {"angle": -1}},
         headers=auth(ALICE),
     )
     assert answer.status_code == 202, answer.text
@@ -139,9 +142,12 @@ def test_a_task_cancelled_before_its_invalid_payload_is_reported_is_skipped(
     worker: JobManager, submitter: JobManager, server: TestClient
 ) -> None:
     """The failure report answers 409: listen() goes on with the next task."""
+    # The server checks the payload against the job's schema; the worker's
+    # validator refuses it.
+    worker.register(Picky)
     answer = server.post(
-        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Rotate",
-        json={"payload": {"angle": "not a number"}},
+        "/v1/joblib/rooms/room1/tasks/@global:modifiers:Picky",
+        json={"payload": {"angle": -1}},
         headers=auth(ALICE),
     )
     assert answer.status_code == 202, answer.text
