@@ -6,15 +6,19 @@ EXPECTED = {
     "__version__", "API_PREFIX",
     # the manager and what it is built from
     "JobManager", "Extension", "Category", "ClaimedTask",
+    # the task a job's code runs for
+    "current_task", "TaskContext",
     "Api", "ApiClient", "Tsio", "EventSource", "SocketClient",
     # exceptions
     "JobLibError", "TransportError", "WaitTimeoutError", "error_for_problem",
+    "TaskFailedError", "TaskCancelledError",
     "BadRequestError", "InvalidCategoryError", "InvalidJobNameError",
     "InvalidRoomIdError", "UnauthorizedError", "ForbiddenError", "NotFoundError",
     "JobNotFoundError", "WorkerNotFoundError", "TaskNotFoundError",
     "MethodNotAllowedError", "ConflictError", "SchemaConflictError",
     "InvalidTaskTransitionError", "TaskWorkerMismatchError", "PayloadTooLargeError",
     "ValidationFailedError", "RoomLockedError",
+    "InvalidPayloadError", "InvalidSchemaError", "TaskNotRunningError",
     "ServerError", "InternalJobNotConfiguredError",
     "RequestTimeoutError", "DatabaseUnavailableError",
 }  # fmt: skip

@@ -2,6 +2,7 @@
 
 from joblib_client._http import API_PREFIX, Api, ApiClient
 from joblib_client._socket import EventSource, SocketClient, Tsio
+from joblib_client.context import TaskContext, current_task
 from joblib_client.exceptions import (
     BadRequestError,
     ConflictError,
@@ -10,7 +11,9 @@ from joblib_client.exceptions import (
     InternalJobNotConfiguredError,
     InvalidCategoryError,
     InvalidJobNameError,
+    InvalidPayloadError,
     InvalidRoomIdError,
+    InvalidSchemaError,
     InvalidTaskTransitionError,
     JobLibError,
     JobNotFoundError,
@@ -21,7 +24,10 @@ from joblib_client.exceptions import (
     RoomLockedError,
     SchemaConflictError,
     ServerError,
+    TaskCancelledError,
+    TaskFailedError,
     TaskNotFoundError,
+    TaskNotRunningError,
     TaskWorkerMismatchError,
     TransportError,
     UnauthorizedError,
@@ -51,7 +57,9 @@ __all__ = [
     "InternalJobNotConfiguredError",
     "InvalidCategoryError",
     "InvalidJobNameError",
+    "InvalidPayloadError",
     "InvalidRoomIdError",
+    "InvalidSchemaError",
     "InvalidTaskTransitionError",
     "JobLibError",
     "JobManager",
@@ -64,7 +72,11 @@ __all__ = [
     "SchemaConflictError",
     "ServerError",
     "SocketClient",
+    "TaskCancelledError",
+    "TaskContext",
+    "TaskFailedError",
     "TaskNotFoundError",
+    "TaskNotRunningError",
     "TaskWorkerMismatchError",
     "TransportError",
     "Tsio",
@@ -73,5 +85,6 @@ __all__ = [
     "WaitTimeoutError",
     "WorkerNotFoundError",
     "__version__",
+    "current_task",
     "error_for_problem",
 ]

@@ -18,6 +18,7 @@ from joblib_protocol import (
     JobResponse,
     ProblemDetail,
     TaskClaimResponse,
+    TaskProgressRequest,
     TaskResponse,
     TaskStatus,
     WorkerCleanupResponse,
@@ -144,8 +145,9 @@ class Rest:
     ) -> WorkerResponse:
         """`PATCH /workers/{worker_id}`; `tasks`, if given, are all the worker holds.
 
-        The server releases the worker's other tasks (ours; a server without the
-        extension ignores the body).
+        The server releases the worker's other tasks, and its answer's `cancelled`
+        lists the given tasks the worker should stop (ours; a server without the
+        extension ignores the body and lists none).
         """
         body = None if tasks is None else {"tasks": [str(t) for t in tasks]}
         response = self.request("PATCH", f"/workers/{worker_id}", json=body)
@@ -179,18 +181,24 @@ class Rest:
         payload: dict[str, Any],
         *,
         idempotency_key: str | None = None,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
     ) -> TaskResponse:
         """`POST /rooms/{room_id}/tasks/{full_name}`.
 
         With `idempotency_key` (ours) the same key answers the task it made first.
+        The time limits (ours), when given, override the job's for this task.
         """
         path = f"/rooms/{_segment(room_id)}/tasks/{_segment(full_name)}"
         headers = None
         if idempotency_key is not None:
             headers = {"Idempotency-Key": idempotency_key}
-        response = self.request(
-            "POST", path, json={"payload": payload}, headers=headers
-        )
+        body: dict[str, Any] = {"payload": payload}
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        if pending_timeout_seconds is not None:
+            body["pending_timeout_seconds"] = pending_timeout_seconds
+        response = self.request("POST", path, json=body, headers=headers)
         return TaskResponse.model_validate_json(response.content)
 
     def claim_task(
@@ -231,15 +239,26 @@ class Rest:
         error: str | None = None,
         *,
         worker_id: UUID | None = None,
+        result: Any = None,
     ) -> TaskResponse:
-        """`PATCH /tasks/{task_id}`, as `worker_id` if given (409 once it is stale)."""
+        """`PATCH /tasks/{task_id}`, as `worker_id` if given (409 once it is stale).
+
+        `result` (ours, a JSON-ready value) is sent with `completed` only.
+        """
         body: dict[str, Any] = {"status": status.value}
         if error is not None:
             body["error"] = error
         if worker_id is not None:
             body["worker_id"] = str(worker_id)
+        if status == TaskStatus.COMPLETED and result is not None:
+            body["result"] = result
         response = self.request("PATCH", f"/tasks/{task_id}", json=body)
         return TaskResponse.model_validate_json(response.content)
+
+    def put_progress(self, task_id: UUID, progress: TaskProgressRequest) -> None:
+        """`PUT /tasks/{task_id}/progress` (ours); 409 once the task stopped running."""
+        body = progress.model_dump(mode="json", exclude_none=True)
+        self.request("PUT", f"/tasks/{task_id}/progress", json=body)
 
     def get_task(
         self, task_id: UUID, *, wait: float | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 from uuid import UUID
 
 from joblib_client._http import Rest
@@ -45,14 +46,18 @@ class Reporter:
         worker_id: UUID | None,
         status: TaskStatus,
         error: str | None = None,
+        result: Any = None,
     ) -> TaskResponse:
-        """Report `status` as `worker_id`; raise the last failure if it never lands."""
+        """Report `status` as `worker_id`; raise the last failure if it never lands.
+
+        `result`, a JSON-ready value, goes with `completed`.
+        """
         deadline = time.monotonic() + self.retry_seconds
         backoff = Backoff(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, jitter=True)
         while True:
             try:
                 return self.rest.update_task(
-                    task_id, status, error, worker_id=worker_id
+                    task_id, status, error, worker_id=worker_id, result=result
                 )
             except InvalidTaskTransitionError:
                 # An earlier try may have landed with its answer lost on the way.

@@ -33,8 +33,8 @@ class Tsio(Protocol):
 class EventSource(Protocol):
     """A `Tsio` that also delivers server events; the manager then listens too.
 
-    The manager subscribes to `"connect"` (fired again on every reconnection) and
-    to `task_available`.
+    The manager subscribes to `"connect"` (fired again on every reconnection), to
+    `task_available` and to `task_cancelled`.
     """
 
     def on(self, event: str, handler: Handler) -> None:

@@ -8,7 +8,8 @@ a precise class such as `SchemaConflictError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -19,7 +20,9 @@ from joblib_protocol import (
     InternalJobNotConfigured,
     InvalidCategory,
     InvalidJobName,
+    InvalidPayload,
     InvalidRoomId,
+    InvalidSchema,
     InvalidTaskTransition,
     JobNotFound,
     MethodNotAllowed,
@@ -31,12 +34,16 @@ from joblib_protocol import (
     RoomLocked,
     SchemaConflict,
     TaskNotFound,
+    TaskNotRunning,
     TaskWorkerMismatch,
     Unauthorized,
     ValidationFailed,
     WorkerNotFound,
     problem_type_for,
 )
+
+if TYPE_CHECKING:
+    from joblib_protocol import CancelReason, ErrorCode, TaskResponse
 
 
 class JobLibError(Exception):
@@ -74,6 +81,50 @@ class TransportError(JobLibError):
 
 class WaitTimeoutError(JobLibError, TimeoutError):
     """A task did not reach a terminal state within the time given to `wait()`."""
+
+
+class TaskFailedError(JobLibError):
+    """The task a caller waited for failed: `error` says why, `error_code` for machines.
+
+    `task` is the task as the server last showed it, when the error came from it.
+    """
+
+    def __init__(
+        self,
+        task_id: UUID,
+        error: str | None,
+        error_code: ErrorCode | None = None,
+        *,
+        task: TaskResponse | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.error = error
+        self.error_code = error_code
+        self.task = task
+        code = f" ({error_code.value})" if error_code is not None else ""
+        super().__init__(f"task {task_id} failed{code}: {error or 'no error given'}")
+
+
+class TaskCancelledError(JobLibError):
+    """A task was cancelled (or, inside a job, told to stop: see `reason`).
+
+    `result()` raises it for a task its submitter or an admin cancelled;
+    `TaskContext.raise_if_cancelled()` raises it inside the job's code once the
+    task is cancelled or past its deadline.
+    """
+
+    def __init__(
+        self,
+        task_id: UUID,
+        reason: CancelReason | None = None,
+        *,
+        task: TaskResponse | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        self.task = task
+        why = f" ({reason.value})" if reason is not None else ""
+        super().__init__(f"task {task_id} was cancelled{why}")
 
 
 class BadRequestError(JobLibError):
@@ -171,8 +222,17 @@ class TaskWorkerMismatchError(ConflictError):
     problem_type = TaskWorkerMismatch
 
 
+class TaskNotRunningError(ConflictError):
+    """Progress was reported for a task that is not running any more.
+
+    It was cancelled, failed by its deadline, or finished: its worker should stop.
+    """
+
+    problem_type = TaskNotRunning
+
+
 class PayloadTooLargeError(JobLibError):
-    """The request body is over the server's size limit (413)."""
+    """The request body, or a task's result, is over the server's size limit (413)."""
 
     problem_type = PayloadTooLarge
 
@@ -180,7 +240,7 @@ class PayloadTooLargeError(JobLibError):
 class ValidationFailedError(JobLibError):
     """The server rejected the body as invalid (422); `errors` lists the fields."""
 
-    problem_type = ValidationFailed
+    problem_type: ClassVar[type[ProblemType] | None] = ValidationFailed
 
     @property
     def errors(self) -> list[Any]:
@@ -188,6 +248,21 @@ class ValidationFailedError(JobLibError):
         extra = self.problem.model_extra if self.problem is not None else None
         errors = (extra or {}).get("errors")
         return list(errors) if isinstance(errors, list) else []
+
+
+class InvalidPayloadError(ValidationFailedError):
+    """A task's payload does not match its job's JSON Schema (422); see `errors`.
+
+    Each error has `loc` (the path inside the payload) and `msg`; nothing was stored.
+    """
+
+    problem_type = InvalidPayload
+
+
+class InvalidSchemaError(ValidationFailedError):
+    """A job's schema is not a valid JSON Schema (2020-12) (422); see `errors`."""
+
+    problem_type = InvalidSchema
 
 
 class RequestTimeoutError(JobLibError):

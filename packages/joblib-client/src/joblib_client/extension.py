@@ -27,8 +27,15 @@ class Extension(BaseModel):
 
     category: ClassVar[Category]
 
-    def run(self, **kwargs: Any) -> None:
-        """Do the job's work; raising marks the task failed with the error text."""
+    def run(self, **kwargs: Any) -> Any:
+        """Do the job's work; what it returns is the task's result.
+
+        The result must be JSON-able: a pydantic model, a dataclass, or anything
+        `pydantic_core.to_jsonable_python` takes (JSON values, datetimes, UUIDs,
+        enums, ...); anything else fails the task. Raising marks the task failed
+        with the error text. `joblib_client.current_task()` gives the task being
+        run: its progress, and whether it was cancelled.
+        """
         raise NotImplementedError(f"{type(self).__name__}.run() is not implemented")
 
 

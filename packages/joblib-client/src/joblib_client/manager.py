@@ -13,19 +13,21 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, overload
 from uuid import UUID
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
 from joblib_client._reports import Reporter
+from joblib_client._results import task_outcome, wait_for_task
 from joblib_client._retry import Backoff, is_refusal, is_transient
+from joblib_client._runner import Runner
+from joblib_client._running import RunningTasks
 from joblib_client._socket import EventSource, SocketClient, Tsio
 from joblib_client.exceptions import (
     ForbiddenError,
     JobLibError,
     NotFoundError,
     TransportError,
-    WaitTimeoutError,
     WorkerNotFoundError,
     error_for_problem,
 )
@@ -44,9 +46,11 @@ from joblib_protocol import (
     JoinJobRoom,
     LeaveJobRoom,
     TaskAvailable,
+    TaskCancelled,
     TaskResponse,
     TaskStatus,
-    is_terminal,
+    TaskSubmitRequest,
+    TimeoutSeconds,
 )
 
 logger = logging.getLogger("joblib_client")
@@ -60,9 +64,6 @@ HEARTBEAT_SECONDS = 20.0
 REPORT_RETRY_SECONDS = 60.0
 """Default time a task's status report is tried again while the server cannot take
 it (no answer, or a 5xx): a server restart or a proxy's hiccup fits in it."""
-
-LONG_POLL_SECONDS = 30.0
-"""How long one `wait()` request asks the server to hold its answer."""
 
 _STOP_CHECK_SECONDS = 0.2
 """How often a sleeping `listen()` looks at its stop events."""
@@ -86,6 +87,11 @@ class _Registration:
     cls: type[Extension]
     room_id: str
     policy: DisconnectPolicyRequest | None = None
+    timeout_seconds: float | None = None
+    pending_timeout_seconds: float | None = None
+
+
+_LIMIT: TypeAdapter[float | None] = TypeAdapter(TimeoutSeconds | None)
 
 
 PolicyLike = DisconnectPolicyRequest | Mapping[str, Any]
@@ -152,9 +158,16 @@ class JobManager:
         self._claims_park: bool | None = None
         self._listeners: set[threading.Event] = set()
         self._owned: list[_Closeable] = []
+        # The contexts of the tasks run() runs, told to stop by the socket, the
+        # heartbeat answers and refused progress reports.
+        self._running = RunningTasks(self._rest)
+        self._runner = Runner(
+            self._reporter, self._running, self._let_go, lambda: self._worker_id
+        )
         if isinstance(tsio, EventSource):
             tsio.on("connect", self._on_connect)
             tsio.on(TaskAvailable.event_name(), self._on_task_available)
+            tsio.on(TaskCancelled.event_name(), self._running.on_task_cancelled)
 
     @classmethod
     def connect(
@@ -241,6 +254,8 @@ class JobManager:
         *,
         room: str | None = None,
         on_disconnect: PolicyLike | None = None,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
     ) -> type[ExtensionT]: ...
 
     @overload
@@ -250,6 +265,8 @@ class JobManager:
         *,
         room: str | None = None,
         on_disconnect: PolicyLike | None = None,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
     ) -> Callable[[type[ExtensionT]], type[ExtensionT]]: ...
 
     def register(
@@ -258,6 +275,8 @@ class JobManager:
         *,
         room: str | None = None,
         on_disconnect: PolicyLike | None = None,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
     ) -> type[ExtensionT] | Callable[[type[ExtensionT]], type[ExtensionT]]:
         """Register an extension as a job in `room` (default `@global`).
 
@@ -266,20 +285,40 @@ class JobManager:
         `on_disconnect` (a `DisconnectPolicyRequest` or a mapping of its fields:
         `action` "fail" or "requeue", `max_attempts`, `grace_seconds`) says what
         becomes of the job's tasks when their worker goes away; fields left out
-        take the server's defaults. It is checked before any request.
+        take the server's defaults. `timeout_seconds` is the longest a task may
+        run once started (past it, the server fails it `deadline_exceeded` and
+        tells the worker to stop it), `pending_timeout_seconds` the longest it may
+        wait to be claimed (past it, it is failed `expired`); a submit may
+        override both. All are checked before any request.
         """
         policy = (
             None
             if on_disconnect is None
             else DisconnectPolicyRequest.model_validate(on_disconnect)
         )
+        timeout = _LIMIT.validate_python(timeout_seconds)
+        pending_timeout = _LIMIT.validate_python(pending_timeout_seconds)
         if cls is None:
 
             def decorator(inner: type[ExtensionT]) -> type[ExtensionT]:
-                return self.register(inner, room=room, on_disconnect=policy)
+                return self.register(
+                    inner,
+                    room=room,
+                    on_disconnect=policy,
+                    timeout_seconds=timeout,
+                    pending_timeout_seconds=pending_timeout,
+                )
 
             return decorator
-        self._register(_Registration(check_extension(cls), room or GLOBAL_ROOM, policy))
+        self._register(
+            _Registration(
+                check_extension(cls),
+                room or GLOBAL_ROOM,
+                policy,
+                timeout,
+                pending_timeout,
+            )
+        )
         return cls
 
     def _register(self, registration: _Registration) -> str:
@@ -312,6 +351,8 @@ class JobManager:
                 "schema": job_schema(cls),
                 "worker_id": worker_id,
                 "on_disconnect": registration.policy,
+                "timeout_seconds": registration.timeout_seconds,
+                "pending_timeout_seconds": registration.pending_timeout_seconds,
             }
         )
         try:
@@ -398,11 +439,13 @@ class JobManager:
     def _heartbeat_as(self, worker_id: UUID) -> datetime:
         with self._lock:
             held = [task for task, owner in self._held.items() if owner == worker_id]
-        beat = self._rest.heartbeat(worker_id, held).last_heartbeat
+        answer = self._rest.heartbeat(worker_id, held)
         with self._lock:
             if self._worker_id == worker_id:
-                self._last_heartbeat = beat
-        return beat
+                self._last_heartbeat = answer.last_heartbeat
+        # Listed tasks to stop: cancelled, past their deadline, or not ours now.
+        self._running.cancel_listed(answer.cancelled)
+        return answer.last_heartbeat
 
     def _beat(self) -> None:
         with self._lock:
@@ -477,6 +520,7 @@ class JobManager:
                     extension=extension,
                     status=response.status,
                     worker_id=worker_id,
+                    attempt=response.attempt,
                 )
         logger.warning("failing task %s: %s", response.id, error)
         try:
@@ -494,29 +538,15 @@ class JobManager:
     def start(self, task: ClaimedTask) -> None:
         """Mark a claimed task running; a task already running is left alone."""
         if task.status == TaskStatus.CLAIMED:
-            self._report(task, TaskStatus.RUNNING)
+            self._runner.report(task, TaskStatus.RUNNING)
 
-    def complete(self, task: ClaimedTask) -> None:
-        """Mark a task completed."""
-        self._report(task, TaskStatus.COMPLETED)
+    def complete(self, task: ClaimedTask, result: Any = None) -> None:
+        """Mark a task completed with its `result` (a JSON-ready value)."""
+        self._runner.report(task, TaskStatus.COMPLETED, result=result)
 
     def fail(self, task: ClaimedTask, error: str) -> None:
         """Mark a task failed with the error text shown to whoever submitted it."""
-        self._report(task, TaskStatus.FAILED, error)
-
-    def _report(
-        self, task: ClaimedTask, status: TaskStatus, error: str | None = None
-    ) -> None:
-        worker_id = task.worker_id if task.worker_id is not None else self._worker_id
-        try:
-            answer = self._reporter.update(task.id, worker_id, status, error)
-        except JobLibError as exc:
-            if is_refusal(exc):
-                self._let_go(task.id)  # no longer this worker's
-            raise
-        task.status = answer.status
-        if is_terminal(task.status):
-            self._let_go(task.id)
+        self._runner.report(task, TaskStatus.FAILED, error)
 
     def _let_go(self, task_id: UUID) -> None:
         """Stop listing a task in heartbeats: the manager is done with it."""
@@ -524,46 +554,24 @@ class JobManager:
             self._held.pop(task_id, None)
 
     def run(self, task: ClaimedTask, **kwargs: Any) -> TaskStatus:
-        """Run the task's extension and report completed, or failed with the error.
+        """Run the task's extension and report completed with its result, or failed.
 
-        `kwargs` are passed to `Extension.run()`. Returns the task's status as the
-        server last acknowledged it. A report is tried again through an outage
-        for `report_retry_seconds`; one that never gets through is logged as an
-        error. A report the server refuses because the task is no longer this
-        worker's (403, 404, 409: cancelled, requeued to another worker, the
-        worker removed) is logged as a warning, and the task's current status on
-        the server returned. Either way `run()` returns, so `listen()` goes on
-        with the next task; other errors (401, 422) are raised.
+        `kwargs` are passed to `Extension.run()`, whose return value, made
+        JSON-able (see `Extension.run`), is the task's result; one that cannot be
+        fails the task instead. While it runs, `current_task()` gives its
+        `TaskContext`. Returns the task's status as the server last acknowledged
+        it. A report is tried again through an outage for `report_retry_seconds`;
+        one that never gets through is logged as an error. A report the server
+        refuses because the task is no longer this worker's (403, 404, 409:
+        cancelled, requeued to another worker, the worker removed) is logged as a
+        warning, and the task's current status on the server returned. A task
+        told to stop while it ran (cancelled, past its deadline, see
+        `TaskContext.cancelled`) is not reported at all once its code returns or
+        raises: its status on the server is returned. Either way `run()`
+        returns, so `listen()` goes on with the next task; other errors (401,
+        422) are raised.
         """
-        try:
-            self.start(task)
-        except JobLibError as exc:
-            return self._unreported(task, TaskStatus.RUNNING, exc)
-        error: str | None = None
-        try:
-            task.extension.run(**kwargs)
-        except Exception as exc:
-            # The job's code may raise anything; its message is the task's error.
-            logger.exception("task %s (%s) failed", task.id, task.job_name)
-            error = f"{type(exc).__name__}: {exc}"
-        try:
-            if error is None:
-                self.complete(task)
-            else:
-                self.fail(task, error)
-        except JobLibError as exc:
-            final = TaskStatus.COMPLETED if error is None else TaskStatus.FAILED
-            return self._unreported(task, final, exc)
-        return task.status
-
-    def _unreported(
-        self, task: ClaimedTask, status: TaskStatus, exc: JobLibError
-    ) -> TaskStatus:
-        """`run()` is done with a task whose report did not land: let it go."""
-        try:
-            return self._reporter.unreported(task, status, exc)
-        finally:
-            self._let_go(task.id)
+        return self._runner.run(task, kwargs)
 
     def listen(
         self,
@@ -672,19 +680,32 @@ class JobManager:
         *,
         job_room: str = GLOBAL_ROOM,
         idempotency_key: str | None = None,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
     ) -> UUID:
         """Submit a task running `extension` in `room`; return the task's id.
 
         `idempotency_key` (up to 255 visible ASCII characters, unique per
         submit you mean): sending the same key again within a day returns the
         task the first submit made instead of making another, so a submit that
-        met a timeout or a 503 can safely be sent again.
+        met a timeout or a 503 can safely be sent again. `timeout_seconds` and
+        `pending_timeout_seconds` override the job's time limits for this task
+        (see `register`); they are checked before the request.
         """
         cls = check_extension(type(extension))
         full_name = job_full_name(cls, job_room)
-        payload = extension.model_dump(mode="json")
+        request = TaskSubmitRequest(
+            payload=extension.model_dump(mode="json"),
+            timeout_seconds=timeout_seconds,
+            pending_timeout_seconds=pending_timeout_seconds,
+        )
         task = self._rest.submit_task(
-            room, full_name, payload, idempotency_key=idempotency_key
+            room,
+            full_name,
+            request.payload,
+            idempotency_key=idempotency_key,
+            timeout_seconds=request.timeout_seconds,
+            pending_timeout_seconds=request.pending_timeout_seconds,
         )
         return task.id
 
@@ -692,24 +713,19 @@ class JobManager:
         """Wait until the task is completed, failed or cancelled, and return it.
 
         Long-polls `GET /tasks/{id}` with `Prefer: wait=N`; raises
-        `WaitTimeoutError` when `timeout` seconds pass first.
+        `WaitTimeoutError` when `timeout` seconds pass first. A completed task
+        carries what its job returned in `result`.
         """
-        task_id = UUID(str(task_id))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = LONG_POLL_SECONDS
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-            task, applied = self._rest.get_task(task_id, wait=wait)
-            if is_terminal(task.status):
-                return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"task {task_id} is still {task.status.value} after {timeout} s"
-                )
-            if not applied:
-                # The server ignores `Prefer: wait`; do not poll it in a tight loop.
-                time.sleep(min(1.0, max(wait, 0.0)))
+        return wait_for_task(self._rest, UUID(str(task_id)), timeout)
+
+    def result(self, task_id: UUID | str, timeout: float | None = None) -> Any:
+        """Wait for the task as `wait()` does, and return what its job returned.
+
+        Raises `TaskFailedError` (with `error` and `error_code`) for a failed
+        task, `TaskCancelledError` for a cancelled one, and `WaitTimeoutError`
+        when `timeout` seconds pass first.
+        """
+        return task_outcome(self.wait(task_id, timeout))
 
     # leaving
 
@@ -735,6 +751,7 @@ class JobManager:
         if self._heartbeat is not None:
             # Not waiting: a beat stuck on a slow server must not hold us up.
             self._heartbeat.stop(wait=False)
+        self._running.stop(wait=False)
         for stop in listeners:
             stop.set()
         self._wakeup.set()
@@ -777,6 +794,7 @@ class JobManager:
         steps: list[Callable[[], object]] = [self.disconnect]
         if self._heartbeat is not None:
             steps.append(self._heartbeat.stop)
+        steps.append(self._running.stop)
         steps.extend(closeable.close for closeable in owned)
         failure: BaseException | None = None
         for step in steps:

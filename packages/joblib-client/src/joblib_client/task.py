@@ -14,7 +14,8 @@ class ClaimedTask:
     """A claimed task: `status` follows what the manager reported to the server.
 
     `worker_id` is the worker that claimed it: reports are sent as that worker, so
-    the server refuses them once the task has been given to another.
+    the server refuses them once the task has been given to another. `attempt` is
+    1 for a first run, more for a task requeued after its worker went away.
     """
 
     id: UUID
@@ -23,3 +24,4 @@ class ClaimedTask:
     extension: Extension
     status: TaskStatus
     worker_id: UUID | None = None
+    attempt: int = 1
