@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
-Sections: floor (once), then throughput, latency, disconnect and backlog for each
-database, each on a fresh server and database. A section that crashes is recorded
+Sections: floor (once), then throughput, latency, disconnect, backlog and calls for
+each database, each on a fresh server and database. A section that crashes is recorded
 with one error and the run goes on. The exit status is 1 when any error occurred
 (missed targets are not errors).
 """
@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import backlog, disconnect, http_floor, latency, throughput
+from bench import backlog, calls, disconnect, http_floor, latency, throughput
 from bench.config import DATABASES, SECTIONS, WORKER_KINDS, Config
 from bench.report import count_errors, report
 
@@ -27,6 +27,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "latency": latency.run,
     "disconnect": disconnect.run,
     "backlog": backlog.run,
+    "calls": calls.run,
 }
 
 

@@ -42,15 +42,17 @@ class JoblibApi:
         name: str,
         worker_id: str,
         on_disconnect: dict[str, Any] | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> str | None:
         """`PUT /rooms/{room}/jobs`: link the worker to job `name`; its full name.
 
-        `on_disconnect` sets the job's disconnect policy (ours).
+        `on_disconnect` sets the job's disconnect policy (ours); `schema` its JSON
+        Schema (default `{"type": "object"}`).
         """
         body: dict[str, Any] = {
             "category": CATEGORY,
             "name": name,
-            "schema": {"type": "object"},
+            "schema": {"type": "object"} if schema is None else schema,
             "worker_id": worker_id,
         }
         if on_disconnect is not None:
@@ -64,10 +66,15 @@ class JoblibApi:
         )
         return None if response is None else str(response.json()["full_name"])
 
-    async def submit(self, full_name: str, payload: dict[str, Any]) -> Task | None:
-        """`POST /rooms/{room}/tasks/{full_name}`: the pending task."""
+    async def submit(
+        self, full_name: str, payload: dict[str, Any], route: str = "submit"
+    ) -> Task | None:
+        """`POST /rooms/{room}/tasks/{full_name}`: the pending task.
+
+        `route` is the label its latency is recorded under.
+        """
         response = await self.session.call(
-            "submit",
+            route,
             "POST",
             f"{API}/rooms/{self.room}/tasks/{full_name}",
             json={"payload": payload},
@@ -100,6 +107,13 @@ class JoblibApi:
         """`PATCH /tasks/{id}` to completed: the finished task."""
         response = await self.session.call(
             "complete", "PATCH", f"{API}/tasks/{task_id}", json={"status": "completed"}
+        )
+        return None if response is None else response.json()
+
+    async def cancel(self, task_id: str) -> Task | None:
+        """`PATCH /tasks/{id}` to cancelled, as its submitter: the cancelled task."""
+        response = await self.session.call(
+            "cancel", "PATCH", f"{API}/tasks/{task_id}", json={"status": "cancelled"}
         )
         return None if response is None else response.json()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("floor", "throughput", "latency", "disconnect", "backlog")
+SECTIONS = ("floor", "throughput", "latency", "disconnect", "backlog", "calls")
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
 
@@ -43,6 +43,11 @@ class Config:
     backlog_levels: tuple[int, ...] = (0, 10_000, 100_000)
     backlog_repeats: int = 200
     memory_tasks: int = 1000
+    # 6. calls: cancel → seen by the job's code; payload validation per submit
+    cancel_repeats: int = 30
+    validation_repeats: int = 1000
+    validation_warmup: int = 20
+    validation_local_calls: int = 4000
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -61,4 +66,8 @@ class Config:
             backlog_levels=(0, 100),
             backlog_repeats=10,
             memory_tasks=24,
+            cancel_repeats=5,
+            validation_repeats=20,
+            validation_warmup=3,
+            validation_local_calls=400,
         )

@@ -26,6 +26,8 @@ MAX_REQUESTS_PER_TASK = 3.0
 FLOOR_FRACTION = 0.70
 BACKLOG_RATIO = 1.5
 RSS_GROWTH_MIB = 2.0
+CANCEL_SEEN_MS = 20.0
+VALIDATION_OVERHEAD_PCT = 10.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,55 @@ def _backlog_rows(config: Config) -> Iterator[Row]:
     )
 
 
+def _calls_rows(config: Config) -> Iterator[Row]:
+    seen = ("cancel", "to_seen_ms")
+    yield _p50_row(
+        "calls",
+        "cancel → seen by the running code",
+        *seen,
+        target=f"< {CANCEL_SEEN_MS:g}",
+        check=_below(CANCEL_SEEN_MS),
+    )
+    yield _spread_row("calls", "cancel → seen by the running code", *seen)
+    yield _spread_row(
+        "calls", "  cancel → PATCH answered", "cancel", "to_patch_answered_ms"
+    )
+    yield _spread_row(
+        "calls", "  cancel committed → seen", "cancel", "commit_to_seen_ms"
+    )
+
+    def submits(db: Results, everything: Results) -> str | None:
+        validation = _get(db, "calls", "validation")
+        if not validation:
+            return None
+        return "/".join(
+            _format(_get(validation, f"{kind}_submit_ms", "p50"))
+            for kind in ("schema", "empty")
+        )
+
+    yield Row("calls", "submit p50, realistic schema/empty schema", submits, "ms")
+    yield Row(
+        "calls",
+        "payload validation overhead of submit p50",
+        _at("calls", "validation", "overhead_pct"),
+        "%",
+        f"< {VALIDATION_OVERHEAD_PCT:g}",
+        _below(VALIDATION_OVERHEAD_PCT),
+    )
+    yield Row(
+        "calls",
+        "  paired difference p50",
+        _at("calls", "validation", "paired_difference_p50_ms"),
+        "ms",
+    )
+    yield Row(
+        "calls",
+        "check_payload in process, per payload",
+        _at("calls", "validation", "check_payload", "schema_us", "p50"),
+        "µs",
+    )
+
+
 def _errors_row() -> Row:
     def value(db: Results, everything: Results) -> float:
         return float(sum(int(s.get("errors", 0)) for s in db.values()))
@@ -262,6 +313,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "latency": _latency_rows,
     "disconnect": _disconnect_rows,
     "backlog": _backlog_rows,
+    "calls": _calls_rows,
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"throughput", "latency", "disconnect", "backlog"}
+SECTIONS = {"throughput", "latency", "disconnect", "backlog", "calls"}
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
     "kill_to_requeued_ms",
@@ -22,9 +22,14 @@ DISCONNECT_METRICS = (
     "restart_to_ready_ms",
     "restart_to_rejoined_ms",
 )
+CALLS_METRICS = (
+    ("cancel", "to_seen_ms"),
+    ("validation", "schema_submit_ms"),
+    ("validation", "empty_submit_ms"),
+)
 
 
-@pytest.mark.slow  # about 25 s: every section of the benchmark, briefly
+@pytest.mark.slow  # about 35 s: every section of the benchmark, briefly
 @pytest.mark.timeout(90)
 def test_quick_run_on_sqlite_reports_no_errors() -> None:
     finished = subprocess.run(
@@ -32,7 +37,7 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=75,
         check=False,
     )
     lines = finished.stdout.strip().splitlines()
@@ -47,3 +52,7 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     disconnect = result["databases"]["sqlite"]["disconnect"]
     for metric in DISCONNECT_METRICS:
         assert disconnect[metric]["n"] >= 1, (metric, disconnect[metric])
+    calls = result["databases"]["sqlite"]["calls"]
+    for part, metric in CALLS_METRICS:
+        assert calls[part][metric]["n"] >= 1, (part, metric, calls[part])
+    assert calls["validation"]["check_payload"]["schema_us"]["p50"] > 0
