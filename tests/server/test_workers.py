@@ -30,7 +30,8 @@ async def test_create_worker_answers_id_and_heartbeat(alice: httpx.AsyncClient) 
     assert answer.status_code == 201
     assert answer.headers["content-type"] == "application/json"
     body = answer.json()
-    assert set(body) == {"id", "last_heartbeat"}
+    assert set(body) == {"id", "last_heartbeat", "cancelled"}
+    assert body["cancelled"] == []
     uuid.UUID(body["id"])
     parse_time(body["last_heartbeat"])
 
