@@ -37,7 +37,7 @@ from joblib_server.openapi import openapi_document
 from tests.support.servers import LiveServer, make_settings
 from tests.support.tokens import ALICE, BOB, bearer
 
-# 13 operations x 2 databases x this many drawn requests, plus the examples and
+# 14 operations x 2 databases x this many drawn requests, plus the examples and
 # boundary values Schemathesis adds by itself: about 30 s on the 2-core machine.
 EXAMPLES = 25
 
@@ -67,7 +67,7 @@ class Known:
     values: dict[str, list[str]] = field(default_factory=dict)
 
     def fill(self, api: str) -> None:
-        """Alice's job with a pending and a claimed task, and a worker of bob's."""
+        """Alice's job with a claimed, a running and a pending task; bob's worker."""
         with (
             httpx.Client(base_url=api, headers=bearer(ALICE), timeout=10) as alice,
             httpx.Client(base_url=api, headers=bearer(BOB), timeout=10) as bob,
@@ -81,9 +81,11 @@ class Known:
             worker_id, name = str(job["worker_id"]), str(job["full_name"])
             tasks = [
                 _ok(alice.post(f"/rooms/{ROOM}/tasks/{name}", json={}))["id"]
-                for _ in range(2)
+                for _ in range(3)
             ]
             _ok(alice.post("/tasks/claim", json={"worker_id": worker_id}))
+            started = {"worker_id": worker_id, "start": True}
+            _ok(alice.post("/tasks/claim", json=started))
             bobs = _ok(bob.post("/workers"))["id"]
         self.values = {
             "room_id": [ROOM, "@global"],

@@ -166,9 +166,19 @@ async def test_answers_match_the_document(
     check(
         await alice.patch(f"/tasks/{task['id']}", json={"status": "pending"}), task_path
     )
+    progress_path = "/tasks/{task_id}/progress"
+    progress = f"/tasks/{task['id']}/progress"
+    check(await alice.put(progress, json={"current": 1}), progress_path)  # claimed
     check(
         await alice.patch(f"/tasks/{task['id']}", json={"status": "running"}), task_path
     )
+    check(await alice.put(progress, json={"current": 2, "total": 4}), progress_path)
+    check(await bob.put(progress, json={"current": 3}), progress_path)
+    check(await alice.put(progress, json={"current": -1}), progress_path)
+    check(await alice.put(f"/tasks/{uuid.uuid4()}/progress", json={"current": 1}),
+          progress_path)  # fmt: skip
+    too_large = {"status": "completed", "result": "x" * 2**20}
+    check(await alice.patch(f"/tasks/{task['id']}", json=too_large), task_path)
     fenced = {"status": "completed", "worker_id": str(uuid.uuid4())}
     check(await alice.patch(f"/tasks/{task['id']}", json=fenced), task_path)
     spare = (await alice.post("/workers")).json()["id"]
@@ -271,6 +281,7 @@ JOBS = "/rooms/{room_id}/jobs"
 TASKS = "/rooms/{room_id}/tasks"
 REGISTER = {"category": "modifiers", "name": "Rotate"}
 KEY = "Idempotency-Key"
+PROGRESS = "/tasks/{task_id}/progress"
 CASES = [
     Case("get", TASKS, "/rooms/room1/tasks", True, {"offset": "10000"}),
     Case("get", TASKS, "/rooms/room1/tasks", False, {"offset": "10001"}),
@@ -304,6 +315,17 @@ CASES = [
          body={"status": "cancelled", "error": "a\x00b"}),
     Case("patch", "/tasks/{task_id}", "/tasks/{task}", True,
          body={"status": "cancelled", "error": "ab"}),
+    *(
+        Case("put", PROGRESS, "/tasks/{task}/progress", valid, body=body)
+        for body, valid in [
+            ({"current": 1, "total": 2, "message": "m" * 1000}, True),
+            ({}, False),
+            ({"current": -1}, False),
+            ({"current": 1, "total": 0}, False),
+            ({"current": 1, "message": "m" * 1001}, False),
+            ({"current": 1, "percent": 50}, False),
+        ]
+    ),
 ]  # fmt: skip
 
 REFUSALS = {400, 404, 422}

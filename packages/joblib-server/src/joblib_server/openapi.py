@@ -18,6 +18,7 @@ from joblib_protocol import (
     ProblemDetail,
     TaskClaimRequest,
     TaskClaimResponse,
+    TaskProgressRequest,
     TaskResponse,
     TaskStatus,
     TaskSubmitRequest,
@@ -155,6 +156,15 @@ _OPERATIONS: list[
         TaskUpdateRequest,
         200,
         TaskResponse,
+        (403, 404, 409),
+    ),
+    (
+        "put",
+        "/tasks/{task_id}/progress",
+        "Report a running task's progress (409 task-not-running once it is over)",
+        TaskProgressRequest,
+        204,
+        None,
         (403, 404, 409),
     ),
 ]

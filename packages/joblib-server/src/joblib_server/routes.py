@@ -24,6 +24,7 @@ from joblib_protocol import (
     RequestTimeout,
     TaskClaimRequest,
     TaskClaimResponse,
+    TaskProgressRequest,
     TaskResponse,
     TaskStatus,
     TaskSubmitRequest,
@@ -39,6 +40,7 @@ from joblib_server import (
     idempotency,
     jobs,
     pages,
+    progress,
     stranded,
     tasks,
     workers,
@@ -220,6 +222,7 @@ class RestApi:
                 GET=self.get_task,
                 PATCH=self.update_task,
             ),
+            _route("/tasks/{task_id}/progress", PUT=self.report_progress),
             _route("/openapi.json", GET=self.openapi),
         ]
 
@@ -250,13 +253,18 @@ class RestApi:
         return room_id
 
     async def body(
-        self, request: Request, model: type[ModelT], *, optional: bool = False
+        self,
+        request: Request,
+        model: type[ModelT],
+        *,
+        optional: bool = False,
+        limit: int | None = None,
     ) -> ModelT:
-        """Read and validate the JSON body, within the size limit.
+        """Read and validate the JSON body, within `limit` bytes (`max_body_bytes`).
 
         With `optional`, an empty body stands for `{}`.
         """
-        limit = self.joblib.settings.max_body_bytes
+        limit = self.joblib.settings.max_body_bytes if limit is None else limit
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ProblemError(PayloadTooLarge, f"the body is over {limit} bytes")
@@ -553,13 +561,29 @@ class RestApi:
         """`PATCH /tasks/{task_id}`."""
         identity = await self.identity(request)
         task_id = _uuid(request, "task_id")
-        body = await self.body(request, TaskUpdateRequest)
+        settings = self.joblib.settings
+        # Room for a result as large as allowed, besides the rest of the body.
+        limit = settings.max_body_bytes + settings.max_result_bytes
+        body = await self.body(request, TaskUpdateRequest, limit=limit)
+        await self.task_in_reach(identity, task_id)
+        task = await self.joblib.execute(tasks.update_task, identity, task_id, body)
+        return _json(task)
+
+    async def report_progress(self, request: Request) -> Response:
+        """`PUT /tasks/{task_id}/progress`."""
+        identity = await self.identity(request)
+        task_id = _uuid(request, "task_id")
+        body = await self.body(request, TaskProgressRequest)
+        await self.task_in_reach(identity, task_id)
+        await self.joblib.execute(progress.report_progress, identity, task_id, body)
+        return Response(status_code=204)
+
+    async def task_in_reach(self, identity: Identity, task_id: uuid.UUID) -> None:
+        """403/423 if the access policy refuses the task's room to `identity`."""
         if restricts(self.joblib.policy, identity):
             async with self.joblib.database.read() as session:
                 room_id = await tasks.task_room(session, task_id)
             await authorize(self.joblib.policy, identity, room_id, Action.READ)
-        task = await self.joblib.execute(tasks.update_task, identity, task_id, body)
-        return _json(task)
 
     async def openapi(self, request: Request) -> Response:
         """`GET /openapi.json`: the OpenAPI description of these routes."""

@@ -25,6 +25,7 @@ from joblib_server.expiry import TimeLimits
 from joblib_server.outcome import Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
+from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
@@ -68,6 +69,9 @@ class JobLib:
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
         self.time_limits = TimeLimits(self)
+        self.progress = ProgressThrottle(
+            lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
+        )
         self.stopping = False
         """True once the server's own shutdown began: closing sockets are not
         workers going away, so nobody is cleaned up for them."""
@@ -124,11 +128,20 @@ class JobLib:
         for worker_id in outcome.removed_workers:
             self.claims.release(worker_id)
         batch = ordered(outcome.emissions)
+        if any(map(is_progress, batch)):
+            # At most ~10 a second per task reach observers; see `progress`.
+            for emission in filter(is_progress, batch):
+                await self.progress.offer(emission)
+            batch = [emission for emission in batch if not is_progress(emission)]
         if not batch:
             return
         self.waiters.notify(batch)
         self.time_limits.notice(batch)
+        # A finishing task's latest progress, still held back, goes out first.
+        last_progress = self.progress.finish(finished_tasks(batch))
         try:
+            if last_progress:
+                await self.emitter.emit(last_progress)
             await self.emitter.emit(batch)
         except Exception:
             # The change is committed; a failed notification must not fail it.
