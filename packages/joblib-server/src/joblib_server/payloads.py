@@ -9,6 +9,7 @@ from functools import lru_cache
 from itertools import islice
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry
@@ -70,8 +71,13 @@ def check_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
     """Raise 422 `invalid-payload` unless `payload` matches `schema`."""
     if not schema:
         return  # `{}` takes anything: the common case costs nothing
-    validator = _validator(_canonical(schema))
-    if validator is None:
+    compiled = _validator(_canonical(schema))
+    if compiled is None:
+        return
+    fast, validator = compiled
+    if fast is not None and fast.is_valid(payload):
+        # The common case, a valid payload: ~1 µs in jsonschema-rs against
+        # ~150 µs in python-jsonschema, which only lists the errors below.
         return
     try:
         # jsonschema finds some errors in set order (unknown properties), which
@@ -105,8 +111,12 @@ def _canonical(schema: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=_CACHED_SCHEMAS)
-def _validator(canonical: str) -> Draft202012Validator | None:
-    """The compiled validator of a schema, or None when the schema is not valid.
+def _validator(canonical: str) -> tuple[Any, Draft202012Validator] | None:
+    """The compiled validators of a schema, or None when the schema is not valid.
+
+    Two of them: jsonschema-rs answers whether a payload is valid (None if it
+    cannot compile the schema), python-jsonschema says what is wrong with one
+    that is not.
 
     Built from the canonical text, so equal schemas check payloads (and order
     their errors) alike whatever the order of their keys.
@@ -122,7 +132,12 @@ def _validator(canonical: str) -> Draft202012Validator | None:
             "a job's stored schema is not valid, payloads unchecked: %s", exc.message
         )
         return None
-    return Draft202012Validator(schema)
+    try:
+        fast = jsonschema_rs.Draft202012Validator(schema, validate_formats=False)
+    except Exception as exc:  # any schema it cannot take
+        logger.debug("jsonschema-rs cannot compile a job's schema: %s", exc)
+        fast = None
+    return fast, Draft202012Validator(schema)
 
 
 def _unresolvable_refs(schema: dict[str, Any]) -> list[tuple[list[Any], str]]:
