@@ -133,14 +133,23 @@ def make_live_manager(live_server: LiveServer) -> Iterator[ManagerFactory]:
 
 
 class Listener:
-    """Runs `manager.listen()` in a thread, running each task and queueing it."""
+    """Runs `manager.listen()` in a thread, running each task and queueing it.
+
+    `run_kwargs` go to each `run()`; a queued task's `status` is what it returned.
+    """
 
     def __init__(
-        self, manager: JobManager, polling_interval: float, *, park_claims: bool = True
+        self,
+        manager: JobManager,
+        polling_interval: float,
+        *,
+        park_claims: bool = True,
+        run_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.manager = manager
         self.polling_interval = polling_interval
         self.park_claims = park_claims
+        self.run_kwargs = run_kwargs or {}
         self.stop = threading.Event()
         self.tasks: queue.Queue[ClaimedTask] = queue.Queue()
         self.errors: list[BaseException] = []
@@ -151,7 +160,7 @@ class Listener:
             for task in self.manager.listen(
                 self.stop, self.polling_interval, park_claims=self.park_claims
             ):
-                self.manager.run(task)
+                self.manager.run(task, **self.run_kwargs)
                 self.tasks.put(task)
         except BaseException as exc:  # surfaced by the test, not lost in a thread
             self.errors.append(exc)
