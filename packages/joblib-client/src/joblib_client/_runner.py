@@ -75,6 +75,9 @@ class Runner:
                 self.report(task, TaskStatus.RUNNING)
             except JobLibError as exc:
                 return self._unreported(task, TaskStatus.RUNNING, exc)
+        if context.cancelled.is_set():
+            # Told to stop between its claim and now: its code does not run.
+            return self._stopped(task, context)
         error: str | None = None
         value: Any = None
         try:

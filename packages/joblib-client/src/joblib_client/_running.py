@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -27,20 +28,26 @@ logger = logging.getLogger("joblib_client")
 FLUSH_SECONDS = 2.0
 """Longest a finished task's report waits for its last progress to go out."""
 
+REMEMBERED_NOTICES = 1000
+"""Stop notices kept for tasks not running yet (claimed, `run()` not called)."""
+
 
 class RunningTasks:
     """The contexts of the tasks a manager runs, by task id.
 
     A task is told to stop (its context's `cancelled` set) by the socket's
     `task_cancelled`, by a heartbeat answer listing it, or by a progress report
-    the server refuses because the task is not running here any more. Progress
-    goes out through one `ProgressSender`, made when first needed.
+    the server refuses because the task is not running here any more. A socket
+    notice for a task not running yet (claimed, between `claim()` and `run()`)
+    is kept for when it starts. Progress goes out through one `ProgressSender`, made
+    when first needed.
     """
 
     def __init__(self, rest: Rest) -> None:
         self._rest = rest
         self._lock = threading.Lock()
         self._contexts: dict[UUID, TaskContext] = {}
+        self._early: OrderedDict[UUID, CancelReason | None] = OrderedDict()
         self._sender: ProgressSender | None = None
         self._stopped = False
 
@@ -56,6 +63,10 @@ class RunningTasks:
         )
         with self._lock:
             self._contexts[task.id] = context
+            early = task.id in self._early
+            reason = self._early.pop(task.id, None)
+        if early:
+            context.cancel(reason)
         return context
 
     def end(self, context: TaskContext) -> None:
@@ -75,9 +86,18 @@ class RunningTasks:
             sender.flush(context.id, FLUSH_SECONDS)
 
     def cancel(self, task_id: UUID, reason: CancelReason | None = None) -> bool:
-        """Tell a running task to stop; False when this manager does not run it."""
+        """Tell a running task to stop; False when this manager does not run it.
+
+        A notice with a reason (the task was cancelled or failed: it never runs
+        again) is kept for a while in case the task is about to run. One without
+        (a heartbeat answer) is not: the task may come back to this worker.
+        """
         with self._lock:
             context = self._contexts.get(task_id)
+            if context is None and reason is not None:
+                self._early[task_id] = reason
+                while len(self._early) > REMEMBERED_NOTICES:
+                    self._early.popitem(last=False)
         if context is None:
             return False
         if not context.cancelled.is_set():
@@ -117,6 +137,8 @@ class RunningTasks:
         with self._lock:
             if self._stopped or self._contexts.get(context.id) is not context:
                 return  # the task ended, or the manager: nobody wants it now
+            if context.cancelled.is_set():
+                return  # the server would refuse it
             if self._sender is None:
                 self._sender = ProgressSender(self._send, self._refused)
             sender = self._sender
