@@ -17,7 +17,13 @@ from uuid import UUID
 import httpx
 import pytest
 
-from joblib_client import Category, Extension, JobManager, current_task
+from joblib_client import (
+    Category,
+    Extension,
+    JobManager,
+    SocketClient,
+    current_task,
+)
 from joblib_client._http import Rest
 from joblib_protocol import CancelReason, ErrorCode, TaskResponse, TaskStatus
 from tests.client.conftest import Listener, ManagerFactory
@@ -178,3 +184,29 @@ def test_a_task_past_its_deadline_is_failed_and_its_code_told_to_stop(
     assert 1.0 <= ran_for < 2.0
     assert shown.result is None
     assert setup.reports.get(str(task_id), 0) == 0
+
+
+def test_a_task_cancelled_between_its_claim_and_run_does_not_run(
+    make_live_manager: ManagerFactory,
+) -> None:
+    worker = make_live_manager(ADMIN, heartbeat_interval=None)
+    submitter = make_live_manager(ALICE, socket=False, heartbeat_interval=None)
+    worker.register(Loop)
+    reports = count_reports(worker.api.http)
+    # Handlers run in the order they were added: the manager's first.
+    assert isinstance(worker.tsio, SocketClient)
+    heard = threading.Event()
+    worker.tsio.on("task_cancelled", lambda *args: heard.set())
+    task_id = submitter.submit(Loop(), "room1")
+    task = worker.claim()
+    assert task is not None
+    assert task.id == task_id
+
+    Rest(submitter.api).update_task(task_id, TaskStatus.CANCELLED)
+    assert heard.wait(5)
+    probe = Probe()
+
+    assert worker.run(task, probe=probe) == TaskStatus.CANCELLED
+
+    assert probe.started == {}
+    assert reports == {}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -236,3 +238,68 @@ def test_a_long_progress_message_is_cut() -> None:
     context.progress(1, message="x" * 5000)
 
     assert len(sent[0].message) == 1000
+
+
+def progress_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "joblib progress"}
+
+
+def test_the_progress_thread_starts_at_the_first_progress_and_ends_with_close(
+    worker: JobManager, submitter: JobManager
+) -> None:
+    before = progress_threads()
+    submitter.submit(Probe(), "room1")
+    assert worker.run(claim(worker), probe=ProbeState()) == TaskStatus.COMPLETED
+    assert progress_threads() == before, "started without any progress"
+
+    submitter.submit(Probe(steps="progress-then-wait"), "room1")
+    probe = ProbeState()
+    probe.release.set()
+    assert worker.run(claim(worker), probe=probe) == TaskStatus.COMPLETED
+    (thread,) = progress_threads() - before
+
+    worker.close()
+
+    assert not thread.is_alive()
+
+
+class Outage:
+    """An httpx hook failing the progress reports as if the server were away."""
+
+    def __init__(self) -> None:
+        self.on = True
+        self.failed = threading.Event()
+
+    def __call__(self, request: httpx.Request) -> None:
+        if self.on and request.url.path.endswith("/progress"):
+            self.failed.set()
+            raise httpx.ConnectError("no route to the server", request=request)
+
+
+def test_progress_in_an_outage_is_logged_not_raised_and_sent_once_it_ends(
+    worker: JobManager,
+    submitter: JobManager,
+    server: TestClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = Outage()
+    server.event_hooks["request"].append(outage)
+    task_id = submitter.submit(Probe(steps="progress-then-wait"), "room1")
+    probe = ProbeState()
+    with caplog.at_level(logging.WARNING, logger="joblib_client"):
+        thread, outcome = in_thread(lambda: worker.run(claim(worker), probe=probe))
+        assert probe.started.wait(5)
+        assert outage.failed.wait(5)
+        eventually(
+            lambda: any("not sent" in r.getMessage() for r in caplog.records),
+            what="the outage logged",
+        )
+        assert progress_of(server, task_id) is None
+
+        outage.on = False
+
+        shown = eventually(lambda: progress_of(server, task_id), what="the progress")
+        assert shown["current"] == 3
+        probe.release.set()
+        thread.join(10)
+    assert outcome == [TaskStatus.COMPLETED]
