@@ -57,6 +57,9 @@ class ProgressSender:
         self._in_flight: set[UUID] = set()
         # Tasks whose latest value failed to go out for want of the server.
         self._stalled: set[UUID] = set()
+        # Tasks whose progress the server refused once: logged once (a server
+        # without the route would otherwise fill the log, ten lines a second).
+        self._refused: set[UUID] = set()
         self._flushing = 0
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -106,6 +109,7 @@ class ProgressSender:
         with self._cond:
             self._pending.pop(task_id, None)
             self._stalled.discard(task_id)
+            self._refused.discard(task_id)
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop for good, dropping unsent values; with `wait`, join the thread."""
@@ -156,7 +160,11 @@ class ProgressSender:
             self.refused(task_id, exc)
         except JobLibError as exc:
             if not is_transient(exc):
-                logger.warning("progress of task %s refused: %s", task_id, exc)
+                with self._cond:
+                    first = task_id not in self._refused
+                    self._refused.add(task_id)
+                log = logger.warning if first else logger.debug
+                log("progress of task %s refused: %s", task_id, exc)
                 return self.interval
             pause = self._outage.next()
             log = logger.warning if self._outage.failures == 1 else logger.debug
