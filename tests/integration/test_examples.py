@@ -8,6 +8,7 @@ cleanly, so the server has forgotten it afterwards.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import signal
 import subprocess
@@ -80,7 +81,22 @@ def test_readme_worker_and_curl_blocks(tmp_path: Path) -> None:
                 ["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True
             )
             assert '"status":"completed"' in out.stdout, out
+            assert '"result":{"angle":90.0}' in out.stdout, out
+            done = '"progress":{"current":1.0,"total":1.0,"message":"done"}'
+            assert done in out.stdout, out
             assert worker.read_line() == "rotating by 90.0 degrees\n"
+            # The Python submitter waits for its result the same way.
+            (tmp_path / "submit.py").write_text(readme_block("submit-example"))
+            submitted = subprocess.run(
+                [sys.executable, str(tmp_path / "submit.py")],
+                cwd=tmp_path,
+                env={**os.environ, **worker_env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert submitted.stdout == "{'angle': 45.0}\n", submitted
+            assert worker.read_line() == "rotating by 45.0 degrees\n"
             stop_gracefully(worker, signal.SIGINT)
         assert_no_workers(f"{url}/v1/joblib", token)
 

@@ -147,3 +147,12 @@ def test_task_status_event_payload_is_json_ready() -> None:
 def test_room_helpers() -> None:
     assert room_channel("room_1") == "room:room_1"
     assert job_channel("@global:modifiers:Rotate") == "jobs:@global:modifiers:Rotate"
+
+
+def test_a_progress_event_hashes_so_emissions_deduplicate() -> None:
+    from joblib_protocol import TaskProgress, TaskProgressEvent
+
+    progress = TaskProgress(current=1, total=2, message="half")
+    event = TaskProgressEvent(id="t", room_id="r", progress=progress)
+    same = TaskProgressEvent(id="t", room_id="r", progress=progress.model_copy())
+    assert len({Emission(event, "room:r"), Emission(same, "room:r")}) == 1

@@ -98,6 +98,9 @@ MAX_PROGRESS_MESSAGE = 1000
 class TaskProgress(BaseModel):
     """Ours: how far a running task has come, as its worker last said."""
 
+    # Frozen: events hold it, and events hash (emissions are deduplicated in sets).
+    model_config = ConfigDict(frozen=True)
+
     current: float = Field(ge=0, allow_inf_nan=False, description="Work done so far.")
     total: float | None = Field(
         default=None,

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from joblib_protocol import (
@@ -65,11 +64,6 @@ _SET_PROGRESS = (
 )
 
 
-class _Progress(TaskProgress):
-    # Frozen, so the event holding it hashes like every other emission.
-    model_config = ConfigDict(frozen=True)
-
-
 async def report_progress(
     session: AsyncSession,
     identity: Identity,
@@ -96,7 +90,7 @@ async def report_progress(
             TaskNotRunning,
             f"task {task_id} is {row.status}, not running: stop working on it",
         )
-    progress = _Progress(**request.model_dump(exclude={"worker_id"}))
+    progress = TaskProgress(**request.model_dump(exclude={"worker_id"}))
     params = {"b_task": task_id, "b_progress": progress.model_dump()}
     await connection.execute(_SET_PROGRESS, params)
     event = TaskProgressEvent(id=str(task_id), room_id=row.room_id, progress=progress)

@@ -162,6 +162,7 @@ class JobLib:
         if not self.stopping:
             logger.info("shutting down: workers keep their tasks until they return")
         self.stopping = True
+        self.progress.close()
         self.claims.close()
         self.waiters.close()
 
