@@ -15,8 +15,10 @@ from starlette.routing import Mount
 
 from joblib_protocol import API_PREFIX
 from joblib_server.auth import AuthBackend
+from joblib_server.dashboard import dashboard_routes
 from joblib_server.database import Database
 from joblib_server.deadlines import BODY_GRACE_SECONDS, with_deadlines
+from joblib_server.health import health_routes
 from joblib_server.logs import protect
 from joblib_server.policy import AccessPolicy
 from joblib_server.problems import EXCEPTION_HANDLERS
@@ -49,7 +51,11 @@ def create_app(
     app = Starlette(
         # The routes themselves, not `joblib.asgi_app()`: a nested Starlette app
         # would run a second error-handling stack on every request.
-        routes=[_mount(API_PREFIX, joblib)],
+        routes=[
+            _mount(API_PREFIX, joblib),
+            *health_routes(joblib),
+            *dashboard_routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
