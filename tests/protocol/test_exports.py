@@ -22,6 +22,8 @@ EXPECTED = {
     "CancelReason", "MAX_PROGRESS_MESSAGE", "MAX_TIMEOUT_SECONDS", "TaskCancelled",
     "TaskProgress", "TaskProgressEvent", "TaskProgressRequest", "TimeoutSeconds",
     "worker_channel", "InvalidPayload", "InvalidSchema", "TaskNotRunning",
+    # the dashboard (ours): the rooms an identity may read
+    "RoomSummary",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",

@@ -37,7 +37,7 @@ from joblib_server.openapi import openapi_document
 from tests.support.servers import LiveServer, make_settings
 from tests.support.tokens import ALICE, BOB, bearer
 
-# 14 operations x 2 databases x this many drawn requests, plus the examples and
+# 15 operations x 2 databases x this many drawn requests, plus the examples and
 # boundary values Schemathesis adds by itself: about 30 s on the 2-core machine.
 EXAMPLES = 25
 

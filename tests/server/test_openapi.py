@@ -139,6 +139,8 @@ async def test_answers_match_the_document(
     check(await alice.get(f"/rooms/room1/jobs/{job_name}"), job_path)
     check(await alice.get("/rooms/room2/jobs/room1:x:y"), job_path)
     check(await alice.get("/rooms/room1/workers"), "/rooms/{room_id}/workers")
+    check(await alice.get("/rooms"), "/rooms")
+    check(await alice.get("/rooms", params={"offset": 10**6}), "/rooms")
 
     task = await submit(bob, job_name)
     submit_path = "/rooms/{room_id}/tasks/{full_name}"

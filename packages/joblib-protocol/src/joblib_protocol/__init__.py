@@ -71,6 +71,7 @@ from joblib_protocol.problems import (
     WorkerNotFound,
     problem_type_for,
 )
+from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.schema import json_schemas
 from joblib_protocol.tasks import (
     MAX_PROGRESS_MESSAGE,
@@ -151,6 +152,7 @@ __all__ = [
     "ProblemType",
     "RequestTimeout",
     "RoomLocked",
+    "RoomSummary",
     "SchemaConflict",
     "TaskAvailable",
     "TaskCancelled",

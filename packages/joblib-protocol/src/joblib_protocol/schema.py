@@ -10,6 +10,7 @@ from joblib_protocol.events import CLIENT_EVENTS, SERVER_EVENTS
 from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
 from joblib_protocol.pages import PaginatedResponse
 from joblib_protocol.problems import ProblemDetail
+from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.tasks import (
     TaskClaimRequest,
     TaskClaimResponse,
@@ -41,9 +42,11 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     TaskUpdateRequest,
     TaskProgressRequest,
     TaskProgress,
+    RoomSummary,
     PaginatedResponse[JobSummary],
     PaginatedResponse[WorkerSummary],
     PaginatedResponse[TaskResponse],
+    PaginatedResponse[RoomSummary],
     ProblemDetail,
 )
 

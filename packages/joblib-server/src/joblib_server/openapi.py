@@ -16,6 +16,7 @@ from joblib_protocol import (
     JobSummary,
     PaginatedResponse,
     ProblemDetail,
+    RoomSummary,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskProgressRequest,
@@ -66,6 +67,15 @@ _OPERATIONS: list[
         204,
         None,
         (403, 404),
+    ),
+    (
+        "get",
+        "/rooms",
+        "List the rooms with jobs or tasks the caller may read, by room id",
+        None,
+        200,
+        PaginatedResponse[RoomSummary],
+        (),
     ),
     (
         "put",
@@ -207,6 +217,7 @@ IDEMPOTENCY_KEY_PATTERN = (
 _PATH_PATTERNS = {"room_id": ROOM_ID_PATTERN, "full_name": FULL_NAME_PATTERN}
 _LIST_PATHS = {
     "/workers",
+    "/rooms",
     "/rooms/{room_id}/jobs",
     "/rooms/{room_id}/jobs/{full_name}/tasks",
     "/rooms/{room_id}/workers",

@@ -41,6 +41,7 @@ from joblib_server import (
     jobs,
     pages,
     progress,
+    rooms,
     stranded,
     tasks,
     workers,
@@ -209,6 +210,7 @@ class RestApi:
             _route(
                 "/workers/{worker_id}", PATCH=self.heartbeat, DELETE=self.delete_worker
             ),
+            _route("/rooms", GET=self.list_rooms),
             _route("/rooms/{room_id}/jobs", PUT=self.register_job, GET=self.list_jobs),
             _route("/rooms/{room_id}/jobs/{full_name}", GET=self.get_job),
             _route("/rooms/{room_id}/jobs/{full_name}/tasks", GET=self.list_job_tasks),
@@ -356,6 +358,24 @@ class RestApi:
             jobs_removed=list(receipt.jobs_removed),
         )
         return _json(body, 200, {"Preference-Applied": "return=representation"})
+
+    # rooms
+
+    async def list_rooms(self, request: Request) -> Response:
+        """`GET /rooms` (ours): the rooms with jobs or tasks the caller may read."""
+        identity = await self.identity(request)
+        limit, offset = self.page(request)
+        async with self.joblib.database.read(slow=True) as session:
+            found = await rooms.list_rooms(session)
+        found = await rooms.readable(self.joblib.policy, identity, found)
+        return _json(
+            PaginatedResponse(
+                items=found[offset : offset + limit],
+                total=min(len(found), self.count_limit),
+                limit=limit,
+                offset=offset,
+            )
+        )
 
     # jobs
 
