@@ -20,6 +20,7 @@ from joblib_client import (
     SchemaConflictError,
     ServerError,
     TaskNotFoundError,
+    TransportError,
     UnauthorizedError,
     ValidationFailedError,
     WorkerNotFoundError,
@@ -175,3 +176,26 @@ def test_a_refused_join_raises_the_problem_it_carries(
 
     with pytest.raises(ForbiddenError):
         manager.register(Rotate)
+
+
+def test_an_exception_from_a_request_names_it_first() -> None:
+    document = InvalidTaskTransition.document("a completed task cannot become running")
+    url = "http://joblib.example/v1/joblib/tasks/1"
+
+    error = error_for_problem(document.model_dump(), method="PATCH", url=url)
+
+    assert isinstance(error, InvalidTaskTransitionError)
+    assert (error.method, error.url) == ("PATCH", url)
+    assert error.detail == "a completed task cannot become running"
+    assert str(error) == (
+        f"PATCH {url}: 409 invalid-task-transition: "
+        "a completed task cannot become running"
+    )
+
+
+def test_a_transport_error_keeps_its_old_message_and_adds_the_reason() -> None:
+    error = TransportError("no acknowledgement of join_room in time")
+
+    assert str(error) == "no acknowledgement of join_room in time"
+    assert error.reason is None
+    assert (error.method, error.url, error.status) == (None, None, None)

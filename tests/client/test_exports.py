@@ -10,7 +10,8 @@ EXPECTED = {
     "current_task", "TaskContext",
     "Api", "ApiClient", "Tsio", "EventSource", "SocketClient",
     # exceptions
-    "JobLibError", "TransportError", "WaitTimeoutError", "error_for_problem",
+    "JobLibError", "TransportError", "TransportFailure", "WaitTimeoutError",
+    "error_for_problem",
     "TaskFailedError", "TaskCancelledError",
     "BadRequestError", "InvalidCategoryError", "InvalidJobNameError",
     "InvalidRoomIdError", "UnauthorizedError", "ForbiddenError", "NotFoundError",

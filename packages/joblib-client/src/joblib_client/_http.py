@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 from uuid import UUID
 
 import httpx
 
+from joblib_client._failures import unreachable
 from joblib_client.exceptions import JobLibError, TransportError, error_for_problem
 from joblib_protocol import (
     API_PREFIX,
@@ -75,22 +77,51 @@ class ApiClient:
 
 
 def error_from_response(response: httpx.Response) -> JobLibError:
-    """Turn an error answer into the matching exception, problem document or not."""
+    """Turn an error answer into the matching exception, problem document or not.
+
+    The exception names the request (`method`, `url`) when the response has one.
+    """
+    method, url = _request_of(response)
     try:
         body: Any = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = None
     if isinstance(body, dict) and "type" in body and "status" in body:
-        return error_for_problem(body)
+        return error_for_problem(body, method=method, url=url)
     # Not one of ours (a proxy, an old server): keep the status and some text.
     return error_for_problem(
         ProblemDetail(
             type="about:blank",
             title=response.reason_phrase or "Error",
             status=response.status_code,
-            detail=response.text[:_ERROR_TEXT_LIMIT] or None,
-        )
+            detail=_answer_text(response) or None,
+        ),
+        method=method,
+        url=url,
+        foreign_answer=True,
     )
+
+
+def _request_of(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        request = response.request
+    except RuntimeError:  # a response built by hand has no request
+        return None, None
+    return request.method, str(request.url)
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _answer_text(response: httpx.Response) -> str:
+    # An HTML page says what it is in its title; the rest is markup.
+    text = response.text
+    if "html" in response.headers.get("content-type", ""):
+        title = _TITLE.search(text)
+        text = title.group(1) if title else _TAG.sub(" ", text)
+        text = " ".join(text.split())
+    return text[:_ERROR_TEXT_LIMIT]
 
 
 def _segment(value: str) -> str:
@@ -111,26 +142,43 @@ class Rest:
         *,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
     ) -> httpx.Response:
-        """Send one request; raise the client's exception for any error answer."""
+        """Send one request; raise the client's exception for any error answer.
+
+        `path` is relative to the API's root (`/workers`); `params` is the query.
+        Every exception names the method and the URL: an error answer becomes
+        the problem type's exception, no answer a `TransportError` saying why.
+        """
         http = self.api.http
         url = f"{self.api.base_url.rstrip('/')}{API_PREFIX}{path}"
         all_headers = {**self.api.get_headers(), **(headers or {})}
+        timeout = http.timeout
         try:
             if read_timeout is None:
-                response = http.request(method, url, json=json, headers=all_headers)
+                response = http.request(
+                    method, url, json=json, headers=all_headers, params=params
+                )
             else:
                 # A per-request timeout through build_request: some clients (the
                 # Starlette TestClient) warn when `request()` is given one.
                 timeout = _with_read_timeout(http.timeout, read_timeout)
                 response = http.send(
                     http.build_request(
-                        method, url, json=json, headers=all_headers, timeout=timeout
+                        method,
+                        url,
+                        json=json,
+                        headers=all_headers,
+                        params=params,
+                        timeout=timeout,
                     )
                 )
         except httpx.TransportError as exc:
-            raise TransportError(f"{method} {url} failed: {exc!r}") from exc
+            if params:
+                url = str(httpx.URL(url, params=params))
+            reason, why = unreachable(exc, url, timeout)
+            raise TransportError(why, reason=reason, method=method, url=url) from exc
         if response.is_error:
             raise error_from_response(response)
         return response

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import httpx
 import socketio
 
+from joblib_client._failures import unreachable
 from joblib_client.exceptions import TransportError
 from joblib_protocol import Event
 
@@ -72,6 +75,9 @@ class SocketClient:
         self.client = socketio.Client(**client_options)
         self._handlers: dict[str, list[Handler]] = {}
         self._lock = threading.Lock()
+        # What the server said when it last refused the connection (`connect_error`).
+        self._refusal: str | None = None
+        self.on("connect_error", self._on_connect_error)
 
     @property
     def connected(self) -> bool:
@@ -79,7 +85,13 @@ class SocketClient:
         return bool(self.client.connected)
 
     def connect(self) -> None:
-        """Connect and authenticate with the token (`auth={"token": ...}`)."""
+        """Connect and authenticate with the token (`auth={"token": ...}`).
+
+        Raises `TransportError` saying why it failed: `reason="rejected"` with
+        the server's refusal (`unauthorized: …`, `too many connections: …`), or
+        why the server could not be reached (see `TransportFailure`).
+        """
+        self._refusal = None
         try:
             self.client.connect(
                 self.url,
@@ -89,9 +101,43 @@ class SocketClient:
                 wait_timeout=self.connect_timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
-            raise TransportError(
-                f"socket connection to {self.url} failed: {exc}"
-            ) from exc
+            raise self._connect_failure(exc) from exc
+
+    def _on_connect_error(self, data: Any = None) -> None:
+        message = data.get("message") if isinstance(data, Mapping) else data
+        if isinstance(message, str) and message != "Connection error":
+            self._refusal = message
+
+    def _connect_failure(self, exc: BaseException) -> TransportError:
+        refusal = self._refusal or _refusal_in_answer(exc)
+        if refusal is not None:
+            if refusal.startswith("unauthorized"):
+                refusal += (
+                    " (the server does not accept the token given)"
+                    if self._sends_token()
+                    else " (no token was given)"
+                )
+            return TransportError(
+                f"socket connection to {self.url} refused: {refusal}",
+                reason="rejected",
+                url=self.url,
+            )
+        if str(exc) == "Unexpected connection error":
+            # The handshake got no answer within `connect_timeout`.
+            return TransportError(
+                f"cannot reach {self.url}: no answer to the Socket.IO handshake "
+                f"within {self.connect_timeout:g} s",
+                reason="timeout",
+                url=self.url,
+            )
+        reason, why = unreachable(exc, self.url, httpx.Timeout(self.connect_timeout))
+        return TransportError(
+            f"cannot reach {self.url}: {why}", reason=reason, url=self.url
+        )
+
+    def _sends_token(self) -> bool:
+        headers = {name.lower() for name in self.headers}
+        return self.auth is not None or "authorization" in headers
 
     def on(self, event: str, handler: Handler) -> None:
         """Call `handler` whenever `event` arrives (`"connect"` on each reconnect)."""
@@ -123,3 +169,32 @@ class SocketClient:
     def close(self) -> None:
         """Disconnect, and stop reconnecting."""
         self.client.shutdown()
+
+
+def _refusal_in_answer(exc: BaseException) -> str | None:
+    """What the server answered to the WebSocket handshake, if it refused it.
+
+    An Engine.IO-level refusal (a server at its `max_sockets`) answers the
+    upgrade request with an error status, and a JSON body with the reason when
+    the ASGI server can send one (uvicorn's wsproto sends none); websocket-client
+    keeps both on its exception, deep in the chain.
+    """
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int):
+            body = getattr(current, "resp_body", None)
+            try:
+                message = json.loads(body).get("message") if body else None
+            except (ValueError, AttributeError):
+                message = None
+            if isinstance(message, str):
+                return message
+            return (
+                f"HTTP {status} to the WebSocket handshake, without a reason "
+                "(a joblib server answers so when it holds max_sockets sessions)"
+            )
+        current = current.__cause__ or current.__context__
+    return None

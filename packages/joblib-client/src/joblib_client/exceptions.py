@@ -8,7 +8,7 @@ a precise class such as `SchemaConflictError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import ValidationError as PydanticValidationError
@@ -41,6 +41,7 @@ from joblib_protocol import (
     WorkerNotFound,
     problem_type_for,
 )
+from joblib_protocol.problems import PROBLEM_TYPE_PREFIX
 
 if TYPE_CHECKING:
     from joblib_protocol import CancelReason, ErrorCode, TaskResponse
@@ -51,32 +52,97 @@ class JobLibError(Exception):
 
     `problem` is the server's problem document, when there is one; `type`, `status`
     and `detail` are its members (None for errors that never reached the server).
+    `method` and `url` name the request that failed, when the error came from one:
+    `str(exc)` then starts with them (`GET http://…/v1/joblib/workers: 404
+    not-found: …`). `foreign_answer` is true when the answer was not joblib's
+    (a proxy's HTML page, a gateway's 502): `status` is its status and `detail`
+    the start of its text.
     """
 
     problem_type: ClassVar[type[ProblemType] | None] = None
 
     def __init__(
-        self, detail: str | None = None, *, problem: ProblemDetail | None = None
+        self,
+        detail: str | None = None,
+        *,
+        problem: ProblemDetail | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        foreign_answer: bool = False,
     ) -> None:
         self.problem = problem
         self.type: str | None = problem.type if problem else None
         self.status: int | None = problem.status if problem else None
         self.detail: str | None = detail if detail is not None else _detail(problem)
+        self.method = method
+        self.url = url
+        self.foreign_answer = foreign_answer
         super().__init__(self._message())
 
-    def _message(self) -> str:
+    @property
+    def short_type(self) -> str | None:
+        """The problem type without its prefix (`not-found`), or its URI as given."""
+        if self.type is None:
+            return None
+        return self.type.removeprefix(PROBLEM_TYPE_PREFIX)
+
+    def summary(self) -> str:
+        """Say what went wrong in one line, without the request.
+
+        `404 task-not-found: no task …` for the server's problems, the status
+        and the start of the text for an answer that was not joblib's, the
+        detail otherwise.
+        """
         if self.problem is None:
             return self.detail or type(self).__name__
-        text = f"{self.problem.status} {self.problem.title}"
+        if self.foreign_answer:
+            text = f"{self.problem.status} {self.problem.title} (not a joblib answer)"
+        elif self.method is not None:
+            text = f"{self.problem.status} {self.short_type}"
+        else:
+            text = f"{self.problem.status} {self.problem.title}"
         return f"{text}: {self.detail}" if self.detail else text
+
+    def _message(self) -> str:
+        if self.method is not None and self.url is not None:
+            return f"{self.method} {self.url}: {self.summary()}"
+        return self.summary()
 
 
 def _detail(problem: ProblemDetail | None) -> str | None:
     return problem.detail if problem is not None else None
 
 
+TransportFailure = Literal[
+    "connection-refused", "name-resolution", "tls", "timeout", "connection", "rejected"
+]
+"""Why a server could not be reached (`TransportError.reason`).
+
+`connection-refused`: nothing listens at the host and port; `name-resolution`:
+the host name does not resolve; `tls`: the TLS handshake failed (an `https://`
+URL for a plain-HTTP server, a certificate not trusted); `timeout`: no answer in
+time; `connection`: another failure of the connection; `rejected`: the server
+answered and refused the socket connection (unauthorized, too many connections).
+"""
+
+
 class TransportError(JobLibError):
-    """The server could not be reached, or the socket gave no answer."""
+    """The server could not be reached, or the socket gave no answer.
+
+    `reason` says why, when known (see `TransportFailure`); `method` and `url`
+    name the request, or `url` the socket's server.
+    """
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        reason: TransportFailure | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.reason = reason
+        super().__init__(detail, method=method, url=url)
 
 
 class WaitTimeoutError(JobLibError, TimeoutError):
@@ -329,11 +395,26 @@ def error_class_for(type_uri: str, status: int) -> type[JobLibError]:
     return _BY_STATUS.get(status, JobLibError)
 
 
-def error_for_problem(problem: ProblemDetail | Mapping[str, Any]) -> JobLibError:
-    """Build the exception matching a problem document (a model or its JSON)."""
+def error_for_problem(
+    problem: ProblemDetail | Mapping[str, Any],
+    *,
+    method: str | None = None,
+    url: str | None = None,
+    foreign_answer: bool = False,
+) -> JobLibError:
+    """Build the exception matching a problem document (a model or its JSON).
+
+    `method` and `url`, when given, name the request it answered (see
+    `JobLibError`).
+    """
     if not isinstance(problem, ProblemDetail):
         try:
             problem = ProblemDetail.model_validate(problem)
         except PydanticValidationError:
-            return JobLibError(f"the server answered with a malformed error: {problem}")
-    return error_class_for(problem.type, problem.status)(problem=problem)
+            return JobLibError(
+                f"the server answered with a malformed error: {problem}",
+                method=method,
+                url=url,
+            )
+    cls = error_class_for(problem.type, problem.status)
+    return cls(problem=problem, method=method, url=url, foreign_answer=foreign_answer)
