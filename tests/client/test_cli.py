@@ -25,6 +25,7 @@ from joblib_client import Category, Extension, JobManager
 from joblib_client.cli import main
 from tests.client.conftest import Listener, in_thread
 from tests.client.extensions import Explode, Rotate
+from tests.support.proxy import tcp_proxy
 from tests.support.servers import LiveServer, free_port
 from tests.support.tokens import ADMIN, ALICE
 from tests.support.waiting import eventually
@@ -395,6 +396,29 @@ def test_watch_prints_a_change_of_the_rooms_jobs(
     assert outcome == [0]
     (line,) = printed.out.splitlines()
     assert line.split(None, 1)[1] == "jobs      the job list changed"
+
+
+def test_watch_joins_again_after_a_dropped_connection(
+    live_server: LiveServer, worker: JobManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = int(live_server.url.rsplit(":", 1)[1])
+    with tcp_proxy(port) as proxy:
+        argv = ["--url", proxy.url, "--token", ADMIN]
+        thread, outcome = in_thread(
+            lambda: main([*argv, "watch", "--room", "room1", "--count", "1"])
+        )
+        printed = Printed(capsys)
+        eventually(lambda: "watching room room1" in printed.err, what="the join")
+
+        proxy.cut()
+        eventually(lambda: "room1 again" in printed.err, what="the join again")
+        task_id = worker.submit(Rotate(angle=3), "room1")
+        thread.join(timeout=10)
+
+    assert outcome == [0]
+    assert "lost the connection" in printed.err
+    assert "reconnected" in printed.err
+    assert str(task_id) in printed.out
 
 
 def test_watch_with_a_wrong_token_exits_1(

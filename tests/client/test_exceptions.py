@@ -199,3 +199,12 @@ def test_a_transport_error_keeps_its_old_message_and_adds_the_reason() -> None:
     assert str(error) == "no acknowledgement of join_room in time"
     assert error.reason is None
     assert (error.method, error.url, error.status) == (None, None, None)
+
+
+def test_the_summary_names_the_problem_type() -> None:
+    error = error_for_problem(
+        {"type": "/v1/problems/forbidden", "title": "Forbidden", "status": 403}
+    )
+
+    assert error.summary() == "403 forbidden"
+    assert str(error) == "403 Forbidden"  # as before, without a request

@@ -327,6 +327,7 @@ def watch(args: argparse.Namespace, rest: Rest) -> int:
                 rejoin.clear()
                 try:
                     _join(sock, args.room)
+                    _note(f"watching room {args.room} again")
                 except TransportError as exc:
                     _note(f"could not join room {args.room} again yet: {exc}")
                     rejoin.set()

@@ -97,15 +97,17 @@ class JobLibError(Exception):
             return self.detail or type(self).__name__
         if self.foreign_answer:
             text = f"{self.problem.status} {self.problem.title} (not a joblib answer)"
-        elif self.method is not None:
-            text = f"{self.problem.status} {self.short_type}"
         else:
-            text = f"{self.problem.status} {self.problem.title}"
+            text = f"{self.problem.status} {self.short_type}"
         return f"{text}: {self.detail}" if self.detail else text
 
     def _message(self) -> str:
         if self.method is not None and self.url is not None:
             return f"{self.method} {self.url}: {self.summary()}"
+        if self.problem is not None and not self.foreign_answer:
+            # Built from a document alone: the message it always had.
+            text = f"{self.problem.status} {self.problem.title}"
+            return f"{text}: {self.detail}" if self.detail else text
         return self.summary()
 
 
