@@ -388,15 +388,15 @@ def _paged(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offset", type=int, help="how many to skip (default 0)")
 
 
-def _waits(parser: argparse.ArgumentParser, what: str) -> None:
+def _waits(parser: argparse.ArgumentParser, then: str) -> None:
     parser.add_argument(
         "--wait",
         nargs="?",
         type=_seconds,
         const=math.inf,
         metavar="SECONDS",
-        help=f"{what}, wait until the task is completed, failed or cancelled "
-        "(for at most SECONDS, if given)",
+        help="wait until the task is completed, failed or cancelled (for at most "
+        f"SECONDS, if given), {then}",
     )
 
 
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("task", task, "show one task")
     sub.add_argument("id", metavar="ID", help="the task's id")
-    _waits(sub, "first")
+    _waits(sub, "then show it")
 
     sub = command("submit", submit, "submit a task")
     sub.add_argument("job", metavar="JOB", help="the job's full name")
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="the job's parameters, a JSON object (default {})",
     )
-    _waits(sub, "then")
+    _waits(sub, "and show how it ended")
     sub.add_argument(
         "--idempotency-key",
         metavar="KEY",
