@@ -25,7 +25,7 @@ from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
 from joblib_server.outcome import Outcome
 from joblib_server.settings import settings_of
-from joblib_server.tables import IDEMPOTENCY_TABLE, utcnow
+from joblib_server.tables import IDEMPOTENCY_TABLE, TASK_TABLE, utcnow
 from joblib_server.tasks import NO_LIMITS, TaskLimits, get_task, submit_task
 
 MAX_KEY_LENGTH = 255
@@ -43,8 +43,26 @@ _REUSE_EXPIRED = (
     .values(task_id=sa.bindparam("b_task"), created_at=sa.bindparam("b_now"))
 )
 
-_TASK_OF_KEY = sa.select(_keys.c.task_id).where(
-    _keys.c.owner_id == sa.bindparam("b_owner"), _keys.c.key == sa.bindparam("b_key")
+_TASK_OF_KEY = (
+    sa.select(_keys.c.task_id, TASK_TABLE.c.id.label("kept"))
+    .outerjoin(TASK_TABLE, TASK_TABLE.c.id == _keys.c.task_id)
+    .where(
+        _keys.c.owner_id == sa.bindparam("b_owner"),
+        _keys.c.key == sa.bindparam("b_key"),
+    )
+)
+
+_TAKE_OVER = (
+    # The key's task is gone (deleted after `task_retention_seconds`): the new
+    # submit takes the key. A concurrent submit that took it first changed
+    # `task_id`, so this one finds nothing to update and answers that task.
+    sa.update(_keys)
+    .where(
+        _keys.c.owner_id == sa.bindparam("b_owner"),
+        _keys.c.key == sa.bindparam("b_key"),
+        _keys.c.task_id == sa.bindparam("b_gone"),
+    )
+    .values(task_id=sa.bindparam("b_task"), created_at=sa.bindparam("b_now"))
 )
 
 
@@ -67,7 +85,11 @@ async def earlier_task(
     now: datetime,
     ttl_seconds: float,
 ) -> uuid.UUID | None:
-    """Record that `key` makes `task_id`; or return the task it made before."""
+    """Record that `key` makes `task_id`; or return the task it made before.
+
+    A key whose task was deleted since (see `retention`) is taken over: the
+    submit makes a new task, as if the key had expired.
+    """
     connection = await session.connection()
     values: dict[str, Any] = {
         "owner_id": owner_id,
@@ -85,10 +107,14 @@ async def earlier_task(
     reused = await connection.execute(_REUSE_EXPIRED, {**params, "b_cutoff": cutoff})
     if reused.rowcount == 1:
         return None
-    earlier: uuid.UUID | None = (
-        await connection.execute(_TASK_OF_KEY, params)
-    ).scalar_one_or_none()
-    return earlier
+    earlier = (await connection.execute(_TASK_OF_KEY, params)).first()
+    if earlier is not None and earlier.kept is None:
+        gone = {**params, "b_gone": earlier.task_id}
+        if (await connection.execute(_TAKE_OVER, gone)).rowcount == 1:
+            return None
+        earlier = (await connection.execute(_TASK_OF_KEY, params)).first()
+    found: uuid.UUID | None = None if earlier is None else earlier.task_id
+    return found
 
 
 async def submit_once(

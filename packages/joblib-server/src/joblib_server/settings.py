@@ -78,6 +78,13 @@ class Settings(BaseModel):
         description="How long a submit's Idempotency-Key answers the task it made; "
         "the sweeper deletes older keys.",
     )
+    task_retention_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="How long a finished (completed, failed or cancelled) task is "
+        "kept after it finished; the sweeper deletes older ones. Pending, claimed "
+        "and running tasks are kept whatever their age.",
+    )
     max_list_offset: int = Field(
         default=10_000,
         ge=0,

@@ -11,6 +11,7 @@ import anyio
 
 from joblib_server.disconnects import CleanupReceipt, cleanup_stale_workers
 from joblib_server.idempotency import forget_expired_keys
+from joblib_server.retention import delete_finished_tasks
 from joblib_server.stranded import requeue_unstarted_claims
 from joblib_server.tasks import cleanup_stuck_internal_tasks
 
@@ -22,6 +23,11 @@ logger = logging.getLogger("joblib_server.sweeper")
 _KEY_BATCH = 500
 _KEY_BATCHES = 20
 """At most this many batches of expired idempotency keys per sweep."""
+
+_TASK_BATCH = 500
+_TASK_BATCHES = 20
+"""At most this many batches of finished tasks past their retention per sweep:
+10,000 tasks, the rest at the next sweep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +42,14 @@ class Sweep:
     """The ids of the claimed tasks put back to pending for not starting in time."""
     idempotency_keys: int = 0
     """How many idempotency keys older than their time to live were deleted."""
+    tasks_deleted: int = 0
+    """How many finished tasks older than `task_retention_seconds` were deleted."""
 
     def __bool__(self) -> bool:
         """Whether the sweep changed anything."""
-        return bool(self.workers or self.internal_tasks or self.unstarted)
+        return bool(
+            self.workers or self.internal_tasks or self.unstarted or self.tasks_deleted
+        )
 
 
 async def sweep_once(joblib: JobLib) -> Sweep:
@@ -63,7 +73,15 @@ async def sweep_once(joblib: JobLib) -> Sweep:
         keys += forgotten
         if forgotten < _KEY_BATCH:
             break
-    return Sweep(workers, list(tasks), unstarted, keys)
+    deleted = 0
+    for _ in range(_TASK_BATCHES):
+        gone = await joblib.execute(
+            delete_finished_tasks, settings.task_retention_seconds, _TASK_BATCH
+        )
+        deleted += gone
+        if gone < _TASK_BATCH:
+            break
+    return Sweep(workers, list(tasks), unstarted, keys, deleted)
 
 
 async def run_sweeper(joblib: JobLib) -> None:
@@ -76,11 +94,13 @@ async def run_sweeper(joblib: JobLib) -> None:
                 sweep = await sweep_once(joblib)
             if sweep:
                 logger.info(
-                    "sweeper removed %d workers, failed %d internal tasks and "
-                    "put %d claimed tasks nobody started back to pending",
+                    "sweeper removed %d workers, failed %d internal tasks, "
+                    "put %d claimed tasks nobody started back to pending and "
+                    "deleted %d finished tasks past their retention",
                     len(sweep.workers),
                     len(sweep.internal_tasks),
                     len(sweep.unstarted),
+                    sweep.tasks_deleted,
                 )
         except Exception:
             logger.exception("sweep failed; trying again next interval")

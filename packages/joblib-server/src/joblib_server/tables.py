@@ -171,6 +171,13 @@ class Task(JoblibModel, table=True):
             postgresql_where=sa.text("status = 'pending'"),
             sqlite_where=sa.text("status = 'pending'"),
         ),
+        # The sweeper deletes finished tasks past their retention (`retention`).
+        sa.Index(
+            "ix_joblib_task_completed",
+            "completed_at",
+            postgresql_where=sa.text("completed_at IS NOT NULL"),
+            sqlite_where=sa.text("completed_at IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
