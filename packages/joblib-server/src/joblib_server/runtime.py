@@ -22,6 +22,7 @@ from joblib_server.disconnects import grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.expiry import TimeLimits
+from joblib_server.metrics import Metrics
 from joblib_server.outcome import Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
@@ -69,6 +70,8 @@ class JobLib:
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
         self.time_limits = TimeLimits(self)
+        self.metrics = Metrics()
+        """This JobLib's Prometheus metrics, in a registry of its own (`/metrics`)."""
         self.progress = ProgressThrottle(
             lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
         )
@@ -135,6 +138,7 @@ class JobLib:
             batch = [emission for emission in batch if not is_progress(emission)]
         if not batch:
             return
+        self.metrics.observe(batch)
         self.waiters.notify(batch)
         self.time_limits.notice(batch)
         # A finishing task's latest progress, still held back, goes out first.

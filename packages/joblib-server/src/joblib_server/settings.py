@@ -126,6 +126,11 @@ class Settings(BaseModel):
         description="lifespan() upgrades joblib's tables to the newest revision; "
         "False refuses to start on an out-of-date database with a clear message.",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="GET /metrics answers without a token; by default it takes "
+        "an admin's.",
+    )
 
 
 _SETTINGS_KEY = "joblib_settings"
