@@ -36,8 +36,7 @@ CHROMIUM = "/usr/bin/chromium"
 CAROL = "carol-token"  # may read every room, and cancel only what she submitted
 
 
-@pytest.fixture
-def server(database_url: str) -> Iterator[LiveServer]:
+def _app(database_url: str) -> Any:
     standalone = StandaloneSettings(
         database_url=database_url,
         socketio_ping_interval_seconds=1,
@@ -46,15 +45,20 @@ def server(database_url: str) -> Iterator[LiveServer]:
     )
     tokens = {**TOKENS, CAROL: Identity("carol")}
     policy = RoomPatterns({"bob": ["bob-*"]})
-    app = create_app(standalone, TokenAuth(tokens), policy=policy)
-    with serve_in_thread(app) as live:
+    return create_app(standalone, TokenAuth(tokens), policy=policy)
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[LiveServer]:
+    with serve_in_thread(_app(database_url)) as live:
         yield live
 
 
 @pytest.fixture
-def browser(server: LiveServer) -> Iterator[Browser]:
-    """Chromium, started after the server: Playwright's event loop, running in
-    this thread from here on, leaves no room for the database fixtures' own."""
+def browser(database_url: str) -> Iterator[Browser]:
+    """Chromium, started once the database is ready: Playwright's event loop,
+    running in this thread from here on, leaves no room for the database
+    fixtures' own."""
     if shutil.which(CHROMIUM) is None:
         service_missing(f"Chromium at {CHROMIUM} (apt-get install chromium)")
     with sync_playwright() as playwright:
@@ -209,3 +213,34 @@ def test_a_room_live_from_sign_in_to_cancel(
         assert not [url for url in opened.urls if "token" in url], opened.urls
         for token in (ALICE, BOB, CAROL):
             assert not [url for url in opened.urls if token in url]
+
+
+def test_after_a_server_restart_the_page_reconnects_and_catches_up(
+    browser: Browser, database_url: str
+) -> None:
+    expect.set_options(timeout=15_000)
+    room = f"lab-{uuid.uuid4().hex[:6]}"
+    with serve_in_thread(_app(database_url)) as first, rest(first.api, ALICE) as api:
+        port = int(first.url.rsplit(":", 1)[1])
+        job = api.put(
+            f"/rooms/{room}/jobs", json={"category": "modifiers", "name": "J"}
+        )
+        job_name = job.json()["full_name"]
+        tab = Tab(browser, first)
+        tab.sign_in(ALICE)
+        tab.open_room(room)
+    try:
+        expect(tab.page.locator("#connection")).to_have_text("reconnecting")
+        again = serve_in_thread(_app(database_url), port=port)
+        with again as second, rest(second.api, ALICE) as api:
+            # Submitted as the page comes back, its event maybe missed: the
+            # page reads the room again once it has reconnected.
+            task = api.post(f"/rooms/{room}/tasks/{job_name}", json={}).json()
+            expect(tab.page.locator("#connection")).to_have_text("live")
+            expect(tab.row(task["id"])).to_have_attribute("data-status", "pending")
+            # And it is live again: the next change arrives as an event.
+            api.patch(f"/tasks/{task['id']}", json={"status": "cancelled"})
+            expect(tab.row(task["id"])).to_have_attribute("data-status", "cancelled")
+            expect(tab.page.locator("#room-problem")).to_have_text("")
+    finally:
+        tab.close()

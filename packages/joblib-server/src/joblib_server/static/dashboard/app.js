@@ -255,6 +255,7 @@ async function loadRoom() {
       loadJobs(),
     ]);
     if (room !== state.room) return;
+    showRoomProblem("");
     for (const task of tasks.items.reverse()) {
       state.tasks.set(task.id, task);
       state.statuses.set(task.id, task.status);
