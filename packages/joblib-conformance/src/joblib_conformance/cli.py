@@ -62,6 +62,7 @@ def _server(args: argparse.Namespace) -> int:
         heartbeat_task_margin=args.heartbeat_task_margin,
         body_timeout=args.body_timeout,
         locked_room=args.locked_room,
+        max_result_bytes=args.max_result_bytes,
     )
     report = run_server_checks(
         target,
@@ -174,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--locked-room",
         metavar="ROOM",
         help="a room the server's access policy locks for the user: runs the 423 check",
+    )
+    server.add_argument(
+        "--max-result-bytes",
+        type=int,
+        metavar="N",
+        help="the largest task result the server keeps, as JSON: runs the 413 "
+        "check of results",
     )
     server.set_defaults(run=_server)
 

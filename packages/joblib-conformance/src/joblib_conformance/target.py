@@ -15,6 +15,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import httpx
+
 from joblib_conformance import expect
 from joblib_conformance.checks import Check
 from joblib_conformance.rest import Rest, segment
@@ -48,8 +50,9 @@ class ServerTarget:
     `?offset=` a list takes) and `heartbeat_task_margin` (how old a claim must be
     before a heartbeat that leaves it out releases it) default to our server's
     defaults. The checks that need `body_timeout` (the server's time limit for a
-    request body, for 408) or `locked_room` (a room its access policy locks for
-    the user, for 423) are skipped without them.
+    request body, for 408), `locked_room` (a room its access policy locks for
+    the user, for 423) or `max_result_bytes` (the largest result it keeps, for
+    413) are skipped without them.
     """
 
     url: str
@@ -65,6 +68,7 @@ class ServerTarget:
     heartbeat_task_margin: float = 10.0
     body_timeout: float | None = None
     locked_room: str | None = None
+    max_result_bytes: int | None = None
 
 
 class Served(NamedTuple):
@@ -168,12 +172,15 @@ class ServerContext:
         schema: dict[str, Any] | None = None,
         on_disconnect: dict[str, Any] | None = None,
         expect_status: int = 201,
+        **extra: Any,
     ) -> JobResponse:
-        """`PUT /rooms/{room_id}/jobs`, expecting `expect_status`."""
+        """`PUT /rooms/{room_id}/jobs`, expecting `expect_status`; `extra` goes
+        into the body as it is (`timeout_seconds=1`)."""
         body: dict[str, Any] = {
             "category": self.target.category,
             "name": name,
             "schema": SCHEMA if schema is None else schema,
+            **extra,
         }
         if worker_id is not None:
             body["worker_id"] = worker_id
@@ -193,11 +200,17 @@ class ServerContext:
         rest: Rest | None = None,
         name: str | None = None,
         on_disconnect: dict[str, Any] | None = None,
+        **extra: Any,
     ) -> Served:
-        """A new job in `room_id` (default: a new room), served by a new worker."""
+        """A new job in `room_id` (default: a new room), served by a new worker;
+        `extra` goes into the registration's body."""
         room_id = room_id or self.room()
         job = self.register(
-            room_id, name or self.name(), rest=rest, on_disconnect=on_disconnect
+            room_id,
+            name or self.name(),
+            rest=rest,
+            on_disconnect=on_disconnect,
+            **extra,
         )
         expect.that(
             job.worker_id is not None,
@@ -215,11 +228,13 @@ class ServerContext:
         payload: dict[str, Any] | None = None,
         *,
         rest: Rest | None = None,
+        **extra: Any,
     ) -> TaskResponse:
-        """`POST /rooms/{room_id}/tasks/{full_name}` (202); the task."""
+        """`POST /rooms/{room_id}/tasks/{full_name}` (202); the task. `extra` goes
+        into the body as it is (`pending_timeout_seconds=1`)."""
         answer = (rest or self.user).post(
             f"/rooms/{segment(room_id)}/tasks/{segment(full_name)}",
-            json={"payload": payload or {}},
+            json={"payload": payload or {}, **extra},
         )
         body = expect.status(answer, 202, f"from submitting a task of {full_name}")
         task = expect.model(body, TaskResponse, "the submitted task")
@@ -248,9 +263,11 @@ class ServerContext:
         rest: Rest | None = None,
         error: str | None = None,
         worker_id: str | None = None,
+        **extra: Any,
     ) -> TaskResponse:
-        """`PATCH /tasks/{task_id}` (200); the task as answered."""
-        body: dict[str, Any] = {"status": status}
+        """`PATCH /tasks/{task_id}` (200); the task as answered. `extra` goes into
+        the body as it is (`result=...`, even `result=None`)."""
+        body: dict[str, Any] = {"status": status, **extra}
         if error is not None:
             body["error"] = error
         if worker_id is not None:
@@ -258,6 +275,12 @@ class ServerContext:
         answer = (rest or self.user).patch(f"/tasks/{task_id}", json=body)
         data = expect.status(answer, 200, f"from PATCH /tasks/{{id}} to {status}")
         return expect.model(data, TaskResponse, "the updated task")
+
+    def report_progress(
+        self, task_id: object, rest: Rest | None = None, **body: Any
+    ) -> httpx.Response:
+        """`PUT /tasks/{task_id}/progress` with `body` (ours); the answer, unchecked."""
+        return (rest or self.user).put(f"/tasks/{task_id}/progress", json=body)
 
     def task(self, task_id: object, rest: Rest | None = None) -> TaskResponse:
         """`GET /tasks/{task_id}` (200); the task."""

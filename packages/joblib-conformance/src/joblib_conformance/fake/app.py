@@ -2,10 +2,13 @@
 over the in-memory `World`, recording everything a client sends.
 
 It is a reference, not a product: one process, no database, no sweeper, no
-grace times, no claim times (so a heartbeat's `tasks` are not looked at). It holds
-claims and long-polls (`Prefer: wait=N`), emits after each change, checks trust on
-`join_job_room`, answers a submit's `Idempotency-Key` again, and cleans up a
-worker whose socket drops.
+grace times, no claim times (so a heartbeat's `tasks` release nothing; they are
+only answered with `cancelled`). It holds claims and long-polls (`Prefer:
+wait=N`), emits after each change, checks trust on `join_job_room`, answers a
+submit's `Idempotency-Key` again, cleans up a worker whose socket drops, checks
+payloads and schemas, keeps results and progress (its events at most
+`PROGRESS_INTERVAL` apart per task), tells workers of cancels, and fails tasks
+past their time limits on a timer.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from joblib_conformance.fake.recording import Recording, RestCall, SocketCall
-from joblib_conformance.fake.state import Identity, Problem, World, check_room
+from joblib_conformance.fake.state import (
+    MAX_RESULT_BYTES,
+    Identity,
+    Problem,
+    World,
+    check_room,
+    now,
+)
 from joblib_protocol import (
     API_PREFIX,
     DEFAULT_PAGE_LIMIT,
@@ -51,7 +61,10 @@ from joblib_protocol import (
     PayloadTooLarge,
     TaskClaimRequest,
     TaskClaimResponse,
+    TaskProgressEvent,
+    TaskProgressRequest,
     TaskStatus,
+    TaskStatusEvent,
     TaskSubmitRequest,
     TaskUpdateRequest,
     Unauthorized,
@@ -61,11 +74,14 @@ from joblib_protocol import (
     is_terminal,
     job_channel,
     room_channel,
+    worker_channel,
 )
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_BODY_BYTES = 1_048_576
+PROGRESS_INTERVAL = 0.1
+"""Seconds between two `task_progress_event`s of one task, at the least."""
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 MAX_WAIT_SECONDS = 30.0
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -204,6 +220,10 @@ class FakeApp:
         self._joined: dict[str, set[uuid.UUID]] = {}
         self._latest_sid: dict[uuid.UUID, str] = {}
         self._keys: dict[tuple[str, str], uuid.UUID] = {}
+        self._progress_sent: dict[str, float] = {}
+        self._progress_held: dict[str, Emission] = {}
+        self._timer: tuple[float, asyncio.TimerHandle] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._attach()
         rest = Starlette(routes=self._routes())
         self.asgi = socketio.ASGIApp(self.sio, other_asgi_app=rest)
@@ -215,15 +235,78 @@ class FakeApp:
 
         Only a change wakes them (a change always emits): they wake in the order
         they began waiting and wait again in that order, so the oldest held
-        claim gets the next task.
+        claim gets the next task. Progress events go through the throttle, and
+        a task's held one goes out before its terminal status.
         """
         if not emissions:
             return
-        for event, room in dict.fromkeys(emissions):
-            await self.sio.emit(event.event_name(), event.payload(), room=room)
+        self._arm()
+        for emission in dict.fromkeys(emissions):
+            event = emission.event
+            if isinstance(event, TaskProgressEvent):
+                if not self._throttled(emission):
+                    await self._emit(emission)
+                continue
+            if isinstance(event, TaskStatusEvent) and is_terminal(event.status):
+                held = self._progress_held.pop(event.id, None)
+                self._progress_sent.pop(event.id, None)
+                if held is not None:
+                    await self._emit(held)
+            await self._emit(emission)
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
+
+    async def _emit(self, emission: Emission) -> None:
+        event, room = emission
+        await self.sio.emit(event.event_name(), event.payload(), room=room)
+
+    def _throttled(self, emission: Emission) -> bool:
+        """Whether a progress event waits (replacing one waiting) for its turn."""
+        task_id = str(getattr(emission.event, "id", ""))
+        loop = asyncio.get_running_loop()
+        last = self._progress_sent.get(task_id)
+        if last is None or loop.time() - last >= PROGRESS_INTERVAL:
+            self._progress_sent[task_id] = loop.time()
+            return False
+        if task_id not in self._progress_held:
+            loop.call_later(
+                last + PROGRESS_INTERVAL - loop.time(),
+                self._spawn,
+                self._release,
+                task_id,
+            )
+        self._progress_held[task_id] = emission
+        return True
+
+    async def _release(self, task_id: str) -> None:
+        held = self._progress_held.pop(task_id, None)
+        if held is not None:
+            self._progress_sent[task_id] = asyncio.get_running_loop().time()
+            await self._emit(held)
+
+    def _spawn(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
+        task = asyncio.ensure_future(function(*args))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _arm(self) -> None:
+        """Set the timer for the next deadline or expiry, if it is earlier."""
+        due = self.world.next_due()
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(0.0, (due - now()).total_seconds())
+        if self._timer is not None and self._timer[0] <= at:
+            return
+        if self._timer is not None:
+            self._timer[1].cancel()
+        self._timer = (at, loop.call_at(at, self._spawn, self._expire))
+
+    async def _expire(self) -> None:
+        self._timer = None
+        await self._publish(self.world.expire_due(now()))
+        self._arm()
 
     async def _until_changed(self, seconds: float) -> None:
         """Wait for the next change, or `seconds`."""
@@ -256,10 +339,17 @@ class FakeApp:
             "/rooms/{room_id}/tasks/{full_name}": {"POST": self.submit},
             "/tasks/claim": {"POST": self.claim},
             "/tasks/{task_id}": {"GET": self.get_task, "PATCH": self.update},
+            "/tasks/{task_id}/progress": {"PUT": self.report_progress},
         }
+        # A report may carry a result as large as allowed besides the rest.
+        limits = {"/tasks/{task_id}": MAX_BODY_BYTES + MAX_RESULT_BYTES}
         # Every method reaches the endpoint, so a wrong one gets a problem document.
         routes = [
-            Route(API_PREFIX + path, self._endpoint(methods), methods=_METHODS)
+            Route(
+                API_PREFIX + path,
+                self._endpoint(methods, limits.get(path, MAX_BODY_BYTES)),
+                methods=_METHODS,
+            )
             for path, methods in table.items()
         ]
         routes.append(Route("/{path:path}", self._not_found, methods=_METHODS))
@@ -272,7 +362,7 @@ class FakeApp:
         return _response(_problem(NotFound, f"no route {request.url.path}"))
 
     def _endpoint(
-        self, methods: dict[str, Endpoint]
+        self, methods: dict[str, Endpoint], limit: int
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
@@ -286,8 +376,8 @@ class FakeApp:
                 handler = methods.get(request.method)
                 if handler is None:
                     raise Problem(MethodNotAllowed, f"{request.method} not allowed")
-                if len(raw) > MAX_BODY_BYTES:
-                    raise Problem(PayloadTooLarge, f"over {MAX_BODY_BYTES} bytes")
+                if len(raw) > limit:
+                    raise Problem(PayloadTooLarge, f"over {limit} bytes")
                 if raw.strip():
                     try:
                         body = json.loads(raw, parse_constant=_refuse_constant)
@@ -330,11 +420,11 @@ class FakeApp:
         return _page(call, [_dump(w) for w in self.world.list_workers()])
 
     async def heartbeat(self, call: Call) -> Answer:
-        """`PATCH /workers/{worker_id}`; its `tasks`, if any, are validated only
-        (the fake keeps no claim times, so it releases nothing)."""
+        """`PATCH /workers/{worker_id}`; its `tasks`, if any, are answered with
+        `cancelled` (the fake keeps no claim times, so it releases nothing)."""
         worker_id = _uuid(call, "worker_id")
-        _model(call.body, WorkerHeartbeatRequest, optional=True)
-        beat, _ = self.world.heartbeat(call.identity, worker_id)
+        request = _model(call.body, WorkerHeartbeatRequest, optional=True)
+        beat, _ = self.world.heartbeat(call.identity, worker_id, request.tasks)
         return Answer(200, _dump(beat))
 
     async def delete_worker(self, call: Call) -> Answer:
@@ -400,10 +490,7 @@ class FakeApp:
             headers = {"Location": f"{API_PREFIX}/tasks/{task.id}", "Retry-After": "1"}
             return Answer(202, _dump(task), headers | {"Idempotent-Replayed": "true"})
         task, emissions = self.world.submit(
-            call.identity,
-            call.params["room_id"],
-            call.params["full_name"],
-            request.payload,
+            call.identity, call.params["room_id"], call.params["full_name"], request
         )
         if key:
             self._keys[(call.identity.id, key)] = task.id
@@ -447,11 +534,17 @@ class FakeApp:
         """`PATCH /tasks/{task_id}`."""
         task_id = _uuid(call, "task_id")
         request = _model(call.body, TaskUpdateRequest)
-        task, emissions = self.world.update(
-            call.identity, task_id, request.status, request.error, request.worker_id
-        )
+        task, emissions = self.world.update(call.identity, task_id, request)
         await self._publish(emissions)
         return Answer(200, _dump(task))
+
+    async def report_progress(self, call: Call) -> Answer:
+        """`PUT /tasks/{task_id}/progress`."""
+        task_id = _uuid(call, "task_id")
+        request = _model(call.body, TaskProgressRequest)
+        _none, emissions = self.world.report_progress(call.identity, task_id, request)
+        await self._publish(emissions)
+        return Answer(204)
 
     # Socket.IO
 
@@ -539,6 +632,7 @@ class FakeApp:
             return self._record(sid, JoinJobRoom.event_name, data, checked)
         worker_id, job_name = checked
         await self.sio.enter_room(sid, job_channel(job_name))
+        await self.sio.enter_room(sid, worker_channel(worker_id))
         self._joined.setdefault(sid, set()).add(worker_id)
         self._latest_sid[worker_id] = sid
         return self._record(sid, JoinJobRoom.event_name, data, {"ok": True})

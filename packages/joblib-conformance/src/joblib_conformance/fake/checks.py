@@ -1,7 +1,8 @@
 """What a well-behaved worker does, judged from what the fake server recorded.
 
 Groups: `worker` (what any worker of the zndraw-joblib API must do) and
-`worker-ours` (what a worker of ours does on top: fenced reports).
+`worker-ours` (what a worker of ours does on top: fenced reports, and progress
+reports, if it sends any, only while its task runs).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 from joblib_conformance import expect
-from joblib_conformance.checks import Registry
+from joblib_conformance.checks import CheckSkipped, Registry
 from joblib_conformance.fake.recording import Recording, RestCall, SocketCall
 from joblib_conformance.fake.server import WORKER
 from joblib_protocol import JoinJobRoom, LeaveJobRoom, TaskStatus, is_terminal
@@ -25,6 +26,7 @@ check = WORKER_CHECKS.check
 _JOBS = re.compile(r"^/rooms/[^/]+/jobs$")
 _WORKER = re.compile(r"^/workers/([^/]+)$")
 _TASK = re.compile(r"^/tasks/([0-9a-fA-F-]{36})$")
+_PROGRESS = re.compile(r"^/tasks/([0-9a-fA-F-]{36})/progress$")
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,31 @@ def _fenced(session: WorkerSession) -> None:
             if _field(report.body, "worker_id") != worker_id:
                 unfenced.append((task_id, report.body))
     expect.that(not unfenced, "worker_id in every report body", unfenced)
+
+
+@check(
+    "worker-ours.progress",
+    "its progress reports (PUT /tasks/{id}/progress), if any, name the worker "
+    "that claimed the task and come while it runs, before its final report: "
+    "each accepted (204)",
+)
+def _progress(session: WorkerSession) -> None:
+    reports = session.calls_to("PUT", _PROGRESS)
+    if not reports:
+        raise CheckSkipped("the worker sent no progress report")
+    claimed = _claimed(session)
+    wrong = []
+    for report in reports:
+        match = _PROGRESS.match(report.path)
+        assert match is not None
+        worker_id = claimed.get(match.group(1), (None, None))[0]
+        if _field(report.body, "worker_id") != worker_id or report.status != 204:
+            wrong.append((report.path, report.body, report.status, report.answer))
+    expect.that(
+        not wrong,
+        "progress only for tasks it claimed, naming their worker, each 204",
+        wrong[:5],
+    )
 
 
 @check(

@@ -1,22 +1,28 @@
 """The fake server's world: workers, jobs and tasks in memory, by the protocol's rules.
 
 Plain synchronous code without I/O; the app calls it from its one event loop.
-Each change returns what it announces as `(event, room)` pairs.
+Each change returns what it announces as `(event, room)` pairs. Time limits are
+kept as due times: the app asks `next_due()` when to call `expire_due()`.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from joblib_protocol import (
     GLOBAL_ROOM,
     INTERNAL_ROOM,
     RESERVED_ROOMS,
+    CancelReason,
     DisconnectPolicy,
     Emission,
     ErrorCode,
@@ -25,7 +31,9 @@ from joblib_protocol import (
     InternalJobNotConfigured,
     InvalidCategory,
     InvalidJobName,
+    InvalidPayload,
     InvalidRoomId,
+    InvalidSchema,
     InvalidTaskTransition,
     JobFullName,
     JobNotFound,
@@ -33,13 +41,21 @@ from joblib_protocol import (
     JobResponse,
     JobsInvalidate,
     JobSummary,
+    PayloadTooLarge,
     ProblemType,
     SchemaConflict,
     TaskAvailable,
+    TaskCancelled,
     TaskNotFound,
+    TaskNotRunning,
+    TaskProgress,
+    TaskProgressEvent,
+    TaskProgressRequest,
     TaskResponse,
     TaskStatus,
     TaskStatusEvent,
+    TaskSubmitRequest,
+    TaskUpdateRequest,
     TaskWorkerMismatch,
     ValidationFailed,
     WorkerCleanupResponse,
@@ -52,10 +68,14 @@ from joblib_protocol import (
     room_channel,
     validate_job_name,
     validate_room_id,
+    worker_channel,
 )
 
 CATEGORIES = ("modifiers", "selections", "analysis")
 DISCONNECTED = "Worker disconnected"
+EXPIRED = "Task waited in the queue past its time limit"
+MAX_RESULT_BYTES = 1_048_576
+"""The largest result kept, as compact JSON (our server's default)."""
 
 
 class Problem(Exception):
@@ -111,6 +131,8 @@ class Job:
     schema: dict[str, Any]
     owner: str
     policy: DisconnectPolicy
+    timeout_seconds: float | None = None
+    pending_timeout_seconds: float | None = None
     workers: set[uuid.UUID] = field(default_factory=set)
     deleted: bool = False
     seq: int = 0
@@ -141,6 +163,11 @@ class Task:
     attempt: int = 1
     error_code: ErrorCode | None = None
     claim_request_id: str | None = None
+    result: Any = None
+    progress: TaskProgress | None = None
+    timeout_seconds: float | None = None
+    deadline_at: datetime | None = None
+    expires_at: datetime | None = None
     order: int = field(default_factory=lambda: next(_ORDER))
 
 
@@ -185,6 +212,11 @@ class World:
             queue_position=self.position(task),
             attempt=task.attempt,
             error_code=task.error_code,
+            result=task.result,
+            progress=task.progress,
+            timeout_seconds=task.timeout_seconds,
+            deadline_at=task.deadline_at,
+            expires_at=task.expires_at,
         )
 
     def _status(self, task: Task) -> Emission:
@@ -201,8 +233,19 @@ class World:
             error=task.error,
             attempt=task.attempt,
             error_code=task.error_code,
+            deadline_at=task.deadline_at,
+            expires_at=task.expires_at,
         )
         return Emission(event, room_channel(task.room_id))
+
+    def _cancelled(self, task: Task, reason: CancelReason) -> list[Emission]:
+        """`task_cancelled` to the sockets of the worker holding `task`, if any."""
+        if task.worker_id is None:
+            return []
+        event = TaskCancelled(
+            task_id=str(task.id), job_name=task.job.full_name, reason=reason
+        )
+        return [Emission(event, worker_channel(task.worker_id))]
 
     def _available(self, task: Task) -> list[Emission]:
         if task.job.room_id == INTERNAL_ROOM:
@@ -224,6 +267,8 @@ class World:
             workers=sorted(job.workers),
             worker_id=worker_id,
             on_disconnect=job.policy,
+            timeout_seconds=job.timeout_seconds,
+            pending_timeout_seconds=job.pending_timeout_seconds,
         )
 
     def worker(self, worker_id: uuid.UUID, identity: Identity) -> Worker:
@@ -311,12 +356,28 @@ class World:
         return WorkerResponse(id=worker.id, last_heartbeat=worker.last_heartbeat), []
 
     def heartbeat(
-        self, identity: Identity, worker_id: uuid.UUID
+        self,
+        identity: Identity,
+        worker_id: uuid.UUID,
+        held: list[uuid.UUID] | None = None,
     ) -> tuple[WorkerResponse, Emissions]:
-        """`PATCH /workers/{id}`."""
+        """`PATCH /workers/{id}`; `cancelled` lists the `held` tasks that are not
+        the worker's to run any more (the fake releases none it left out)."""
         worker = self.worker(worker_id, identity)
         worker.last_heartbeat = now()
-        return WorkerResponse(id=worker.id, last_heartbeat=worker.last_heartbeat), []
+        stop = sorted(
+            task_id
+            for task_id in set(held or ())
+            if not (
+                (task := self.tasks.get(task_id)) is not None
+                and task.worker_id == worker.id
+                and task.status in (TaskStatus.CLAIMED, TaskStatus.RUNNING)
+            )
+        )
+        beat = WorkerResponse(
+            id=worker.id, last_heartbeat=worker.last_heartbeat, cancelled=stop
+        )
+        return beat, []
 
     def register(
         self,
@@ -335,6 +396,7 @@ class World:
             validate_job_name(request.name)
         except ValueError as exc:
             raise Problem(InvalidJobName, str(exc)) from None
+        check_schema(request.schema_)
         if request.worker_id is None:
             worker, _ = self.create_worker(identity)
             linked = self.workers[worker.id]
@@ -351,6 +413,9 @@ class World:
         )
         job = self.jobs.get(full_name)
         created = job is None or job.deleted
+        limits = request.model_dump(
+            include={"timeout_seconds", "pending_timeout_seconds"}, exclude_none=True
+        )
         if job is None:
             job = Job(
                 uuid.uuid4(),
@@ -372,6 +437,8 @@ class World:
             raise Problem(SchemaConflict, f"job {full_name} has another schema")
         else:
             job.policy = job.policy.model_copy(update=given)
+        for name, value in limits.items():
+            setattr(job, name, value)
         emissions: Emissions = []
         if created or linked.id not in job.workers:
             emissions.append(Emission(JobsInvalidate(), room_channel(room_id)))
@@ -380,14 +447,26 @@ class World:
         return (self.job_response(job, linked.id), created), emissions
 
     def submit(
-        self, identity: Identity, room_id: str, full_name: str, payload: dict[str, Any]
+        self,
+        identity: Identity,
+        room_id: str,
+        full_name: str,
+        request: TaskSubmitRequest,
     ) -> tuple[TaskResponse, Emissions]:
         """`POST /rooms/{room_id}/tasks/{full_name}`."""
         job = self.job_in_room(room_id, full_name)
         if job.room_id == INTERNAL_ROOM:
             raise Problem(InternalJobNotConfigured, "the fake server runs no jobs")
+        check_payload(job.schema, request.payload)
         job.seq += 1
-        task = Task(uuid.uuid4(), job, room_id, identity.id, payload, now(), job.seq)
+        created = now()
+        task = Task(
+            uuid.uuid4(), job, room_id, identity.id, request.payload, created, job.seq
+        )
+        task.timeout_seconds = request.timeout_seconds or job.timeout_seconds
+        pending = request.pending_timeout_seconds or job.pending_timeout_seconds
+        if pending is not None:
+            task.expires_at = created + timedelta(seconds=pending)
         self.tasks[task.id] = task
         return self.task_response(task), [self._status(task), *self._available(task)]
 
@@ -422,22 +501,17 @@ class World:
         task.claim_request_id = request_id
         emissions = [self._status(task)]
         if start:
-            task.status, task.started_at = TaskStatus.RUNNING, now()
+            self._start(task)
             emissions.append(self._status(task))
         return self.task_response(task), emissions
 
     def update(
-        self,
-        identity: Identity,
-        task_id: uuid.UUID,
-        status: TaskStatus,
-        error: str | None,
-        worker_id: uuid.UUID | None,
+        self, identity: Identity, task_id: uuid.UUID, request: TaskUpdateRequest
     ) -> tuple[TaskResponse, Emissions]:
         """`PATCH /tasks/{task_id}`."""
+        status, error = request.status, request.error
         task = self.task(task_id)
-        if worker_id is not None and worker_id != task.worker_id:
-            raise Problem(TaskWorkerMismatch, f"{worker_id} does not hold {task_id}")
+        self._fence(task, request.worker_id)
         holder = self.workers.get(task.worker_id) if task.worker_id else None
         allowed = (
             identity.is_admin
@@ -456,19 +530,91 @@ class World:
                 "an error needs a terminal status",
                 [{"loc": ["body", "error"], "msg": "only with a terminal status"}],
             )
-        task.status = status
+        if "result" in request.model_fields_set:
+            check_result(request)
+        held = task.status in (TaskStatus.CLAIMED, TaskStatus.RUNNING)
         if status == TaskStatus.RUNNING:
-            task.started_at = now()
+            self._start(task)
         else:
+            task.status = status
             task.completed_at = now()
             task.error = error
             task.error_code = (
                 ErrorCode.JOB_FAILED if status == TaskStatus.FAILED else None
             )
+            task.result = request.result
         emissions = [self._status(task)]
+        if status == TaskStatus.CANCELLED and held:
+            emissions += self._cancelled(task, CancelReason.CANCELLED)
         if is_terminal(status):
             emissions += self._hide_orphans([task.job])
         return self.task_response(task), emissions
+
+    def _fence(self, task: Task, worker_id: uuid.UUID | None) -> None:
+        """409 unless the reporting worker (if named) still holds the task."""
+        if worker_id is not None and (
+            worker_id != task.worker_id or worker_id not in self.workers
+        ):
+            raise Problem(TaskWorkerMismatch, f"{worker_id} does not hold {task.id}")
+
+    def _start(self, task: Task) -> None:
+        task.status, task.started_at = TaskStatus.RUNNING, now()
+        if task.timeout_seconds is not None:
+            task.deadline_at = task.started_at + timedelta(seconds=task.timeout_seconds)
+
+    def report_progress(
+        self, identity: Identity, task_id: uuid.UUID, request: TaskProgressRequest
+    ) -> tuple[None, Emissions]:
+        """`PUT /tasks/{task_id}/progress`: keep a running task's latest report."""
+        task = self.task(task_id)
+        self._fence(task, request.worker_id)
+        holder = self.workers.get(task.worker_id) if task.worker_id else None
+        if not identity.is_admin and (holder is None or holder.owner != identity.id):
+            raise Problem(Forbidden, f"task {task_id} is not yours to report on")
+        if task.status != TaskStatus.RUNNING:
+            raise Problem(
+                TaskNotRunning, f"task {task_id} is {task.status.value}: stop it"
+            )
+        task.progress = TaskProgress(**request.model_dump(exclude={"worker_id"}))
+        event = TaskProgressEvent(
+            id=str(task.id), room_id=task.room_id, progress=task.progress
+        )
+        return None, [Emission(event, room_channel(task.room_id))]
+
+    def next_due(self) -> datetime | None:
+        """The earliest deadline of a running task or expiry of a pending one."""
+        due = [
+            t.deadline_at if t.status == TaskStatus.RUNNING else t.expires_at
+            for t in self.tasks.values()
+            if t.status in (TaskStatus.RUNNING, TaskStatus.PENDING)
+        ]
+        known = [d for d in due if d is not None]
+        return min(known) if known else None
+
+    def expire_due(self, at: datetime) -> Emissions:
+        """Fail the tasks past their deadline (telling their worker) or expiry."""
+        emissions: Emissions = []
+        jobs = []
+        for task in self.tasks.values():
+            running = task.status == TaskStatus.RUNNING
+            due = task.deadline_at if running else task.expires_at
+            if task.status not in (TaskStatus.RUNNING, TaskStatus.PENDING):
+                continue
+            if due is None or due > at:
+                continue
+            task.status, task.completed_at = TaskStatus.FAILED, at
+            if running:
+                task.error = (
+                    f"Task ran past its time limit of {task.timeout_seconds:g} s"
+                )
+                task.error_code = ErrorCode.DEADLINE_EXCEEDED
+            else:
+                task.error, task.error_code = EXPIRED, ErrorCode.EXPIRED
+            emissions.append(self._status(task))
+            if running:
+                emissions += self._cancelled(task, CancelReason.DEADLINE_EXCEEDED)
+            jobs.append(task.job)
+        return emissions + self._hide_orphans(jobs)
 
     def remove_worker(
         self, worker_id: uuid.UUID, code: ErrorCode
@@ -488,6 +634,7 @@ class World:
             if policy.action == "requeue" and task.attempt < policy.max_attempts:
                 task.status, task.worker_id = TaskStatus.PENDING, None
                 task.started_at, task.claim_request_id = None, None
+                task.deadline_at, task.expires_at, task.progress = None, None, None
                 task.attempt += 1
                 receipt.requeued.append(task.id)
                 emissions += [self._status(task), *self._available(task)]
@@ -536,3 +683,49 @@ def check_room(room_id: str) -> str:
         return validate_room_id(room_id)
     except ValueError as exc:
         raise Problem(InvalidRoomId, str(exc)) from None
+
+
+def check_schema(schema: Any) -> None:
+    """422 `invalid-schema` unless `schema` is a JSON Schema (2020-12)."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        loc = ["body", "schema", *exc.absolute_path]
+        raise Problem(
+            InvalidSchema,
+            f"not a valid JSON Schema (2020-12): {exc.message}",
+            [{"loc": loc, "msg": exc.message}],
+        ) from None
+
+
+def check_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
+    """422 `invalid-payload` listing each error, unless `payload` fits `schema`."""
+    try:
+        validator = Draft202012Validator(schema)
+        errors = sorted(
+            validator.iter_errors(payload), key=lambda e: (e.json_path, e.message)
+        )
+    except Exception:  # a schema that cannot be applied checks nothing
+        return
+    if errors:
+        raise Problem(
+            InvalidPayload,
+            f"the payload does not match the job's schema: {errors[0].message}",
+            [
+                {"loc": ["body", "payload", *e.absolute_path], "msg": e.message}
+                for e in errors
+            ],
+        )
+
+
+def check_result(request: TaskUpdateRequest) -> None:
+    """A result only with `completed` (422), at most `MAX_RESULT_BYTES` (413)."""
+    if request.status != TaskStatus.COMPLETED:
+        raise Problem(
+            ValidationFailed,
+            "a result may only be given with status 'completed'",
+            [{"loc": ["body", "result"], "msg": "only with status 'completed'"}],
+        )
+    text = json.dumps(request.result, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode()) > MAX_RESULT_BYTES:
+        raise Problem(PayloadTooLarge, f"the result is over {MAX_RESULT_BYTES} bytes")

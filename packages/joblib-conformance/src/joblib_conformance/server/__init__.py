@@ -1,5 +1,6 @@
 """The server checks, by group: `core` (the zndraw-joblib-compatible wire API and
-events), `ours` (what joblib adds), and placeholders for later additions.
+events), `ours` (what joblib adds), `results` and `progress` (tasks as calls),
+and placeholders for later additions (`providers`).
 
 Importing this package registers every check in `SERVER_CHECKS`; the modules are
 imported in the order their checks run (within each group).
@@ -22,6 +23,11 @@ MODULES = (
     "disconnect",
     "grace",
     "errors",
+    "payloads",
+    "limits",
+    "cancel",
+    "results",
+    "progress",
     "later",
 )
 

@@ -1,8 +1,8 @@
-"""Placeholders for the 0.2.0 additions the kit does not check yet.
+"""Placeholders for the additions the kit does not check yet.
 
-Each is reported as skipped and is not required: a server can claim `core` and
-`ours` today, and these groups get real checks when results, progress and
-providers are part of the protocol.
+Each is reported as skipped and is not required: a server can claim every
+other group today, and these get real checks when their features are part of
+the protocol.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from joblib_conformance.server.registry import SERVER_CHECKS
 from joblib_conformance.target import ServerContext
 
 LATER = {
-    "results.task-result": "a task's result stored with its completion and read back",
-    "progress.task-progress": "progress reports of a running task and their events",
     "providers.provider-routes": "providers: data a worker serves to the host",
 }
 

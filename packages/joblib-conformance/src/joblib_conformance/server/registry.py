@@ -3,4 +3,5 @@
 from joblib_conformance.checks import Registry
 
 SERVER_CHECKS = Registry("server")
-"""Checks run against a server: groups `core`, `ours`, and later additions."""
+"""Checks run against a server: groups `core`, `ours`, `results`, `progress`, and
+placeholders for later additions."""
