@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,10 @@ import anyio
 import socketio
 
 from joblib_conformance import ServerTarget
+from joblib_protocol import Emission, TaskCancelled
 from joblib_server import JobLib, NullEmitter, StandaloneSettings, TokenAuth, create_app
 from joblib_server.auth import Identity
+from joblib_server.emitter import Emitter
 from tests.support.servers import make_settings, serve_in_thread
 from tests.support.tokens import ADMIN, ALICE, BOB, TOKENS
 
@@ -109,6 +111,23 @@ def lets_anyone_connect(app: Any) -> None:
         return identity
 
     realtime.authenticate = lenient
+
+
+class WithoutCancelNotices:
+    """An emitter that sends everything but `task_cancelled`."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        self.emitter = emitter
+
+    async def emit(self, emissions: Iterable[Emission]) -> None:
+        kept = [e for e in emissions if not isinstance(e.event, TaskCancelled)]
+        await self.emitter.emit(kept)
+
+
+def never_tells_workers(app: Any) -> None:
+    """Cancel and time out tasks without telling their workers' sockets."""
+    joblib: JobLib = app.joblib
+    joblib.emitter = WithoutCancelNotices(joblib.emitter)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """A JobManager worker as `joblib-conformance worker` runs one: it reads
-JOBLIB_URL and JOBLIB_TOKEN, serves @global:modifiers:Rotate, heartbeats every
-0.2 s, and says goodbye on SIGINT or SIGTERM."""
+JOBLIB_URL and JOBLIB_TOKEN, serves @global:modifiers:Rotate (which reports
+progress and returns a result), heartbeats every 0.2 s, and says goodbye on
+SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import signal
 import threading
 from typing import Any, ClassVar
 
-from joblib_client import Category, Extension, JobManager
+from joblib_client import Category, Extension, JobManager, current_task
 
 
 class Rotate(Extension):
     category: ClassVar[Category] = Category.MODIFIER
     angle: float = 0.0
 
-    def run(self, **kwargs: Any) -> None:
-        pass
+    def run(self, **kwargs: Any) -> dict[str, float]:
+        current_task().progress(1, total=1, message="rotated")
+        return {"angle": self.angle}
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ class Manners:
     heartbeats: bool = True
     fences: bool = True
     says_goodbye: bool = True
+    progress_on_time: bool = True
+    """Reports progress while the task runs (False: once it completed)."""
 
 
 HEARTBEAT_SECONDS = 0.2
@@ -55,11 +57,15 @@ def run_sloppy_worker(
             task = claimed.json()["task"]
             if task is None:
                 continue
-            for status in ("running", "completed"):
-                body = {"status": status}
-                if manners.fences:
-                    body["worker_id"] = worker_id
-                http.patch(f"/tasks/{task['id']}", json=body)
+            fence = {"worker_id": worker_id} if manners.fences else {}
+            progress = {"current": 1, "total": 1, **fence}
+            http.patch(f"/tasks/{task['id']}", json={"status": "running", **fence})
+            if manners.progress_on_time:
+                http.put(f"/tasks/{task['id']}/progress", json=progress)
+            done = {"status": "completed", "result": {"id": task["id"]}, **fence}
+            http.patch(f"/tasks/{task['id']}", json=done)
+            if not manners.progress_on_time:
+                http.put(f"/tasks/{task['id']}/progress", json=progress)
         if manners.says_goodbye:
             sio.call("leave_job_room", ids, timeout=10)
             http.delete(f"/workers/{worker_id}")

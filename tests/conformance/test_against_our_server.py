@@ -3,7 +3,8 @@
 The whole kit takes 15-30 s per database, so it runs with the slow tests (CI runs
 those in a step of its own), as the command against `joblib-server serve`
 (test_cli.py) and here against a server configured for every optional check; the
-default run takes a few checks of the kit's main areas, and the quick checks that
+default run takes a few checks of the kit's main areas, the checks of tasks as
+calls (a few seconds: two wait for a 1 s time limit), and the quick checks that
 need the server's configuration.
 """
 
@@ -28,7 +29,14 @@ SMOKE = [
     "ours.errors.bad-input",
 ]
 
+CALLS = ["ours.payloads", "ours.limits", "ours.cancel", "results", "progress"]
+"""The checks of tasks as calls: checked inputs, time limits, cancel notices,
+results and progress."""
+
 LOCKED_ROOM = "cf-locked"
+
+MAX_RESULT_BYTES = 4096
+"""The configured server's result limit (small, so the 413 check sends little)."""
 
 CONFIGURED = [
     "ours.jobs.owner-only",
@@ -36,13 +44,18 @@ CONFIGURED = [
     "ours.tasks.idempotency-key",
     "ours.errors.request-timeout",
     "ours.errors.room-locked",
+    "results.too-large",
 ]
 """The quick checks that need to know the server's settings and policy."""
 
-OPTIONAL = ["ours.errors.request-timeout", "ours.errors.room-locked"]
+OPTIONAL = [
+    "ours.errors.request-timeout",
+    "ours.errors.room-locked",
+    "results.too-large",
+]
 """Skipped unless the operator gives what they need."""
 
-LATER = ["results.task-result", "progress.task-progress", "providers.provider-routes"]
+LATER = ["providers.provider-routes"]
 
 
 class LocksOneRoom:
@@ -67,6 +80,7 @@ def configured_server(database_url: str) -> Iterator[ServerTarget]:
             body_timeout_seconds=1,
             heartbeat_task_margin_seconds=1,
             max_list_offset=200,
+            max_result_bytes=MAX_RESULT_BYTES,
         ),
     )
     app = create_app(settings, TokenAuth(TOKENS), policy=LocksOneRoom())
@@ -80,6 +94,7 @@ def configured_server(database_url: str) -> Iterator[ServerTarget]:
             heartbeat_task_margin=1,
             body_timeout=1,
             locked_room=LOCKED_ROOM,
+            max_result_bytes=MAX_RESULT_BYTES,
         )
 
 
@@ -97,6 +112,13 @@ def test_one_check_of_each_area_passes(live_server: LiveServer) -> None:
     assert report.failed == [], failures(report)
 
 
+def test_the_checks_of_tasks_as_calls_pass(live_server: LiveServer) -> None:
+    report = run_server_checks(target(live_server), only=CALLS)
+    assert report.failed == [], failures(report)
+    assert report.ids(Status.SKIP) == ["results.too-large"]
+    assert {r.group for r in report.results} == {"ours", "results", "progress"}
+
+
 def test_the_checks_of_a_configured_server_pass(
     configured_server: ServerTarget,
 ) -> None:
@@ -107,12 +129,15 @@ def test_the_checks_of_a_configured_server_pass(
 def test_without_their_options_the_optional_checks_skip_and_say_why(
     configured_server: ServerTarget,
 ) -> None:
-    bare = replace(configured_server, body_timeout=None, locked_room=None)
+    bare = replace(
+        configured_server, body_timeout=None, locked_room=None, max_result_bytes=None
+    )
     report = run_server_checks(bare, only=OPTIONAL)
     assert report.ids(Status.SKIP) == OPTIONAL
     reasons = [r.got or "" for r in report.results]
     assert "--body-timeout" in reasons[0]
     assert "--locked-room" in reasons[1]
+    assert "--max-result-bytes" in reasons[2]
     assert report.ok, "a skipped check fails nothing"
 
 

@@ -21,13 +21,21 @@ from tests.conformance.broken import (
     forgets_idempotency_keys,
     lets_anyone_connect,
     never_cleans_up,
+    never_tells_workers,
 )
 
 FLAWS: dict[str, tuple[Flaw, list[str]]] = {
     "emits-before-commit": (emits_before_commit, ["core.events.after-commit"]),
     "500-on-bad-input": (
         answers_500_on_bad_input,
-        ["ours.pagination.offset-cap", "ours.errors.bad-input"],
+        [
+            "ours.pagination.offset-cap",
+            "ours.errors.bad-input",
+            "ours.payloads.invalid-payload",
+            "ours.payloads.invalid-schema",
+            "results.completed-only",
+            "progress.report",
+        ],
     ),
     "never-cleans-up": (
         never_cleans_up,
@@ -45,14 +53,26 @@ FLAWS: dict[str, tuple[Flaw, list[str]]] = {
         forgets_idempotency_keys,
         ["ours.tasks.idempotency-key"],
     ),
+    "never-tells-workers": (
+        never_tells_workers,
+        ["ours.limits.deadline", "ours.cancel.notice"],
+    ),
 }
 
 NEAR = {
     "emits-before-commit": ["core.events.after-commit", "core.events.task-status"],
-    "500-on-bad-input": ["ours.errors", "core.pagination", "ours.pagination"],
+    "500-on-bad-input": [
+        "ours.errors",
+        "core.pagination",
+        "ours.pagination",
+        "ours.payloads",
+        "results",
+        "progress.report",
+    ],
     "never-cleans-up": ["core.disconnect", "ours.disconnect"],
     "lets-anyone-connect": ["core.socket", "ours.socket.auth-payload"],
     "forgets-idempotency-keys": ["core.tasks.submit", "ours.tasks"],
+    "never-tells-workers": ["ours.cancel", "ours.limits", "core.events.task-status"],
 }
 
 EVERYWHERE = {

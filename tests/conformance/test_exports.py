@@ -51,9 +51,12 @@ def test_check_ids_name_their_group() -> None:
         "providers",
     ]
     assert WORKER_CHECKS.groups == ["worker", "worker-ours"]
-    later = [
-        c for c in joblib_conformance.SERVER_CHECKS if c.group not in ("core", "ours")
-    ]
+    # Results and progress are part of the protocol: their checks count.
+    for group in ("results", "progress"):
+        checks = [c for c in joblib_conformance.SERVER_CHECKS if c.group == group]
+        assert checks
+        assert all(c.required for c in checks), group
+    later = [c for c in joblib_conformance.SERVER_CHECKS if c.group == "providers"]
     assert later
     assert not any(c.required for c in later)
 
