@@ -168,7 +168,8 @@ class ValidationFailed(ProblemType):
 class InvalidPayload(ProblemType):
     """Ours: a task's payload does not match its job's JSON Schema; see `errors`.
 
-    Each error has `loc` (the path inside the payload, as a list) and `msg`.
+    Each error has `loc` (`["body", "payload", ...]`: the path to the value in the
+    request body, as a list) and `msg`.
     Nothing was stored.
     """
 
