@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,15 @@ try:
     import fcntl
 except ImportError:  # not on Windows: token writes there are not locked
     fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("joblib_server.auth")
+
+SHOWN_PREFIX = 6
+"""Characters of a token that `token list` shows: enough to tell tokens apart
+and to revoke one by its prefix, far too few to guess the rest."""
+
+MIN_PREFIX = 4
+"""The shortest prefix `token revoke` takes for a token."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,39 @@ class TokenStore:
     def _raw(self) -> Any:
         if not self.path.exists():
             return {}
-        return json.loads(self.path.read_text())
+        text = self.path.read_text()
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: not JSON ({exc})") from None
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """What tells a changed file: its mtime, size and inode; None when absent.
+
+        Every write replaces the file, so a new token changes the inode even
+        within the clock's resolution.
+        """
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def revoke(self, which: str) -> dict[str, dict[str, Any]]:
+        """Remove the tokens `which` names; return them with their entries.
+
+        `which` is a whole token, an identity (all its tokens), or a token's first
+        characters (at least `MIN_PREFIX`). `LookupError` when it names none,
+        `ValueError` when a prefix fits several identities' tokens.
+        """
+        with self._locked():
+            raw = self._raw()
+            TokenTable.parse(raw, str(self.path))
+            chosen = select_tokens(raw, which)
+            for token in chosen:
+                del raw[token]
+            self._replace(raw)
+        return chosen
 
     def create(self, identity: Identity, rooms: Sequence[str] | None = None) -> str:
         """Make a new token for `identity` (held to `rooms`, if given), store it.
@@ -206,6 +249,117 @@ class TokenStore:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def select_tokens(raw: Mapping[str, Any], which: str) -> dict[str, dict[str, Any]]:
+    """The entries of `raw` (a tokens file) that `which` names; see `revoke`."""
+    if which in raw:
+        return {which: raw[which]}
+    by_identity = {t: e for t, e in raw.items() if e.get("id") == which}
+    by_prefix = (
+        {t: e for t, e in raw.items() if t.startswith(which)}
+        if len(which) >= MIN_PREFIX
+        else {}
+    )
+    if by_identity and not by_prefix.keys() <= by_identity.keys():
+        raise ValueError(
+            f"{which!r} is an identity and the start of another identity's token; "
+            "give the whole token"
+        )
+    if by_identity:
+        return by_identity
+    owners = {entry.get("id") for entry in by_prefix.values()}
+    if len(owners) > 1:
+        shown = ", ".join(sorted(mask(token) for token in by_prefix))
+        raise ValueError(
+            f"{which!r} is the start of several tokens ({shown}); give more of it"
+        )
+    if not by_prefix:
+        hint = f" (a prefix needs {MIN_PREFIX} characters)" if which else ""
+        raise LookupError(f"no token or identity matches {which!r}{hint}")
+    return by_prefix
+
+
+def mask(token: str) -> str:
+    """A token as `token list` shows it: its first characters only."""
+    return token[:SHOWN_PREFIX] + "…"
+
+
+class TokenFileAuth:
+    """`TokenAuth` over a tokens file that follows the file as it changes.
+
+    A changed file (a token added or revoked by `joblib-server token`) is read
+    again: at once when a token comes that is not known, else at most every
+    `check_seconds` (a `stat`, a few µs). So a new token works on its first
+    request and a revoked one is refused within `check_seconds`, for requests
+    and for new socket connections; sockets already open stay open. A file that
+    cannot be read keeps the tokens read before (logged once); a removed file
+    holds no tokens. `on_change` hears each new table (the CLI updates the room
+    patterns with it).
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        table: TokenTable | None = None,
+        *,
+        check_seconds: float = 1.0,
+        on_change: Callable[[TokenTable], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.check_seconds = check_seconds
+        self.on_change = on_change
+        self._stamp = store.stamp()
+        self.table = table if table is not None else store.table()
+        self._auth = TokenAuth(self.table.identities)
+        self._checked = time.monotonic()
+        self._failed: tuple[int, int, int] | None = None
+
+    async def authenticate(
+        self, headers: Mapping[str, str], auth: Mapping[str, Any] | None = None
+    ) -> Identity | None:
+        """Look the bearer token up in the file as it is now (see the class)."""
+        if bearer_token(headers, auth) is None:
+            return None
+        if time.monotonic() - self._checked >= self.check_seconds:
+            self.refresh()
+        identity = await self._auth.authenticate(headers, auth)
+        if identity is None and self.refresh():
+            identity = await self._auth.authenticate(headers, auth)
+        return identity
+
+    def refresh(self) -> bool:
+        """Read the file again if it changed; True when the tokens changed."""
+        self._checked = time.monotonic()
+        stamp = self.store.stamp()
+        if stamp == self._stamp or (stamp is not None and stamp == self._failed):
+            return False
+        try:
+            table = self.store.table()
+        except (OSError, ValueError) as exc:
+            self._failed = stamp
+            logger.warning(
+                "tokens file %s cannot be read (%s); keeping the tokens read before",
+                self.store.path,
+                exc,
+            )
+            return False
+        if stamp is None:
+            logger.warning(
+                "tokens file %s is gone: no token is accepted until it is back",
+                self.store.path,
+            )
+        self._stamp, self._failed, self.table = stamp, None, table
+        self._auth = TokenAuth(table.identities)
+        logger.info(
+            "tokens file %s read again: %d tokens",
+            self.store.path,
+            len(table.identities),
+            extra={"tokens": len(table.identities)},
+        )
+        if self.on_change is not None:
+            self.on_change(table)
+        return True
 
 
 def tokens_from_env(value: str) -> dict[str, Identity]:

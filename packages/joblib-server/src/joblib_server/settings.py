@@ -8,7 +8,7 @@ variables, through `StandaloneSettings.from_env()`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,18 +23,41 @@ _ENV_PREFIX = "JOBLIB_"
 class Settings(BaseModel):
     """Tunables of joblib's routes, sweeper and lifespan; a host passes an instance."""
 
-    allowed_categories: list[str] = Field(default_factory=lambda: [*DEFAULT_CATEGORIES])
-    worker_timeout_seconds: float = Field(default=60, gt=0)
-    sweeper_interval_seconds: float = Field(default=30, gt=0)
-    long_poll_max_wait_seconds: float = Field(default=120, ge=0)
+    allowed_categories: list[str] = Field(
+        default_factory=lambda: [*DEFAULT_CATEGORIES],
+        description="The job categories workers may register (a JSON list in the "
+        "environment).",
+    )
+    worker_timeout_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="A worker silent for longer is removed by the sweeper.",
+    )
+    sweeper_interval_seconds: float = Field(
+        default=30, gt=0, description="How often the sweeper runs."
+    )
+    long_poll_max_wait_seconds: float = Field(
+        default=120,
+        ge=0,
+        description="The cap of `Prefer: wait=N` (long-polls and held claims); 0 "
+        "turns held claims off.",
+    )
     long_poll_recheck_seconds: float = Field(
         default=2.0,
         gt=0,
         description="How often a waiting long-poll re-reads the task, to see changes "
         "made by other server processes.",
     )
-    internal_task_timeout_seconds: float = Field(default=3600, gt=0)
-    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    internal_task_timeout_seconds: float = Field(
+        default=3600,
+        gt=0,
+        description="`@internal` tasks running longer than this are failed.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Larger request bodies get 413 payload-too-large.",
+    )
     max_result_bytes: int = Field(
         default=1024 * 1024,
         gt=0,
@@ -160,13 +183,24 @@ def default_policy(settings: Settings) -> DisconnectPolicy:
 
 
 class _StandaloneFields(BaseModel):
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="sqlite:///path/to/joblib.db or postgresql://user@host/db "
+        "(--database-url).",
+    )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for Socket.IO between several server processes.",
+        description="Redis for Socket.IO between several server processes; needs "
+        "the redis extra (pip install 'joblib-server[redis]').",
     )
-    socketio_ping_interval_seconds: float = Field(default=8, gt=0)
-    socketio_ping_timeout_seconds: float = Field(default=8, gt=0)
+    socketio_ping_interval_seconds: float = Field(
+        default=8, gt=0, description="The Socket.IO ping interval."
+    )
+    socketio_ping_timeout_seconds: float = Field(
+        default=8,
+        gt=0,
+        description="A connection that misses a ping this long is dead.",
+    )
     keep_alive_seconds: int = Field(
         default=5,
         gt=0,
@@ -187,7 +221,12 @@ class _StandaloneFields(BaseModel):
     tokens_file: Path | None = Field(
         default=None,
         description="The tokens file; by default joblib-tokens.json next to an "
-        "SQLite database, else in the working directory.",
+        "SQLite database, else in the working directory (--tokens-file).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How serve writes its log: text lines, or one JSON object per "
+        "line (--log-format).",
     )
 
 
