@@ -123,7 +123,12 @@ _UNLINK = (
     .returning(_link.c.job_id)
 )
 
-_DELETE_WORKER = sa.delete(_worker).where(_worker.c.id == sa.bindparam("b_worker"))
+# The owner comes back for the cleanup's log line (`cleanups_of`).
+_DELETE_WORKER = (
+    sa.delete(_worker)
+    .where(_worker.c.id == sa.bindparam("b_worker"))
+    .returning(_worker.c.owner_id)
+)
 
 _JOB_NAMES = sa.select(_job.c.id, _job.c.room_id).where(
     _job.c.id.in_(sa.bindparam("b_jobs", expanding=True))
@@ -324,7 +329,9 @@ async def _cleanup(
     unlinked = (
         (await connection.execute(_UNLINK, {"b_worker": worker_id})).scalars().all()
     )
-    await connection.execute(_DELETE_WORKER, {"b_worker": worker_id})
+    owner = (
+        await connection.execute(_DELETE_WORKER, {"b_worker": worker_id})
+    ).scalar_one_or_none()
     if unlinked:
         rooms = await connection.execute(_JOB_NAMES, {"b_jobs": sorted(set(unlinked))})
         emissions |= {jobs_invalidate(room) for _job_id, room in rooms}
@@ -337,7 +344,25 @@ async def _cleanup(
         requeued=tuple(requeued),
         jobs_removed=tuple(sorted(job.full_name for job in hidden)),
     )
+    session.info.setdefault(_CLEANUPS, []).append(Cleanup(receipt, owner, error_code))
     return receipt, emissions
+
+
+_CLEANUPS = "joblib_cleanups"
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """One worker cleaned up in a transaction, for the line logged once it commits."""
+
+    receipt: CleanupReceipt
+    identity: str | None
+    reason: ErrorCode
+
+
+def cleanups_of(session: AsyncSession) -> list[Cleanup]:
+    """The workers cleaned up in `session` so far (`JobLib.execute` logs them)."""
+    return list(session.info.get(_CLEANUPS, ()))
 
 
 async def _release(

@@ -189,6 +189,12 @@ class Realtime:
                 f"identity may (max_sockets_per_identity={cap})"
             )
         self.accept(sid, identity)
+        logger.info(
+            "socket %s connected as %r",
+            sid,
+            identity.id,
+            extra={"event": "connected", "sid": sid, "identity": identity.id},
+        )
         return identity
 
     def accept(self, sid: str, identity: Identity) -> None:
@@ -201,9 +207,9 @@ class Realtime:
         await self.authenticate(sid, environ, auth)
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        await self.cleanup_connection(sid)
+        await self.cleanup_connection(sid, reason)
 
-    async def cleanup_connection(self, sid: str) -> None:
+    async def cleanup_connection(self, sid: str, reason: Any = None) -> None:
         """Handle a closed socket: its workers have gone away; safe to call twice.
 
         The database decides, not this process: a worker that joined again since
@@ -214,30 +220,59 @@ class Realtime:
         connection = self.connections.pop(sid, None)
         if connection is None:
             return
+        why = str(reason or "closed")
+        who = connection.identity.id
+        fields = {"sid": sid, "identity": who, "reason": why}
         if self.joblib.stopping:
             return
+        if not connection.workers:
+            logger.info(
+                "socket %s of %r disconnected (%s)",
+                sid,
+                who,
+                why,
+                extra={"event": "disconnected", **fields},
+            )
         for worker_id, epoch in sorted(connection.workers.items()):
+            worker = {"event": "disconnected", "worker_id": str(worker_id), **fields}
             try:
                 grace = await self.joblib.execute(socket_closed, worker_id, epoch)
             except Exception:
                 logger.exception(
-                    "cleaning up worker %s after disconnect failed", worker_id
+                    "cleaning up worker %s after disconnect failed",
+                    worker_id,
+                    extra=worker,
                 )
                 continue
             if grace is None:
+                # One line per disconnect all the same; the cleanup line (see
+                # `JobLib.execute`) follows only when something was cleaned up.
                 logger.info(
-                    "worker %s: its socket closed, but it is gone or joined again "
-                    "since; nothing to clean up",
+                    "worker %s of %r disconnected (%s); it is gone or joined again "
+                    "since: nothing to clean up",
                     worker_id,
+                    who,
+                    why,
+                    extra=worker,
                 )
-                continue
-            if grace > 0:
+            elif grace > 0:
                 logger.info(
-                    "worker %s disconnected; keeps its tasks for %g s", worker_id, grace
+                    "worker %s of %r disconnected (%s); keeps its tasks for %g s",
+                    worker_id,
+                    who,
+                    why,
+                    grace,
+                    extra={**worker, "grace_seconds": grace},
                 )
                 self.joblib.expire_grace_later(worker_id, epoch, grace)
             else:
-                logger.info("worker %s disconnected; cleaned up", worker_id)
+                logger.info(
+                    "worker %s of %r disconnected (%s)",
+                    worker_id,
+                    who,
+                    why,
+                    extra=worker,
+                )
 
     # worker rooms
 
@@ -284,6 +319,19 @@ class Realtime:
         connection = self.connections.get(sid)
         if connection is not None:
             connection.workers[worker_id] = epochs[-1]
+            logger.info(
+                "worker %s of %r joined %s",
+                worker_id,
+                connection.identity.id,
+                job_name,
+                extra={
+                    "event": "joined",
+                    "worker_id": str(worker_id),
+                    "identity": connection.identity.id,
+                    "job": job_name,
+                    "sid": sid,
+                },
+            )
         return _OK
 
     async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute
 
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
-from joblib_server.disconnects import grace_expired
+from joblib_server.disconnects import Cleanup, cleanups_of, grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.expiry import TimeLimits
@@ -110,6 +110,7 @@ class JobLib:
                 async with self.database.write() as session:
                     bind_settings(session, self.settings)
                     outcome = await operation(session, *args, **kwargs)
+                    cleanups = cleanups_of(session)
                 break
             except (DBAPIError, OSError, SQLAlchemyTimeoutError) as exc:
                 retry = isinstance(exc, DBAPIError) and backend.is_retryable(exc)
@@ -125,6 +126,8 @@ class JobLib:
         # being cancelled meanwhile.
         with anyio.CancelScope(shield=True):
             await self._after_commit(outcome)
+        for cleanup in cleanups:
+            _log_cleanup(cleanup)
         return outcome.value
 
     async def _after_commit(self, outcome: Outcome[Any]) -> None:
@@ -190,15 +193,8 @@ class JobLib:
         except Exception:
             logger.exception("cleaning up worker %s after its grace failed", worker_id)
             return
-        if receipt is not None:
-            logger.info(
-                "worker %s did not come back within %g s; cleaned up "
-                "(%d tasks failed, %d requeued)",
-                worker_id,
-                grace,
-                len(receipt.failed),
-                len(receipt.requeued),
-            )
+        if receipt is not None:  # and its cleanup line logged by `execute`
+            logger.debug("worker %s did not come back within %g s", worker_id, grace)
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[JobLib]:
@@ -220,3 +216,27 @@ class JobLib:
                     group.cancel_scope.cancel()
         finally:
             await self.database.dispose()
+
+
+def _log_cleanup(cleanup: Cleanup) -> None:
+    """One INFO line per worker cleaned up, whoever did it, once it is committed."""
+    receipt = cleanup.receipt
+    logger.info(
+        "worker %s of %r cleaned up (%s): %d tasks failed, %d requeued, "
+        "%d jobs removed",
+        receipt.worker_id,
+        cleanup.identity,
+        cleanup.reason.value,
+        len(receipt.failed),
+        len(receipt.requeued),
+        len(receipt.jobs_removed),
+        extra={
+            "event": "cleaned_up",
+            "worker_id": str(receipt.worker_id),
+            "identity": cleanup.identity,
+            "reason": cleanup.reason.value,
+            "failed": len(receipt.failed),
+            "requeued": len(receipt.requeued),
+            "jobs_removed": list(receipt.jobs_removed),
+        },
+    )
