@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from joblib_server import Identity, JobLib, TokenAuth, TokenStore, bearer_token
-from joblib_server.auth import tokens_from_env
+from joblib_server.auth import (
+    TokenFileAuth,
+    TokenTable,
+    select_tokens,
+    tokens_from_env,
+)
 from tests.support.rest import ClientFactory, assert_problem, claim, serving_job, submit
 from tests.support.rows import snapshot
 
@@ -110,6 +115,76 @@ def test_token_store_rejects_malformed_files(tmp_path: Path, content: str) -> No
     path.write_text(content)
     with pytest.raises(ValueError, match=str(path)):
         TokenStore(path).load()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_token_file_auth_follows_the_file(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "tokens.json")
+    first = store.create(Identity("x"))
+    heard: list[TokenTable] = []
+    auth = TokenFileAuth(store, check_seconds=0.2, on_change=heard.append)
+    assert await auth.authenticate(_bearer(first)) == Identity("x")
+
+    # A token added to the file counts at once: an unknown token looks again.
+    late = store.create(Identity("y"), ["lab-*"])
+    assert await auth.authenticate(_bearer(late)) == Identity("y")
+    assert heard[-1].rooms == {"y": ("lab-*",)}
+
+    # A revoked one once check_seconds passed (the test server: within 1 s).
+    store.revoke("x")
+    auth.check_seconds = 0
+    assert await auth.authenticate(_bearer(first)) is None
+    assert await auth.authenticate(_bearer(late)) == Identity("y")
+    assert await auth.authenticate({}) is None
+
+
+async def test_token_file_auth_keeps_its_tokens_through_a_broken_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = TokenStore(tmp_path / "tokens.json")
+    token = store.create(Identity("x"))
+    auth = TokenFileAuth(store, check_seconds=0)
+    store.path.write_text("{broken")
+    assert await auth.authenticate(_bearer(token)) == Identity("x")
+    assert await auth.authenticate(_bearer(token)) == Identity("x")
+    warnings = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warnings) == 1  # once per broken version of the file
+    # A removed file holds no tokens.
+    store.path.unlink()
+    assert await auth.authenticate(_bearer(token)) is None
+
+
+@pytest.mark.parametrize(
+    ("which", "chosen"),
+    [
+        ("tok-alpha-1", ["tok-alpha-1"]),  # a whole token
+        ("x", ["tok-alpha-1", "tok-alpha-2"]),  # an identity: all its tokens
+        ("tok-b", ["tok-beta"]),  # a prefix of one identity's tokens
+        ("tok-alpha", ["tok-alpha-1", "tok-alpha-2"]),
+    ],
+)
+def test_select_tokens(which: str, chosen: list[str]) -> None:
+    raw = {
+        "tok-alpha-1": {"id": "x"},
+        "tok-alpha-2": {"id": "x"},
+        "tok-beta": {"id": "y"},
+    }
+    assert sorted(select_tokens(raw, which)) == chosen
+
+
+def test_select_tokens_refuses_what_is_not_clear() -> None:
+    raw = {"tok-alpha": {"id": "x"}, "tok-beta": {"id": "y"}, "abc": {"id": "tok-"}}
+    with pytest.raises(ValueError, match="an identity and the start"):
+        select_tokens(raw, "tok-")  # an identity, and the start of others' tokens
+    with pytest.raises(ValueError, match="several tokens"):
+        select_tokens({k: v for k, v in raw.items() if k != "abc"}, "tok-")
+    with pytest.raises(LookupError, match="4 characters"):
+        select_tokens(raw, "tok")
+    with pytest.raises(LookupError):
+        select_tokens(raw, "nothing")
 
 
 def test_tokens_from_env() -> None:
