@@ -159,6 +159,12 @@ class TokenStore:
         """Read the tokens file with the identities' rooms; absent, it is empty."""
         return TokenTable.parse(self._raw(), str(self.path))
 
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """The file's entries as stored, each token's; checked like `table()`."""
+        raw = self._raw()
+        TokenTable.parse(raw, str(self.path))
+        return dict(raw)
+
     def _raw(self) -> Any:
         if not self.path.exists():
             return {}

@@ -266,8 +266,7 @@ def _token_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = TokenStore(_tokens_file(args, settings))
     try:
-        raw = store._raw() if store.path.exists() else {}
-        TokenTable.parse(raw, str(store.path))
+        raw = store.entries()
     except (OSError, ValueError) as exc:
         raise _Failed(one_line(exc)) from exc
     rows = [
