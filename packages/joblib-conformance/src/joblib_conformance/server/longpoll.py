@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+from uuid import UUID
 
 import httpx
 
@@ -14,6 +17,42 @@ from joblib_conformance.target import ServerContext
 from joblib_protocol import TaskResponse, TaskStatus
 
 check = SERVER_CHECKS.check
+
+T = TypeVar("T")
+
+
+def long_poll_woken_by(
+    ctx: ServerContext, task_id: UUID, complete: Callable[[], T]
+) -> tuple[T, httpx.Response]:
+    """Long-poll the task from a thread, run `complete`, and expect a prompt answer.
+
+    Returns what `complete` returned and the long-poll's answer, which must come
+    within `WAKE_WITHIN` seconds of `complete` returning.
+    """
+    answers: list[tuple[float, httpx.Response]] = []
+
+    def poll() -> None:
+        try:
+            answer = ctx.user.get(f"/tasks/{task_id}", headers={"Prefer": "wait=5"})
+        except Exception:
+            return  # the check fails on the missing answer
+        answers.append((time.monotonic(), answer))
+
+    waiting = threading.Thread(target=poll)
+    waiting.start()
+    # Scenario timing: the long-poll must be waiting before the task completes.
+    time.sleep(0.3)
+    value = complete()
+    completed = time.monotonic()
+    waiting.join(ctx.timeout)
+    expect.that(answers, "an answer to the long-poll", "none")
+    at, answer = answers[0]
+    expect.that(
+        at - completed < WAKE_WITHIN,
+        f"the long-poll answered within {WAKE_WITHIN} s of the completion",
+        f"{at - completed:.2f} s",
+    )
+    return value, answer
 
 
 def _applied(answer: httpx.Response) -> None:
@@ -30,31 +69,11 @@ def _applied(answer: httpx.Response) -> None:
 )
 def _wake(ctx: ServerContext) -> None:
     _served, task = ctx.running_task()
-    answers: list[tuple[float, httpx.Response]] = []
-
-    def poll() -> None:
-        try:
-            answer = ctx.user.get(f"/tasks/{task.id}", headers={"Prefer": "wait=5"})
-        except Exception:
-            return  # the check fails on the missing answer
-        answers.append((time.monotonic(), answer))
-
-    waiting = threading.Thread(target=poll)
-    waiting.start()
-    # Scenario timing: the long-poll must be waiting before the task completes.
-    time.sleep(0.3)
-    ctx.update(task.id, "completed")
-    completed = time.monotonic()
-    waiting.join(ctx.timeout)
-    expect.that(answers, "an answer to the long-poll", "none")
-    at, answer = answers[0]
+    _, answer = long_poll_woken_by(
+        ctx, task.id, lambda: ctx.update(task.id, "completed")
+    )
     done = expect.model(expect.status(answer, 200), TaskResponse, "the long-poll")
     expect.equal(done.status, TaskStatus.COMPLETED, "status in the long-poll's answer")
-    expect.that(
-        at - completed < WAKE_WITHIN,
-        f"the answer within {WAKE_WITHIN} s of the completion",
-        f"{at - completed:.2f} s",
-    )
     _applied(answer)
 
 
