@@ -30,11 +30,10 @@ from joblib_protocol import (
     room_channel,
 )
 from joblib_server.auth import Identity
-from joblib_server.backends import backend_of
-from joblib_server.errors import ProblemError, forbidden, task_not_found
+from joblib_server.errors import ProblemError, forbidden
 from joblib_server.outcome import Outcome
 from joblib_server.tables import TASK_TABLE, WORKER_TABLE
-from joblib_server.tasks import fence_report
+from joblib_server.tasks import locked_report
 
 logger = logging.getLogger("joblib_server")
 
@@ -75,13 +74,8 @@ async def report_progress(
     409 `task-not-running` tells the worker its task is over (cancelled, failed
     past its deadline, finished): it should stop working on it.
     """
-    connection = await session.connection()
     # Locked like an update: a report must not land on a task being finished.
-    locked = backend_of(session).locked(_TASK_TO_REPORT, of=_task)
-    row = (await connection.execute(locked, {"b_task": task_id})).first()
-    if row is None:
-        raise task_not_found(task_id)
-    await fence_report(session, task_id, request.worker_id, row)
+    row = await locked_report(session, _TASK_TO_REPORT, task_id, request.worker_id)
     owner = row.worker_owner
     if not identity.is_admin and (owner is None or owner != identity.id):
         raise forbidden(f"task {task_id} is not yours to report progress on")
@@ -92,7 +86,7 @@ async def report_progress(
         )
     progress = TaskProgress(**request.model_dump(exclude={"worker_id"}))
     params = {"b_task": task_id, "b_progress": progress.model_dump()}
-    await connection.execute(_SET_PROGRESS, params)
+    await (await session.connection()).execute(_SET_PROGRESS, params)
     event = TaskProgressEvent(id=str(task_id), room_id=row.room_id, progress=progress)
     return Outcome(None, {Emission(event, room_channel(row.room_id))})
 

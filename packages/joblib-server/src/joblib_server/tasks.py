@@ -378,16 +378,27 @@ async def _set_deadline(connection: Any, task: TaskRow, started: datetime) -> Ta
     return replace(task, deadline_at=deadline)
 
 
-async def fence_report(
-    session: AsyncSession, task_id: uuid.UUID, reporter: uuid.UUID | None, row: Any
-) -> None:
-    """409 `task-worker-mismatch` unless the reporting worker still holds the task.
+async def locked_report(
+    session: AsyncSession,
+    statement: Any,
+    task_id: uuid.UUID,
+    reporter: uuid.UUID | None,
+) -> Any:
+    """The task's row, locked, for a worker's report: 404, or 409 when fenced off.
 
-    `row` is the task's row with its worker's `worker_owner` (None once the worker
-    row is gone). A report without a `reporter` is not fenced.
+    `statement` reads the task (`b_task`) with its worker's `worker_owner` (None
+    once the worker row is gone). A report without a `reporter` is not fenced;
+    one from a worker that no longer holds the task is 409 `task-worker-mismatch`.
+    Only the task row is locked: locking the job row too would queue every report
+    of a job behind the others.
     """
+    connection = await session.connection()
+    locked = backend_of(session).locked(statement, of=_task)
+    row = (await connection.execute(locked, {"b_task": task_id})).first()
+    if row is None:
+        raise task_not_found(task_id)
     if reporter is None:
-        return
+        return row
     if reporter != row.worker_id or row.worker_owner is None:
         # A stale report: the task was requeued (and maybe claimed by another
         # worker), or this worker was removed (a failed task keeps its worker
@@ -398,6 +409,7 @@ async def fence_report(
         )
     # A report is a sign of life: a worker in its grace time is back.
     await mark_returned(session, reporter)
+    return row
 
 
 async def update_task(
@@ -407,14 +419,8 @@ async def update_task(
     request: TaskUpdateRequest,
 ) -> Outcome[TaskResponse]:
     """Move a task to a new state, as its worker's owner, an admin, or its submitter."""
+    row = await locked_report(session, _TASK_TO_UPDATE, task_id, request.worker_id)
     connection = await session.connection()
-    # Only the task row is locked: locking the job row too would queue every
-    # update of a job behind the others.
-    locked = backend_of(session).locked(_TASK_TO_UPDATE, of=_task)
-    row = (await connection.execute(locked, {"b_task": task_id})).first()
-    if row is None:
-        raise task_not_found(task_id)
-    await fence_report(session, task_id, request.worker_id, row)
     new = request.status
     allowed = (
         identity.is_admin
