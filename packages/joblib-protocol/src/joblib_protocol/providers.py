@@ -25,6 +25,10 @@ DEFAULT_PROVIDER_CONTENT_TYPE = "application/json"
 REQUEST_HASH_HEADER = "X-Request-Hash"
 """Header of a result upload: the hash of the request it answers."""
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+CONTENT_TYPE_PATTERN = rf"^{_TOKEN}/{_TOKEN}(?:[ \t]*;[\x20-\x7e\t]*)?$"
+"""A media type (`type/subtype`, parameters allowed) that fits an HTTP header."""
+
 MAX_PROVIDER_ERROR = 4096
 """Ours: longest `error` a worker may report for a failed read (characters)."""
 
@@ -56,6 +60,7 @@ class ProviderRegisterRequest(BaseModel):
         default=DEFAULT_PROVIDER_CONTENT_TYPE,
         min_length=1,
         max_length=255,
+        pattern=CONTENT_TYPE_PATTERN,
         description="The media type of the provider's results, answered with them.",
     )
     worker_id: UUID | None = None
