@@ -153,6 +153,30 @@ def test_json_values_and_typed_parameters(
     assert frames.calls == [3]  # "3" from the query became the int 3
 
 
+class Pick(Provider):
+    """Parameters of several types, as a reader's query carries them."""
+
+    category: ClassVar[str] = "frames"
+
+    ids: list[int]
+    label: str | None = None
+    scale: float = 1.0
+    flag: bool = False
+
+    def read(self, handler: Any) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def test_parameters_of_every_json_type(worker: JobManager, reader: JobManager) -> None:
+    name = worker.register_provider(Pick, room=ROOM)
+
+    result = reader.read(
+        name, room=ROOM, wait=PROMPT, ids=[1, 2], label="two", scale=0.5, flag=True
+    )
+
+    assert result.json() == {"ids": [1, 2], "label": "two", "scale": 0.5, "flag": True}
+
+
 def test_a_global_provider_is_read_from_any_room(
     worker: JobManager, reader: JobManager, frames: Frames
 ) -> None:

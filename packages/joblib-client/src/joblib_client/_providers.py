@@ -7,6 +7,7 @@ the other providers' reads beyond the pool's size.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -138,8 +139,9 @@ class Providers:
             _log_lost(served, "result", exc)
 
     def _read(self, served: ServedProvider, event: ProviderRequest) -> bytes:
-        params = json.loads(event.params)
-        provider = served.registration.cls.model_validate(params)
+        cls = served.registration.cls
+        params = typed_params(cls, json.loads(event.params))
+        provider = cls.model_validate(params)
         return encode_result(provider.read(served.registration.handler))
 
     def _fail(self, served: ServedProvider, event: ProviderRequest, error: str) -> None:
@@ -168,6 +170,42 @@ def _log_lost(served: ServedProvider, what: str, exc: JobLibError) -> None:
     logger.log(
         level, "could not send the %s of a read of %s: %s", what, served.full_name, exc
     )
+
+
+def typed_params(cls: type[Provider], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A read's query strings as the server checked them against the schema.
+
+    A parameter the schema declares a string (or allows one) stays as sent; any
+    other is read as JSON when it is JSON (`"3"` is 3, `"[1,2]"` a list) and
+    kept as the string when it is not.
+    """
+    properties = _properties(cls)
+    typed: dict[str, Any] = {}
+    for name, value in params.items():
+        if not isinstance(value, str) or _allows_string(properties.get(name)):
+            typed[name] = value
+            continue
+        try:
+            typed[name] = json.loads(value)
+        except ValueError:
+            typed[name] = value
+    return typed
+
+
+@functools.cache
+def _properties(cls: type[Provider]) -> dict[str, Any]:
+    properties = cls.model_json_schema().get("properties")
+    return properties if isinstance(properties, dict) else {}
+
+
+def _allows_string(spec: Any) -> bool:
+    if not isinstance(spec, dict):
+        return False
+    kind = spec.get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return True
+    options = spec.get("anyOf") or spec.get("oneOf") or []
+    return any(_allows_string(option) for option in options)
 
 
 def query_params(params: Mapping[str, Any]) -> dict[str, str]:
