@@ -368,16 +368,18 @@ def test_a_reconnected_socket_joins_the_provider_room_again(
     assert worker.worker_id == first
 
 
-def test_disconnect_removes_the_providers(
+def test_disconnect_removes_the_providers_and_close_ends_the_pool(
     worker: JobManager, reader: JobManager, frames: Frames
 ) -> None:
     name = worker.register_provider(FrameRead, handler=frames, room=ROOM)
+    reader.read(name, room=ROOM, wait=PROMPT, index=5)  # the pool has threads now
 
     worker.disconnect()
 
     assert worker.handlers == {}
     with pytest.raises(ProviderNotFoundError):
-        reader.read(name, room=ROOM, index=5)
+        reader.read(name, room=ROOM, index=6)
+    worker.close()
     pool = [t for t in threading.enumerate() if t.name.startswith("joblib provider")]
     assert not pool
 

@@ -159,7 +159,8 @@ class Providers:
         """Stop taking reads; with `wait`, let the reads in progress finish."""
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
+            # Kept: a later shutdown(wait=True) (close() after disconnect()) waits.
+            pool = self._pool
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
 

@@ -981,8 +981,8 @@ class JobManager:
         """Disconnect, then close the HTTP client and socket `connect()` made.
 
         Every part is closed even when an earlier one fails; the first failure
-        is raised at the end. Waits for a heartbeat in progress to end before
-        closing the HTTP client it uses.
+        is raised at the end. Waits for a heartbeat, and for provider reads, in
+        progress to end before closing the HTTP client they use.
         """
         owned, self._owned = self._owned, []
         steps: list[Callable[[], object]] = [self.disconnect]
