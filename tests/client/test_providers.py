@@ -394,3 +394,21 @@ def test_a_provider_class_needs_a_category() -> None:
         check_provider(dict)
     assert check_provider(FrameRead) is FrameRead
     assert FrameRead.content_type == "application/json"
+
+
+def test_a_manager_without_a_socket_registers_but_says_no_read_reaches_it(
+    make_manager: ManagerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager(ADMIN, heartbeat_interval=None)
+
+    name = manager.register_provider(FrameRead, name="md", room=ROOM)
+
+    assert name == f"{ROOM}:frames:md"
+    assert manager.worker_id is not None  # registering made the worker
+    assert "no read reaches this manager" in caplog.text
+    listed = manager.api.http.get(
+        f"{manager.api.base_url}/v1/joblib/rooms/{ROOM}/providers",
+        headers=manager.api.get_headers(),
+    )
+    assert [p["full_name"] for p in listed.json()["items"]] == [name]
+    assert listed.json()["items"][0]["worker_id"] == str(manager.worker_id)

@@ -413,6 +413,12 @@ class JobManager:
         registration = ProviderRegistration(
             check_provider(cls), name or cls.__name__, room or GLOBAL_ROOM, handler
         )
+        if not isinstance(self._tsio, EventSource):
+            logger.warning(
+                "%s is registered, but without a socket that delivers events no "
+                "read reaches this manager",
+                registration.name,
+            )
         while True:
             worker_id = self._worker_or_create()
             served = self._put_provider(registration, worker_id)
