@@ -339,7 +339,7 @@ async def test_an_expired_result_is_asked_for_again(
     async def expired() -> bool:
         return (await alice.get(read_url(), headers=NOW)).status_code == 504
 
-    await aeventually(expired, what="the cached result to expire")  # type: ignore[arg-type]
+    await aeventually(expired, what="the cached result to expire")
     assert len(requests_sent(emitter)) == 1
 
 
