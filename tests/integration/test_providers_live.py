@@ -168,7 +168,6 @@ def test_a_disconnect_removes_the_workers_providers(live_server: LiveServer) -> 
 def test_two_processes_share_one_dispatch_through_redis(postgres_url: str) -> None:
     require_redis()
     empty_postgres(postgres_url)
-    redis.Redis.from_url(REDIS_URL).flushdb()
     env = {
         "JOBLIB_DATABASE_URL": postgres_url,
         "JOBLIB_REDIS_URL": REDIS_URL,

@@ -261,6 +261,7 @@ async def test_binary_results_round_trip_byte_for_byte(
     assert answer.status_code == 200
     assert answer.content == data
     assert answer.headers["content-type"] == "application/octet-stream"
+    assert "preference-applied" not in answer.headers, "no Prefer was sent"
     again = await alice.get(read_url(), params=params)
     assert again.content == data
 

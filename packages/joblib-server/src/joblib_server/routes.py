@@ -692,8 +692,10 @@ class RestApi:
         if cached is not None:
             return Response(cached, media_type=media)
         settings = self.joblib.settings
-        header = request.headers.get("prefer")
-        wait = prefer_wait(header, settings.provider_long_poll_max_seconds)
+        asked = prefer_wait(
+            request.headers.get("prefer"), settings.provider_long_poll_max_seconds
+        )
+        wait = asked
         if wait is None:
             wait = min(
                 settings.provider_long_poll_default_seconds,
@@ -723,7 +725,9 @@ class RestApi:
                 headers={"Retry-After": "2"},
             )
         applied = (
-            {"Preference-Applied": f"wait={_format_wait(wait)}"} if header else None
+            None
+            if asked is None
+            else {"Preference-Applied": f"wait={_format_wait(wait)}"}
         )
         return Response(answer, media_type=media, headers=applied)
 
