@@ -29,6 +29,7 @@ from joblib_client import (
 from joblib_client.provider import check_provider
 from joblib_server import Settings
 from tests.client.conftest import ManagerFactory, in_thread
+from tests.integration.test_examples import readme_block
 from tests.support.servers import make_settings
 from tests.support.tokens import ADMIN
 
@@ -412,3 +413,20 @@ def test_a_manager_without_a_socket_registers_but_says_no_read_reaches_it(
     )
     assert [p["full_name"] for p in listed.json()["items"]] == [name]
     assert listed.json()["items"][0]["worker_id"] == str(manager.worker_id)
+
+
+def test_the_readme_provider_serves_reads(
+    worker: JobManager, reader: JobManager
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(readme_block("providers-example"), namespace)  # our own README
+    frames = [{"index": i} for i in range(5)]
+
+    name = worker.register_provider(
+        namespace["Frame"], name="md", handler=frames, room="room_1"
+    )
+
+    assert name == "room_1:frames:md"
+    assert worker.handlers == {name: frames}
+    result = reader.read(name, room="room_1", index=3, wait=10)
+    assert (result.content_type, result.json()) == ("application/json", {"index": 3})
