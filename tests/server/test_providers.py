@@ -315,6 +315,27 @@ async def test_a_read_nobody_answers_times_out_with_retry_after(
     assert len(requests_sent(emitter)) == 1
 
 
+async def test_a_stopping_server_answers_its_waiting_readers_at_once(
+    alice: httpx.AsyncClient, joblib: JobLib, emitter: RecordingEmitter
+) -> None:
+    provider = await register(alice)
+    answers: list[httpx.Response] = []
+
+    async def read() -> None:
+        answers.append(await alice.get(read_url(), headers={"Prefer": "wait=30"}))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        asked = await aeventually(lambda: requests_sent(emitter), what="a request")
+        await all_waiting(joblib, provider, asked[0].request_id, 1)
+        await joblib.begin_shutdown()
+    late = await alice.get(read_url(), headers={"Prefer": "wait=30"})
+    assert time.monotonic() - started < 5
+    for answer in (*answers, late):
+        assert_problem(answer, 504, "provider-timeout")
+
+
 async def test_the_wait_is_capped_and_defaults_from_the_settings(
     alice: httpx.AsyncClient, joblib: JobLib
 ) -> None:

@@ -80,6 +80,17 @@ class ResultBackend(Protocol):
         ...
 
 
+def stop_waiting(backend: ResultBackend) -> None:
+    """Answer the readers waiting in this process now, if the backend can.
+
+    `stop_waiting()` is optional in a host's own backend: without it, readers
+    wait out their `Prefer: wait` during a shutdown.
+    """
+    stop = getattr(backend, "stop_waiting", None)
+    if callable(stop):
+        stop()
+
+
 def result_key(provider_id: object, request_hash: str) -> str:
     """The key of one read: the provider's id (not its name: a provider deleted
     and registered again starts with an empty cache) and the request's hash."""
@@ -114,6 +125,10 @@ class _Waiters:
 
     def count(self, key: str) -> int:
         return len(self._slots.get(key, ()))
+
+    def wake_all(self) -> None:
+        for key in list(self._slots):
+            self.wake(key, None)
 
     def wake(self, key: str, answer: Answer | None) -> None:
         """Wake every reader of `key`; `None` asks them to read the cache."""
@@ -204,6 +219,10 @@ class MemoryResults:
     def waiting(self, key: str) -> int:
         """How many readers wait for `key` in this process now."""
         return self._waiters.count(key)
+
+    def stop_waiting(self) -> None:
+        """The server is stopping: every waiting reader answers now (504)."""
+        self._waiters.wake_all()
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -320,6 +339,10 @@ class RedisResults:
                 await anyio.sleep(0.5)
             finally:
                 await pubsub.aclose()
+
+    def stop_waiting(self) -> None:
+        """The server is stopping: every waiting reader answers now (504)."""
+        self._waiters.wake_all()
 
     async def aclose(self) -> None:
         """Stop the listener and close the connections."""

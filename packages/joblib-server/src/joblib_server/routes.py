@@ -701,6 +701,8 @@ class RestApi:
                 settings.provider_long_poll_default_seconds,
                 settings.provider_long_poll_max_seconds,
             )
+        if self.joblib.stopping:
+            wait = 0  # a stopping server holds no one (see `begin_shutdown`)
         ask = Emission(
             ProviderRequest(
                 request_id=digest,

@@ -27,7 +27,7 @@ from joblib_server.outcome import Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
-from joblib_server.provider_results import MemoryResults, ResultBackend
+from joblib_server.provider_results import MemoryResults, ResultBackend, stop_waiting
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
@@ -177,6 +177,7 @@ class JobLib:
         self.progress.close()
         self.claims.close()
         self.waiters.close()
+        stop_waiting(self.provider_results)
 
     def expire_grace_later(
         self, worker_id: uuid.UUID, epoch: int, grace: float
