@@ -23,8 +23,10 @@ from joblib_protocol import (
     provider_channel,
     request_hash,
 )
-from joblib_server import JobLib, RecordingEmitter
+from joblib_server import Identity, JobLib, RecordingEmitter
+from joblib_server.disconnects import grace_expired, socket_closed
 from joblib_server.provider_results import MemoryResults, result_key
+from joblib_server.providers import join_provider
 from tests.support.rest import JSON, assert_problem, create_worker
 from tests.support.waiting import aeventually
 
@@ -34,6 +36,7 @@ ROOM = "room1"
 NAME = f"{ROOM}:filesystem:local"
 SCHEMA: JSON = {"type": "object", "properties": {"path": {"type": "string"}}}
 NOW = {"Prefer": "wait=0"}
+ALICE_ID = Identity("alice")
 
 
 async def register(
@@ -509,3 +512,16 @@ async def test_removing_the_worker_removes_its_providers(
     assert Emission(ProvidersInvalidate(), f"room:{ROOM}") in emitter.sent
     read = await alice.get(read_url(), headers=NOW)
     assert_problem(read, 404, "provider-not-found")
+
+
+async def test_a_provider_worker_keeps_the_servers_grace(
+    alice: httpx.AsyncClient, joblib: JobLib
+) -> None:
+    joblib.settings.disconnect_grace_seconds = 30
+    provider = await register(alice)
+    worker_id = uuid.UUID(provider["worker_id"])
+    epoch = await joblib.execute(join_provider, ALICE_ID, worker_id, NAME)
+    assert await joblib.execute(socket_closed, worker_id, epoch) == 30
+    assert (await alice.get(f"/rooms/{ROOM}/providers")).json()["total"] == 1
+    assert await joblib.execute(grace_expired, worker_id, epoch) is not None
+    assert (await alice.get(f"/rooms/{ROOM}/providers")).json()["total"] == 0
