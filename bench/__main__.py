@@ -1,9 +1,9 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
-Sections: floor (once), then throughput, latency, disconnect, backlog and calls for
-each database, each on a fresh server and database. A section that crashes is recorded
-with one error and the run goes on. The exit status is 1 when any error occurred
-(missed targets are not errors).
+Sections: floor (once), then throughput, latency, disconnect, backlog, calls and
+providers for each database, each on a fresh server and database. A section that
+crashes is recorded with one error and the run goes on. The exit status is 1 when
+any error occurred (missed targets are not errors).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import backlog, calls, disconnect, http_floor, latency, throughput
+from bench import (
+    backlog,
+    calls,
+    disconnect,
+    http_floor,
+    latency,
+    providers,
+    throughput,
+)
 from bench.config import DATABASES, SECTIONS, WORKER_KINDS, Config
 from bench.report import count_errors, report
 
@@ -28,6 +36,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "disconnect": disconnect.run,
     "backlog": backlog.run,
     "calls": calls.run,
+    "providers": providers.run,
 }
 
 

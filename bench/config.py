@@ -5,7 +5,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("floor", "throughput", "latency", "disconnect", "backlog", "calls")
+SECTIONS = (
+    "floor",
+    "throughput",
+    "latency",
+    "disconnect",
+    "backlog",
+    "calls",
+    "providers",
+)
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
 
@@ -48,6 +56,12 @@ class Config:
     validation_repeats: int = 1000
     validation_warmup: int = 20
     validation_local_calls: int = 4000
+    # 7. providers: miss → result through a JobManager worker, cache hits, hot key
+    provider_result_bytes: int = 4096
+    provider_miss_repeats: int = 200
+    provider_hit_repeats: int = 1000
+    provider_readers: int = 16
+    provider_hot_reads: int = 8000
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -70,4 +84,7 @@ class Config:
             validation_repeats=20,
             validation_warmup=3,
             validation_local_calls=400,
+            provider_miss_repeats=10,
+            provider_hit_repeats=50,
+            provider_hot_reads=320,
         )

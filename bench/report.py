@@ -301,6 +301,23 @@ def _calls_rows(config: Config) -> Iterator[Row]:
     )
 
 
+def _providers_rows(config: Config) -> Iterator[Row]:
+    yield _spread_row("providers", "cache-hit read", "hit_ms")
+    yield _spread_row("providers", "miss → result via a JobManager worker", "miss_ms")
+    yield Row(
+        "providers",
+        f"{config.provider_readers} readers on a hot key",
+        _at("providers", "hot_key", "reads_per_s"),
+        "reads/s",
+    )
+    yield Row(
+        "providers",
+        "  server CPU during the hot-key reads",
+        _at("providers", "hot_key", "server_cpu"),
+        "cores",
+    )
+
+
 def _errors_row() -> Row:
     def value(db: Results, everything: Results) -> float:
         return float(sum(int(s.get("errors", 0)) for s in db.values()))
@@ -314,6 +331,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "disconnect": _disconnect_rows,
     "backlog": _backlog_rows,
     "calls": _calls_rows,
+    "providers": _providers_rows,
 }
 
 

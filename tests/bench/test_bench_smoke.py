@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"throughput", "latency", "disconnect", "backlog", "calls"}
+SECTIONS = {"throughput", "latency", "disconnect", "backlog", "calls", "providers"}
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
     "kill_to_requeued_ms",
@@ -29,7 +29,7 @@ CALLS_METRICS = (
 )
 
 
-@pytest.mark.slow  # about 35 s: every section of the benchmark, briefly
+@pytest.mark.slow  # about 40 s: every section of the benchmark, briefly
 @pytest.mark.timeout(90)
 def test_quick_run_on_sqlite_reports_no_errors() -> None:
     finished = subprocess.run(
@@ -56,3 +56,7 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     for part, metric in CALLS_METRICS:
         assert calls[part][metric]["n"] >= 1, (part, metric, calls[part])
     assert calls["validation"]["check_payload"]["schema_us"]["p50"] > 0
+    providers = result["databases"]["sqlite"]["providers"]
+    for metric in ("hit_ms", "miss_ms"):
+        assert providers[metric]["n"] >= 1, (metric, providers[metric])
+    assert providers["hot_key"]["reads_per_s"] > 0

@@ -22,6 +22,9 @@ EXPECTED = {
     "InvalidPayloadError", "InvalidSchemaError", "TaskNotRunningError",
     "ServerError", "InternalJobNotConfiguredError",
     "RequestTimeoutError", "DatabaseUnavailableError",
+    # providers
+    "Provider", "ProviderResult", "ProviderError", "ProviderFailedError",
+    "ProviderNotFoundError", "ProviderTimeoutError",
 }  # fmt: skip
 
 

@@ -62,6 +62,11 @@ EVENT_NAMES = {
     "LeaveJobRoom": "leave_job_room",
     "JoinRoom": "join_room",
     "LeaveRoom": "leave_room",
+    "ProvidersInvalidate": "providers_invalidate",
+    "ProviderRequest": "provider_request",
+    "ProviderResultReady": "provider_result_ready",
+    "JoinProviderRoom": "join_provider_room",
+    "LeaveProviderRoom": "leave_provider_room",
 }
 """Every event class and the name it travels under: a change here is a wire change."""
 

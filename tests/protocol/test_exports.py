@@ -24,6 +24,13 @@ EXPECTED = {
     "worker_channel", "InvalidPayload", "InvalidSchema", "TaskNotRunning",
     # the dashboard (ours): the rooms an identity may read
     "RoomSummary",
+    # providers: server-dispatched reads, cached and coalesced
+    "DEFAULT_PROVIDER_CONTENT_TYPE", "JoinProviderRoom", "LeaveProviderRoom",
+    "MAX_PROVIDER_ERROR", "ProviderErrorRequest", "ProviderFailed",
+    "ProviderNotFound", "ProviderRegisterRequest", "ProviderRequest",
+    "ProviderResponse", "ProviderResultReady", "ProviderTimeout",
+    "ProvidersInvalidate", "REQUEST_HASH_HEADER", "canonical_params",
+    "provider_channel", "request_hash",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",

@@ -24,9 +24,14 @@ def test_event_names_in_the_snapshot() -> None:
     assert sorted(json_schemas()["events"]) == [
         "jobs_invalidate",
         "join_job_room",
+        "join_provider_room",
         "join_room",
         "leave_job_room",
+        "leave_provider_room",
         "leave_room",
+        "provider_request",
+        "provider_result_ready",
+        "providers_invalidate",
         "task_available",
         "task_cancelled",
         "task_progress_event",
@@ -38,6 +43,8 @@ def test_wire_field_names_in_the_snapshot() -> None:
     rest = json_schemas()["rest"]
     assert "schema" in rest["JobRegisterRequest"]["properties"]
     assert "schema_" not in rest["JobResponse"]["properties"]
+    assert "schema" in rest["ProviderRegisterRequest"]["properties"]
+    assert "schema_" not in rest["ProviderResponse"]["properties"]
     assert rest["TaskClaimRequest"]["required"] == ["worker_id"]
     assert set(json_schemas()["events"]["join_job_room"]["required"]) == {
         "job_name",

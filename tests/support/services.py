@@ -46,7 +46,7 @@ def empty_postgres(url: str) -> None:
         pg_exec(
             url,
             "TRUNCATE joblib_task, joblib_worker_job, joblib_worker, joblib_job,"
-            " joblib_idempotency_key",
+            " joblib_idempotency_key, joblib_provider",
         )
     )
 

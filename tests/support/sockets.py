@@ -66,6 +66,9 @@ def connect_peer(
         "jobs_invalidate",
         "task_progress_event",
         "task_cancelled",
+        "providers_invalidate",
+        "provider_request",
+        "provider_result_ready",
     ):
         sio.on(name, lambda data, name=name: peer.record(name, data))
     sio.connect(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -35,13 +35,33 @@ def eventually(
         time.sleep(interval)
 
 
+@overload
 async def aeventually(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def aeventually(
+    condition: Callable[[], T],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+async def aeventually(
+    condition: Callable[[], Any],
     *,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a deadline, not a cancel scope
     interval: float = 0.01,
     what: str = "the condition",
-) -> T:
+) -> Any:
     """The async twin of `eventually`: `condition` may be sync or async."""
     deadline = anyio.current_time() + timeout
     while True:

@@ -1,4 +1,7 @@
-"""Worker SDK of joblib: register extensions as jobs, claim and run their tasks."""
+"""Worker SDK of joblib: register extensions as jobs, claim and run their tasks.
+
+Also serves providers (reads the server dispatches to the worker) and reads them.
+"""
 
 from joblib_client._http import API_PREFIX, Api, ApiClient
 from joblib_client._socket import EventSource, SocketClient, Tsio
@@ -20,6 +23,10 @@ from joblib_client.exceptions import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    ProviderError,
+    ProviderFailedError,
+    ProviderNotFoundError,
+    ProviderTimeoutError,
     RequestTimeoutError,
     RoomLockedError,
     SchemaConflictError,
@@ -39,6 +46,7 @@ from joblib_client.exceptions import (
 )
 from joblib_client.extension import Category, Extension
 from joblib_client.manager import JobManager
+from joblib_client.provider import Provider, ProviderResult
 from joblib_client.task import ClaimedTask
 
 __version__ = "0.1.0"
@@ -68,6 +76,12 @@ __all__ = [
     "MethodNotAllowedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "Provider",
+    "ProviderError",
+    "ProviderFailedError",
+    "ProviderNotFoundError",
+    "ProviderResult",
+    "ProviderTimeoutError",
     "RequestTimeoutError",
     "RoomLockedError",
     "SchemaConflictError",

@@ -16,9 +16,13 @@ from joblib_client._failures import unreachable
 from joblib_client.exceptions import JobLibError, TransportError, error_for_problem
 from joblib_protocol import (
     API_PREFIX,
+    REQUEST_HASH_HEADER,
     JobRegisterRequest,
     JobResponse,
     ProblemDetail,
+    ProviderErrorRequest,
+    ProviderRegisterRequest,
+    ProviderResponse,
     TaskClaimResponse,
     TaskProgressRequest,
     TaskResponse,
@@ -141,13 +145,15 @@ class Rest:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request; raise the client's exception for any error answer.
 
-        `path` is relative to the API's root (`/workers`); `params` is the query.
+        `path` is relative to the API's root (`/workers`); `params` is the query;
+        the body is `json`, or the raw bytes of `content`.
         Every exception names the method and the URL: an error answer becomes
         the problem type's exception, no answer a `TransportError` saying why.
         """
@@ -158,7 +164,12 @@ class Rest:
         try:
             if read_timeout is None:
                 response = http.request(
-                    method, url, json=json, headers=all_headers, params=params
+                    method,
+                    url,
+                    json=json,
+                    content=content,
+                    headers=all_headers,
+                    params=params,
                 )
             else:
                 # A per-request timeout through build_request: some clients (the
@@ -169,6 +180,7 @@ class Rest:
                         method,
                         url,
                         json=json,
+                        content=content,
                         headers=all_headers,
                         params=params,
                         timeout=timeout,
@@ -328,6 +340,67 @@ class Rest:
             )
         applied = "preference-applied" in response.headers
         return TaskResponse.model_validate_json(response.content), applied
+
+    # providers
+
+    def register_provider(
+        self, room_id: str, request: ProviderRegisterRequest
+    ) -> ProviderResponse:
+        """`PUT /rooms/{room_id}/providers`."""
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        path = f"/rooms/{_segment(room_id)}/providers"
+        response = self.request("PUT", path, json=body)
+        return ProviderResponse.model_validate_json(response.content)
+
+    def delete_provider(self, provider_id: UUID) -> None:
+        """`DELETE /providers/{provider_id}`."""
+        self.request("DELETE", f"/providers/{provider_id}")
+
+    def upload_provider_result(
+        self, provider_id: UUID, request_hash: str, content: bytes
+    ) -> None:
+        """`POST /providers/{provider_id}/results`: the raw bytes of one read."""
+        self.request(
+            "POST",
+            f"/providers/{provider_id}/results",
+            content=content,
+            headers={
+                REQUEST_HASH_HEADER: request_hash,
+                "Content-Type": "application/octet-stream",
+            },
+        )
+
+    def report_provider_error(
+        self, provider_id: UUID, request: ProviderErrorRequest
+    ) -> None:
+        """`POST /providers/{provider_id}/errors` (ours): a read that failed."""
+        body = request.model_dump(mode="json")
+        self.request("POST", f"/providers/{provider_id}/errors", json=body)
+
+    def read_provider(
+        self,
+        room_id: str,
+        full_name: str,
+        params: Mapping[str, str],
+        *,
+        wait: float | None = None,
+    ) -> httpx.Response:
+        """`GET /rooms/{room_id}/providers/{full_name}?<params>`, the answer as is.
+
+        With `wait`, asks the server to hold the read up to that many seconds
+        for the provider's answer (`Prefer: wait=N`); else the server's default.
+        """
+        path = f"/rooms/{_segment(room_id)}/providers/{_segment(full_name)}"
+        if wait is None:
+            return self.request("GET", path, params=params)
+        seconds = max(1, math.ceil(wait))
+        return self.request(
+            "GET",
+            path,
+            params=params,
+            headers={"Prefer": f"wait={seconds}"},
+            read_timeout=seconds + 10.0,
+        )
 
 
 def _with_read_timeout(timeout: httpx.Timeout, read: float) -> httpx.Timeout:

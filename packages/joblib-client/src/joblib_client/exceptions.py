@@ -30,6 +30,9 @@ from joblib_protocol import (
     PayloadTooLarge,
     ProblemDetail,
     ProblemType,
+    ProviderFailed,
+    ProviderNotFound,
+    ProviderTimeout,
     RequestTimeout,
     RoomLocked,
     SchemaConflict,
@@ -259,6 +262,12 @@ class TaskNotFoundError(NotFoundError):
     problem_type = TaskNotFound
 
 
+class ProviderNotFoundError(NotFoundError):
+    """No provider of that name (or id) is visible from the room."""
+
+    problem_type = ProviderNotFound
+
+
 class MethodNotAllowedError(JobLibError):
     """The route exists but not for that method (405)."""
 
@@ -359,6 +368,37 @@ class InternalJobNotConfiguredError(ServerError):
     """An `@internal` job was asked for, but the server runs no such job (503)."""
 
     problem_type = InternalJobNotConfigured
+
+
+class ProviderError(ServerError):
+    """A read of a provider got no data (5xx); `provider` and `params` say which.
+
+    `JobManager.read()` fills `provider` (the full name) and `params` (the
+    query parameters as sent); they are None when the error came from elsewhere.
+    """
+
+    problem_type: ClassVar[type[ProblemType] | None] = None
+    provider: str | None = None
+    params: dict[str, str] | None = None
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer the read in time (504); reading again may work.
+
+    The read stays asked for: a worker that answers later fills the cache, so a
+    read sent again soon may get it at once.
+    """
+
+    problem_type = ProviderTimeout
+
+
+class ProviderFailedError(ProviderError):
+    """The provider's worker could not answer the read (502); `detail` says why.
+
+    Nothing was cached: reading again asks the worker again.
+    """
+
+    problem_type = ProviderFailed
 
 
 def _subclasses(cls: type[JobLibError]) -> list[type[JobLibError]]:

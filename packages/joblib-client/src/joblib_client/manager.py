@@ -17,6 +17,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
+from joblib_client._providers import (
+    ProviderRegistration,
+    Providers,
+    ServedProvider,
+    query_params,
+)
 from joblib_client._reports import Reporter
 from joblib_client._results import task_outcome, wait_for_task
 from joblib_client._retry import Backoff, is_refusal, is_transient
@@ -27,6 +33,7 @@ from joblib_client.exceptions import (
     ForbiddenError,
     JobLibError,
     NotFoundError,
+    ProviderError,
     TransportError,
     WorkerNotFoundError,
     error_for_problem,
@@ -37,6 +44,11 @@ from joblib_client.extension import (
     job_full_name,
     job_schema,
 )
+from joblib_client.provider import (
+    Provider,
+    ProviderResult,
+    check_provider,
+)
 from joblib_client.task import ClaimedTask
 from joblib_protocol import (
     GLOBAL_ROOM,
@@ -44,7 +56,11 @@ from joblib_protocol import (
     Event,
     JobRegisterRequest,
     JoinJobRoom,
+    JoinProviderRoom,
     LeaveJobRoom,
+    LeaveProviderRoom,
+    ProviderRegisterRequest,
+    ProviderRequest,
     TaskAvailable,
     TaskCancelled,
     TaskResponse,
@@ -164,10 +180,13 @@ class JobManager:
         self._runner = Runner(
             self._reporter, self._running, self._let_go, lambda: self._worker_id
         )
+        # The providers this worker serves, and the threads answering their reads.
+        self._providers = Providers(self._rest)
         if isinstance(tsio, EventSource):
             tsio.on("connect", self._on_connect)
             tsio.on(TaskAvailable.event_name(), self._on_task_available)
             tsio.on(TaskCancelled.event_name(), self._running.on_task_cancelled)
+            tsio.on(ProviderRequest.event_name(), self._providers.on_request)
 
     @classmethod
     def connect(
@@ -368,6 +387,174 @@ class JobManager:
             worker_id = job.worker_id
             self._created(worker_id)
         return job.full_name, worker_id
+
+    # providers
+
+    def register_provider(
+        self,
+        cls: type[Provider],
+        *,
+        name: str | None = None,
+        handler: Any = None,
+        room: str | None = None,
+    ) -> str:
+        """Serve `cls` as provider `name` (default: the class name) in `room`.
+
+        Registers it (`PUT /rooms/{room}/providers`, default room `@global`) as
+        this manager's worker, creating the worker as `register()` does, and
+        joins its socket room, so reads reach this worker as `provider_request`
+        events (the manager needs a socket that delivers events). Each read is
+        answered on a small thread pool: its parameters are validated into `cls`,
+        `read(handler)` is called, and what it returns is uploaded; a `read()`
+        that raises (or parameters that do not validate) fails the read at once
+        for every reader. Returns the provider's full name. Registering the same
+        name again replaces its class and handler.
+        """
+        registration = ProviderRegistration(
+            check_provider(cls), name or cls.__name__, room or GLOBAL_ROOM, handler
+        )
+        if not isinstance(self._tsio, EventSource):
+            logger.warning(
+                "%s is registered, but without a socket that delivers events no "
+                "read reaches this manager",
+                registration.name,
+            )
+        while True:
+            worker_id = self._worker_or_create()
+            served = self._put_provider(registration, worker_id)
+            with self._lock:
+                self._check_connected()
+                if self._worker_id == served.worker_id and not self._creating:
+                    self._providers.add(served)
+                    break
+            # The worker was replaced meanwhile (see `_register`): again under it.
+        self._join_provider_room(served)
+        return served.full_name
+
+    def unregister_provider(self, name: str) -> None:
+        """Stop serving provider `name` (its full name): leave its room, delete it.
+
+        Raises `KeyError` when this manager does not serve it; a provider the
+        server already removed is simply forgotten.
+        """
+        served = self._providers.remove(name)
+        if served is None:
+            raise KeyError(name)
+        if self._tsio is not None:
+            leave = LeaveProviderRoom(
+                provider_name=name, worker_id=str(served.worker_id)
+            )
+            try:
+                self._emit(leave)
+            except JobLibError as exc:
+                # Deleting the provider below ends its reads all the same.
+                logger.warning("could not leave the room of %s: %s", name, exc)
+        try:
+            self._rest.delete_provider(served.provider_id)
+        except NotFoundError:
+            logger.debug("provider %s was already removed", name)
+
+    @property
+    def handlers(self) -> dict[str, Any]:
+        """The handler of every provider this manager serves, by full name."""
+        return self._providers.handlers()
+
+    def read(
+        self,
+        full_name: str,
+        *,
+        room: str,
+        wait: float | None = None,
+        **params: Any,
+    ) -> ProviderResult:
+        """Read provider `full_name` from `room` with `params`; return its answer.
+
+        `params` travel as query parameters (strings as they are, booleans as
+        `true`/`false`, other values as their JSON). An answer the server
+        cached comes at once; otherwise the server asks the provider's worker and
+        holds the read until it answers, up to `wait` seconds (`Prefer: wait`;
+        the server caps it) or the server's default. Raises
+        `ProviderTimeoutError` (504) when no answer came in time,
+        `ProviderFailedError` (502, `detail` is the worker's error) when the
+        worker could not answer, and `ProviderNotFoundError` (404); the first
+        two carry `provider` and `params`.
+        """
+        query = query_params(params)
+        try:
+            response = self._rest.read_provider(room, full_name, query, wait=wait)
+        except ProviderError as exc:
+            exc.provider, exc.params = full_name, query
+            raise
+        content_type = response.headers.get("content-type", "")
+        return ProviderResult(response.content, content_type)
+
+    def _put_provider(
+        self, registration: ProviderRegistration, worker_id: UUID | None
+    ) -> ServedProvider:
+        """`PUT` the provider under `worker_id`, or under a new worker given None.
+
+        Given None, the caller is the creator (see `_worker_or_create`).
+        """
+        cls = registration.cls
+        request = ProviderRegisterRequest.model_validate(
+            {
+                "category": cls.category,
+                "name": registration.name,
+                "schema": cls.model_json_schema(),
+                "content_type": cls.content_type,
+                "worker_id": worker_id,
+            }
+        )
+        try:
+            provider = self._rest.register_provider(registration.room_id, request)
+        except BaseException:
+            if worker_id is None:
+                self._created(None)
+            raise
+        if worker_id is None:
+            self._created(provider.worker_id)
+        return ServedProvider(
+            registration, provider.full_name, provider.id, provider.worker_id
+        )
+
+    def _join_provider_room(self, served: ServedProvider) -> None:
+        if self._tsio is None:
+            return
+        join = JoinProviderRoom(
+            provider_name=served.full_name, worker_id=str(served.worker_id)
+        )
+        try:
+            self._emit(join)
+        except TransportError as exc:
+            # The socket is down; its reconnection joins every room again.
+            logger.warning("could not join %s yet: %s", served.full_name, exc)
+
+    def _rejoin_provider(self, served: ServedProvider, worker_id: UUID) -> None:
+        """Join a provider's room again after a reconnection, registering it if lost."""
+        if self._tsio is None:
+            return
+        join = JoinProviderRoom(
+            provider_name=served.full_name, worker_id=str(worker_id)
+        )
+        try:
+            self._emit(join)
+        except (ForbiddenError, NotFoundError) as exc:
+            logger.info(
+                "registering %s again as worker %s: %s",
+                served.full_name,
+                worker_id,
+                exc,
+            )
+            again = self._put_provider(served.registration, worker_id)
+            self._providers.add(again)
+            self._emit(join)
+
+    def _register_providers_again(self) -> None:
+        """After a recovery: every provider again, under the new worker."""
+        for served in self._providers.all().values():
+            again = self._put_provider(served.registration, self._require_worker())
+            self._providers.add(again)
+            self._join_provider_room(again)
 
     def create_worker(self) -> UUID:
         """Create this manager's worker now (`POST /workers`), unless it has one."""
@@ -748,10 +935,12 @@ class JobManager:
             self._last_heartbeat = None
             self._jobs.clear()
             self._held.clear()
+        providers = self._providers.clear()
         if self._heartbeat is not None:
             # Not waiting: a beat stuck on a slow server must not hold us up.
             self._heartbeat.stop(wait=False)
         self._running.stop(wait=False)
+        self._providers.shutdown(wait=False)
         for stop in listeners:
             stop.set()
         self._wakeup.set()
@@ -764,6 +953,17 @@ class JobManager:
                 except Exception as exc:
                     # Best effort: removing the worker below leaves the rooms too.
                     logger.warning("could not leave the room of %s: %s", name, exc)
+            for served in providers:
+                leave = LeaveProviderRoom(
+                    provider_name=served.full_name, worker_id=str(worker_id)
+                )
+                try:
+                    self._emit(leave)
+                except Exception as exc:
+                    logger.warning(
+                        "could not leave the room of %s: %s", served.full_name, exc
+                    )
+        # Removing the worker removes its providers too.
         self._delete_worker(worker_id)
 
     def _delete_worker(self, worker_id: UUID) -> None:
@@ -787,14 +987,15 @@ class JobManager:
         """Disconnect, then close the HTTP client and socket `connect()` made.
 
         Every part is closed even when an earlier one fails; the first failure
-        is raised at the end. Waits for a heartbeat in progress to end before
-        closing the HTTP client it uses.
+        is raised at the end. Waits for a heartbeat, and for provider reads, in
+        progress to end before closing the HTTP client they use.
         """
         owned, self._owned = self._owned, []
         steps: list[Callable[[], object]] = [self.disconnect]
         if self._heartbeat is not None:
             steps.append(self._heartbeat.stop)
         steps.append(self._running.stop)
+        steps.append(self._providers.shutdown)
         steps.extend(closeable.close for closeable in owned)
         failure: BaseException | None = None
         for step in steps:
@@ -872,6 +1073,8 @@ class JobManager:
                 self._heartbeat_as(worker_id)
                 for name, registration in registrations.items():
                     self._rejoin(name, registration, worker_id)
+                for served in self._providers.all().values():
+                    self._rejoin_provider(served, worker_id)
             except (WorkerNotFoundError, ForbiddenError) as exc:
                 logger.info("coming back as worker %s refused: %s", worker_id, exc)
                 self._recover(worker_id)
@@ -918,13 +1121,14 @@ class JobManager:
         logger.warning("the server no longer knows worker %s; registering again", stale)
         if not registrations:
             self._create_worker()
-            return True
-        # The first registration creates the new worker, the others join it.
-        first, *others = registrations
-        full_name, worker_id = self._put_job(first, None)
-        self._join_room(full_name, worker_id)
-        for registration in others:
-            self._register(registration)
+        else:
+            # The first registration creates the new worker, the others join it.
+            first, *others = registrations
+            full_name, worker_id = self._put_job(first, None)
+            self._join_room(full_name, worker_id)
+            for registration in others:
+                self._register(registration)
+        self._register_providers_again()
         return True
 
 

@@ -132,6 +132,43 @@ class LeaveRoom(Event, event_name="leave_room"):
     room_id: str
 
 
+class ProvidersInvalidate(Event, event_name="providers_invalidate"):
+    """The room's provider list changed; observers should fetch it again."""
+
+
+class ProviderRequest(Event, event_name="provider_request"):
+    """To the workers serving a provider: answer this read.
+
+    `params` is the read's canonical JSON (`canonical_params`); `request_id` is
+    its hash (`request_hash`), the `X-Request-Hash` of the answer's upload.
+    """
+
+    request_id: str
+    provider_name: str
+    params: str
+
+
+class ProviderResultReady(Event, event_name="provider_result_ready"):
+    """A provider's result for `request_hash` is cached; readers may fetch it."""
+
+    provider_name: str
+    request_hash: str
+
+
+class JoinProviderRoom(Event, event_name="join_provider_room"):
+    """Worker to server: put this connection in `providers:{provider_name}`."""
+
+    provider_name: str
+    worker_id: str
+
+
+class LeaveProviderRoom(Event, event_name="leave_provider_room"):
+    """Worker to server: take this connection out of `providers:{provider_name}`."""
+
+    provider_name: str
+    worker_id: str
+
+
 class Emission(NamedTuple):
     """An event bound for one Socket.IO room; hashable, so sets deduplicate."""
 
@@ -149,6 +186,11 @@ def job_channel(full_name: str) -> str:
     return f"jobs:{full_name}"
 
 
+def provider_channel(full_name: str) -> str:
+    """Return the Socket.IO room that workers serving provider `full_name` are in."""
+    return f"providers:{full_name}"
+
+
 def worker_channel(worker_id: object) -> str:
     """Return the Socket.IO room of the connections a worker joined its jobs from."""
     return f"worker:{worker_id}"
@@ -160,6 +202,9 @@ SERVER_EVENTS: tuple[type[Event], ...] = (
     TaskStatusEvent,
     TaskProgressEvent,
     TaskCancelled,
+    ProvidersInvalidate,
+    ProviderRequest,
+    ProviderResultReady,
 )
 """Events the server sends."""
 
@@ -168,5 +213,7 @@ CLIENT_EVENTS: tuple[type[Event], ...] = (
     LeaveJobRoom,
     JoinRoom,
     LeaveRoom,
+    JoinProviderRoom,
+    LeaveProviderRoom,
 )
 """Events clients send to the server."""

@@ -242,6 +242,34 @@ class DatabaseUnavailable(ProblemType):
     status = 503
 
 
+class ProviderNotFound(ProblemType):
+    """No provider of that name (or id) is visible from the room."""
+
+    slug = "provider-not-found"
+    title = "Provider not found"
+    status = 404
+
+
+class ProviderTimeout(ProblemType):
+    """The provider did not answer the read in time; retry after `Retry-After`."""
+
+    slug = "provider-timeout"
+    title = "Provider timeout"
+    status = 504
+
+
+class ProviderFailed(ProblemType):
+    """Ours: the provider's worker reported that it cannot answer this read.
+
+    The detail is the worker's message; nothing was cached, so a new read asks
+    the worker again.
+    """
+
+    slug = "provider-failed"
+    title = "Provider failed"
+    status = 502
+
+
 class InternalError(ProblemType):
     """Ours: the server failed; the detail never carries a stack trace."""
 
@@ -276,6 +304,9 @@ PROBLEM_TYPES: dict[str, type[ProblemType]] = {
         RequestTimeout,
         DatabaseUnavailable,
         InternalError,
+        ProviderNotFound,
+        ProviderTimeout,
+        ProviderFailed,
     )
 }
 """Every problem type, by its `type` URI."""

@@ -10,6 +10,11 @@ from joblib_protocol.events import CLIENT_EVENTS, SERVER_EVENTS
 from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
 from joblib_protocol.pages import PaginatedResponse
 from joblib_protocol.problems import ProblemDetail
+from joblib_protocol.providers import (
+    ProviderErrorRequest,
+    ProviderRegisterRequest,
+    ProviderResponse,
+)
 from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.tasks import (
     TaskClaimRequest,
@@ -43,10 +48,14 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     TaskProgressRequest,
     TaskProgress,
     RoomSummary,
+    ProviderRegisterRequest,
+    ProviderResponse,
+    ProviderErrorRequest,
     PaginatedResponse[JobSummary],
     PaginatedResponse[WorkerSummary],
     PaginatedResponse[TaskResponse],
     PaginatedResponse[RoomSummary],
+    PaginatedResponse[ProviderResponse],
     ProblemDetail,
 )
 

@@ -22,6 +22,7 @@ from joblib_server.health import health_routes
 from joblib_server.logs import protect
 from joblib_server.policy import AccessPolicy
 from joblib_server.problems import EXCEPTION_HANDLERS
+from joblib_server.provider_results import RedisResults
 from joblib_server.realtime import attach_joblib, create_socketio_server
 from joblib_server.runtime import JobLib
 from joblib_server.settings import StandaloneSettings
@@ -39,8 +40,14 @@ def create_app(
 ) -> Any:
     """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`."""
     database = database or Database.from_url(settings.database_url)
+    # With Redis, identical provider reads on every process share one dispatch.
+    results = RedisResults(settings.redis_url) if settings.redis_url else None
     joblib = JobLib(
-        database=database, auth=auth, settings=settings.joblib, policy=policy
+        database=database,
+        auth=auth,
+        settings=settings.joblib,
+        policy=policy,
+        provider_results=results,
     )
 
     @asynccontextmanager

@@ -39,6 +39,7 @@ from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
 from joblib_server.jobs import hide_orphan_jobs, job_policy
 from joblib_server.outcome import Outcome
+from joblib_server.providers import remove_worker_providers, serves_providers
 from joblib_server.queues import pending_head, queue_position
 from joblib_server.settings import default_policy, settings_of
 from joblib_server.tables import (
@@ -274,7 +275,12 @@ async def _grace(session: AsyncSession, worker_id: uuid.UUID) -> float:
     defaults = default_policy(settings_of(session))
     connection = await session.connection()
     jobs = (await connection.execute(_WORKER_JOBS, {"b_worker": worker_id})).all()
-    return max((job_policy(job, defaults).grace_seconds for job in jobs), default=0.0)
+    graces = [job_policy(job, defaults).grace_seconds for job in jobs]
+    if await serves_providers(connection, worker_id):
+        # A provider has no policy of its own: the server's grace, as for a job
+        # registered without one.
+        graces.append(defaults.grace_seconds)
+    return max(graces, default=0.0)
 
 
 async def _removal(
@@ -329,6 +335,8 @@ async def _cleanup(
     unlinked = (
         (await connection.execute(_UNLINK, {"b_worker": worker_id})).scalars().all()
     )
+    # Its providers go with it, in the same transaction as its jobs' links.
+    emissions |= await remove_worker_providers(connection, worker_id)
     owner = (
         await connection.execute(_DELETE_WORKER, {"b_worker": worker_id})
     ).scalar_one_or_none()

@@ -10,12 +10,16 @@ from pydantic.json_schema import models_json_schema
 from joblib_protocol import (
     MAX_PAGE_LIMIT,
     PROBLEM_CONTENT_TYPE,
+    REQUEST_HASH_HEADER,
     RESERVED_ROOMS,
     JobRegisterRequest,
     JobResponse,
     JobSummary,
     PaginatedResponse,
     ProblemDetail,
+    ProviderErrorRequest,
+    ProviderRegisterRequest,
+    ProviderResponse,
     RoomSummary,
     TaskClaimRequest,
     TaskClaimResponse,
@@ -34,6 +38,9 @@ from joblib_protocol.naming import MAX_PART_LENGTH
 from joblib_server.settings import Settings
 
 _REF = "#/components/schemas/{model}"
+
+RAW = "raw"
+"""In `_OPERATIONS`, a body or answer of raw bytes instead of a model."""
 
 # (method, path, summary, request body, success status(es), success model, error
 # statuses); 401 and 422 go with every operation, 413 with every request body.
@@ -177,6 +184,70 @@ _OPERATIONS: list[
         None,
         (403, 404, 409),
     ),
+    (
+        "put",
+        "/rooms/{room_id}/providers",
+        "Register a provider (201 new, 200 updated)",
+        ProviderRegisterRequest,
+        (201, 200),
+        ProviderResponse,
+        (400, 403, 404, 423),
+    ),
+    (
+        "get",
+        "/rooms/{room_id}/providers",
+        "List the providers visible from a room (its own and @global)",
+        None,
+        200,
+        PaginatedResponse[ProviderResponse],
+        (400, 403),
+    ),
+    (
+        "get",
+        "/rooms/{room_id}/providers/{full_name}",
+        "Read from a provider: the result's bytes, in the provider's content type "
+        "(cached, or asked of its worker and waited for with Prefer: wait=N)",
+        None,
+        200,
+        RAW,
+        (400, 403, 404, 502, 504),
+    ),
+    (
+        "get",
+        "/rooms/{room_id}/providers/{full_name}/info",
+        "Get a provider",
+        None,
+        200,
+        ProviderResponse,
+        (400, 403, 404),
+    ),
+    (
+        "delete",
+        "/providers/{provider_id}",
+        "Remove a provider (its owner or an admin)",
+        None,
+        204,
+        None,
+        (403, 404),
+    ),
+    (
+        "post",
+        "/providers/{provider_id}/results",
+        "Upload the result of one read (raw bytes; X-Request-Hash names the read)",
+        RAW,
+        204,
+        None,
+        (403, 404),
+    ),
+    (
+        "post",
+        "/providers/{provider_id}/errors",
+        "Report that one read failed: its waiting readers get 502 provider-failed",
+        ProviderErrorRequest,
+        204,
+        None,
+        (403, 404),
+    ),
 ]
 
 # Answers an operation gives besides its usual success, when a header asks for them.
@@ -190,10 +261,11 @@ _OPTIONAL_BODIES = {("patch", "/workers/{worker_id}")}
 _PREFER_EXAMPLES = {
     ("get", "/tasks/{task_id}"): "wait=30",
     ("post", "/tasks/claim"): "wait=30",
+    ("get", "/rooms/{room_id}/providers/{full_name}"): "wait=5",
     ("delete", "/workers/{worker_id}"): "return=representation",
 }
 
-_UUID_PARAMS = {"worker_id", "task_id"}
+_UUID_PARAMS = {"worker_id", "task_id", "provider_id"}
 
 # What the server refuses, the document refuses too (joblib_protocol.naming):
 # room ids and names of 1-255 characters, no control characters, no ':' or
@@ -222,12 +294,13 @@ _LIST_PATHS = {
     "/rooms/{room_id}/jobs/{full_name}/tasks",
     "/rooms/{room_id}/workers",
     "/rooms/{room_id}/tasks",
+    "/rooms/{room_id}/providers",
 }
 
 
 def _parameters(path: str, method: str, settings: Settings) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
-    for name in ("room_id", "full_name", "worker_id", "task_id"):
+    for name in ("room_id", "full_name", "worker_id", "task_id", "provider_id"):
         if "{" + name + "}" in path:
             schema = {"type": "string"}
             if name in _UUID_PARAMS:
@@ -265,6 +338,17 @@ def _parameters(path: str, method: str, settings: Settings) -> list[dict[str, An
                 "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
             }
         )
+    if (method, path) == ("post", "/providers/{provider_id}/results"):
+        params.append(
+            {
+                "name": REQUEST_HASH_HEADER,
+                "in": "header",
+                "required": True,
+                "description": "The read this answers: its `request_id`, the SHA-256 "
+                "of its canonical parameters.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            }
+        )
     if method == "get" and path.endswith("/tasks"):
         params.append(
             {
@@ -289,7 +373,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     """Return the OpenAPI document of the `/v1/joblib` routes."""
     models: set[type[BaseModel]] = {ProblemDetail}
     for _m, _p, _s, body, _st, answer, _e in _OPERATIONS:
-        models.update(m for m in (body, answer) if m is not None)
+        models.update(m for m in (body, answer) if m not in (None, RAW))
     for also in _ALSO.values():
         models.update(also.values())
     ordered = sorted(models, key=lambda m: m.__name__)
@@ -310,13 +394,25 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "parameters": _parameters(path, method, settings),
             "responses": {},
         }
-        if body is not None:
+        if body is RAW:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"}
+                    }
+                },
+            }
+        elif body is not None:
             operation["requestBody"] = {
                 "required": (method, path) not in _OPTIONAL_BODIES,
                 "content": {"application/json": {"schema": ref(body, "validation")}},
             }
         success: dict[str, Any] = {"description": summary}
-        if answer is not None:
+        if answer is RAW:
+            # Whatever the provider registered as its content type.
+            success["content"] = {"*/*": {"schema": {}}}
+        elif answer is not None:
             success["content"] = {
                 "application/json": {"schema": ref(answer, "serialization")}
             }
@@ -361,6 +457,12 @@ def _refuse_what_the_server_refuses(
     register = schemas["JobRegisterRequest"]["properties"]
     register["category"]["enum"] = list(settings.allowed_categories)
     register["name"]["pattern"] = NAME_PATTERN
+    provider = schemas["ProviderRegisterRequest"]["properties"]
+    provider["name"]["pattern"] = NAME_PATTERN
+    if settings.allowed_provider_categories is None:
+        provider["category"]["pattern"] = NAME_PATTERN
+    else:
+        provider["category"]["enum"] = list(settings.allowed_provider_categories)
     error = schemas["TaskUpdateRequest"]["properties"]["error"]
     for choice in error["anyOf"]:
         if choice.get("type") == "string":
@@ -374,4 +476,4 @@ def _refuse_what_the_server_refuses(
 
 
 def _requests() -> set[Any]:
-    return {body for _m, _p, _s, body, *_ in _OPERATIONS if body is not None}
+    return {body for _m, _p, _s, body, *_ in _OPERATIONS if body not in (None, RAW)}

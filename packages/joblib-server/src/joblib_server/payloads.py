@@ -52,7 +52,7 @@ def check_schema(schema: Any) -> None:
         assert first is not None
         raise _invalid_schema(
             f"not a valid JSON Schema (2020-12): {_message(first)}",
-            [_entry("schema", error) for error in errors[:MAX_ERRORS]],
+            [_entry(("body", "schema"), error) for error in errors[:MAX_ERRORS]],
         )
     unresolvable = _unresolvable_refs(schema)
     if unresolvable:
@@ -67,8 +67,17 @@ def check_schema(schema: Any) -> None:
         )
 
 
-def check_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
-    """Raise 422 `invalid-payload` unless `payload` matches `schema`."""
+def check_payload(
+    schema: dict[str, Any],
+    payload: dict[str, Any],
+    *,
+    loc: tuple[str, ...] = ("body", "payload"),
+    what: str = "the payload does not match the job's schema",
+) -> None:
+    """Raise 422 `invalid-payload` unless `payload` matches `schema`.
+
+    Each error's `loc` starts with `loc`: where the payload is in the request.
+    """
     if not schema:
         return  # `{}` takes anything: the common case costs nothing
     compiled = _validator(_canonical(schema))
@@ -100,9 +109,8 @@ def check_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
         count += f", the first {MAX_ERRORS} listed"
     raise ProblemError(
         InvalidPayload,
-        f"the payload does not match the job's schema ({count}): "
-        f"{_where(shown[0])}{_message(shown[0])}",
-        errors=[_entry("payload", error) for error in shown],
+        f"{what} ({count}): {_where(shown[0])}{_message(shown[0])}",
+        errors=[_entry(loc, error) for error in shown],
     )
 
 
@@ -191,8 +199,8 @@ def _where(error: ValidationError) -> str:
     return f"at {error.json_path}: " if error.absolute_path else ""
 
 
-def _entry(field: str, error: ValidationError) -> dict[str, Any]:
-    return {"loc": ["body", field, *error.absolute_path], "msg": _message(error)}
+def _entry(loc: tuple[str, ...], error: ValidationError) -> dict[str, Any]:
+    return {"loc": [*loc, *error.absolute_path], "msg": _message(error)}
 
 
 def _invalid_schema(detail: str, errors: list[dict[str, Any]]) -> ProblemError:

@@ -23,12 +23,15 @@ from joblib_protocol import (
     Forbidden,
     JobFullName,
     JoinJobRoom,
+    JoinProviderRoom,
     JoinRoom,
     LeaveJobRoom,
+    LeaveProviderRoom,
     LeaveRoom,
     ProblemType,
     ValidationFailed,
     job_channel,
+    provider_channel,
     room_channel,
     validate_room_id,
     worker_channel,
@@ -40,6 +43,7 @@ from joblib_server.errors import ProblemError
 from joblib_server.guard import SocketGuard
 from joblib_server.logs import protect
 from joblib_server.policy import Action, authorize
+from joblib_server.providers import join_provider
 from joblib_server.workers import heartbeat, join_job
 
 if TYPE_CHECKING:
@@ -164,6 +168,8 @@ class Realtime:
             self.sio.on("disconnect", self._on_disconnect)
         self.sio.on(JoinJobRoom.event_name(), self.join_job_room)
         self.sio.on(LeaveJobRoom.event_name(), self.leave_job_room)
+        self.sio.on(JoinProviderRoom.event_name(), self.join_provider_room)
+        self.sio.on(LeaveProviderRoom.event_name(), self.leave_provider_room)
         self.sio.on(JoinRoom.event_name(), self.join_room)
         self.sio.on(LeaveRoom.event_name(), self.leave_room)
         return self
@@ -280,24 +286,55 @@ class Realtime:
         self,
         sid: str,
         data: Any,
-        model: type[JoinJobRoom] | type[LeaveJobRoom],
+        model: type[JoinJobRoom]
+        | type[LeaveJobRoom]
+        | type[JoinProviderRoom]
+        | type[LeaveProviderRoom],
         operation: Callable[[Identity, uuid.UUID, str], Awaitable[object]],
     ) -> tuple[str, uuid.UUID] | dict[str, Any]:
-        """Validate a worker event and run `operation` for it; a refusal otherwise."""
+        """Validate a worker event and run `operation` for it; a refusal otherwise.
+
+        Answers the job's (or provider's) full name and the worker's id.
+        """
         connection = self.connections.get(sid)
         if connection is None:
             return _refusal(Forbidden, "this connection is not authenticated")
         try:
             event = model.model_validate(data)
             worker_id = uuid.UUID(event.worker_id)
-            JobFullName.parse(event.job_name)
+            name = (
+                event.provider_name
+                if isinstance(event, JoinProviderRoom | LeaveProviderRoom)
+                else event.job_name
+            )
+            JobFullName.parse(name)
         except (ValidationError, ValueError) as exc:
             return _refusal(ValidationFailed, str(exc))
         try:
-            await operation(connection.identity, worker_id, event.job_name)
+            await operation(connection.identity, worker_id, name)
         except ProblemError as exc:
             return {"ok": False, "error": exc.document().model_dump(exclude_none=True)}
-        return event.job_name, worker_id
+        return name, worker_id
+
+    def _joined(self, sid: str, worker_id: uuid.UUID, epoch: int, name: str) -> None:
+        """Remember the worker's epoch on this socket: its close cleans it up."""
+        connection = self.connections.get(sid)
+        if connection is None:
+            return
+        connection.workers[worker_id] = epoch
+        logger.info(
+            "worker %s of %r joined %s",
+            worker_id,
+            connection.identity.id,
+            name,
+            extra={
+                "event": "joined",
+                "worker_id": str(worker_id),
+                "identity": connection.identity.id,
+                "job": name,
+                "sid": sid,
+            },
+        )
 
     async def join_job_room(self, sid: str, data: Any) -> dict[str, Any]:
         """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns."""
@@ -316,22 +353,7 @@ class Realtime:
         await self.sio.enter_room(sid, job_channel(job_name))
         # Where `task_cancelled` reaches the worker, whichever job it joined for.
         await self.sio.enter_room(sid, worker_channel(worker_id))
-        connection = self.connections.get(sid)
-        if connection is not None:
-            connection.workers[worker_id] = epochs[-1]
-            logger.info(
-                "worker %s of %r joined %s",
-                worker_id,
-                connection.identity.id,
-                job_name,
-                extra={
-                    "event": "joined",
-                    "worker_id": str(worker_id),
-                    "identity": connection.identity.id,
-                    "job": job_name,
-                    "sid": sid,
-                },
-            )
+        self._joined(sid, worker_id, epochs[-1], job_name)
         return _OK
 
     async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:
@@ -346,6 +368,45 @@ class Realtime:
             return checked
         job_name, _worker_id = checked
         await self.sio.leave_room(sid, job_channel(job_name))
+        return _OK
+
+    # provider rooms
+
+    async def join_provider_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`join_provider_room`: enter `providers:{provider_name}`, trust on join.
+
+        As for job rooms: the caller's own worker, serving that provider, in a
+        room the policy lets it serve; its socket's close then removes it.
+        """
+        epochs: list[int] = []
+
+        async def join(identity: Identity, worker_id: uuid.UUID, name: str) -> None:
+            room_id = JobFullName.parse(name).room_id
+            await authorize(self.joblib.policy, identity, room_id, Action.SERVE)
+            epochs.append(
+                await self.joblib.execute(join_provider, identity, worker_id, name)
+            )
+
+        checked = await self._as_worker(sid, data, JoinProviderRoom, join)
+        if isinstance(checked, dict):
+            return checked
+        name, worker_id = checked
+        await self.sio.enter_room(sid, provider_channel(name))
+        await self.sio.enter_room(sid, worker_channel(worker_id))
+        self._joined(sid, worker_id, epochs[-1], name)
+        return _OK
+
+    async def leave_provider_room(self, sid: str, data: Any) -> dict[str, Any]:
+        """`leave_provider_room`: leave `providers:{provider_name}` (own worker)."""
+
+        async def leave(identity: Identity, worker_id: uuid.UUID, _name: str) -> None:
+            await self.joblib.execute(heartbeat, worker_id, identity)
+
+        checked = await self._as_worker(sid, data, LeaveProviderRoom, leave)
+        if isinstance(checked, dict):
+            return checked
+        name, _worker_id = checked
+        await self.sio.leave_room(sid, provider_channel(name))
         return _OK
 
     # observers

@@ -27,6 +27,7 @@ from joblib_server.outcome import Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
+from joblib_server.provider_results import MemoryResults, ResultBackend, stop_waiting
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
@@ -60,6 +61,7 @@ class JobLib:
         internal_jobs: bool = False,
         sweeper: bool = True,
         policy: AccessPolicy | None = None,
+        provider_results: ResultBackend | None = None,
     ) -> None:
         self.database = database
         self.auth = auth
@@ -67,6 +69,9 @@ class JobLib:
         self.settings = settings or Settings()
         self.emitter: Emitter = emitter or NullEmitter()
         self.internal_jobs = internal_jobs
+        self.provider_results: ResultBackend = provider_results or MemoryResults()
+        """Provider results, in-flight marks and waiting readers (`provider_results`);
+        `RedisResults` shares them between server processes."""
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
         self.time_limits = TimeLimits(self)
@@ -172,6 +177,7 @@ class JobLib:
         self.progress.close()
         self.claims.close()
         self.waiters.close()
+        stop_waiting(self.provider_results)
 
     def expire_grace_later(
         self, worker_id: uuid.UUID, epoch: int, grace: float
@@ -215,6 +221,7 @@ class JobLib:
                     self._timers = None
                     group.cancel_scope.cancel()
         finally:
+            await self.provider_results.aclose()
             await self.database.dispose()
 
 

@@ -149,6 +149,40 @@ class Settings(BaseModel):
         description="lifespan() upgrades joblib's tables to the newest revision; "
         "False refuses to start on an out-of-date database with a clear message.",
     )
+    allowed_provider_categories: list[str] | None = Field(
+        default=None,
+        description="The provider categories workers may register (a JSON list in "
+        "the environment); none: any.",
+    )
+    provider_result_ttl_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="How long a provider's result answers identical reads from "
+        "the cache.",
+    )
+    provider_inflight_ttl_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="How long a dispatched read stays in flight without an answer: "
+        "identical reads meanwhile wait for it instead of asking the worker again.",
+    )
+    provider_long_poll_default_seconds: float = Field(
+        default=5,
+        ge=0,
+        description="How long a provider read waits for the worker without a "
+        "`Prefer: wait=N` header, before 504 provider-timeout.",
+    )
+    provider_long_poll_max_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="The cap of `Prefer: wait=N` on a provider read.",
+    )
+    max_provider_result_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="The largest provider result a worker may upload; larger gets "
+        "413 payload-too-large.",
+    )
     metrics_public: bool = Field(
         default=False,
         description="GET /metrics answers without a token; by default it takes "

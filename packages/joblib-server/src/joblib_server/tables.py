@@ -1,4 +1,4 @@
-"""The database tables: jobs, workers, their links, and tasks."""
+"""The database tables: jobs, workers, their links, tasks, and providers."""
 
 from __future__ import annotations
 
@@ -253,9 +253,49 @@ class IdempotencyKey(JoblibModel, table=True):
     )
 
 
+class Provider(JoblibModel, table=True):
+    """A worker's provider: it answers reads (`providers`), it runs nothing."""
+
+    __tablename__ = "joblib_provider"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "room_id", "category", "name", name="uq_joblib_provider_name"
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    room_id: str = Field(sa_type=sa.String(255))
+    category: str = Field(sa_type=sa.String(255))
+    name: str = Field(sa_type=sa.String(255))
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column("schema", sa.JSON, nullable=False)
+    )
+    content_type: str = Field(sa_type=sa.String(255))
+    # The worker serving it: its cleanup removes the provider.
+    worker_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid,
+            sa.ForeignKey("joblib_worker.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    # The identity whose worker serves it: the one that may upload its results.
+    owner_id: str = Field(sa_type=sa.String(255))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+
+    @property
+    def full_name(self) -> str:
+        """The provider's wire name `<room_id>:<category>:<name>`."""
+        return job_full_name(self.room_id, self.category, self.name)
+
+
 # The Core tables behind the models, for the prebuilt statements of the hot paths.
 JOB_TABLE: sa.Table = Job.__table__  # type: ignore[attr-defined]
 WORKER_TABLE: sa.Table = Worker.__table__  # type: ignore[attr-defined]
 LINK_TABLE: sa.Table = WorkerJobLink.__table__  # type: ignore[attr-defined]
 TASK_TABLE: sa.Table = Task.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_TABLE: sa.Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+PROVIDER_TABLE: sa.Table = Provider.__table__  # type: ignore[attr-defined]

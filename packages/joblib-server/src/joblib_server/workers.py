@@ -167,6 +167,19 @@ async def mark_returned(session: AsyncSession, worker_id: uuid.UUID) -> None:
     await connection.execute(_RETURNED, {"b_worker": worker_id})
 
 
+async def new_socket_epoch(
+    session: AsyncSession, identity: Identity, worker_id: uuid.UUID
+) -> int:
+    """A join of the caller's own worker: a sign of life and its next socket epoch."""
+    connection = await session.connection()
+    params = {"b_worker": worker_id, "b_owner": identity.id, "b_now": utcnow()}
+    epoch = (await connection.execute(_JOIN, params)).scalar_one_or_none()
+    if epoch is None:
+        await refuse_foreign_worker(session, worker_id, identity)
+        raise worker_not_found(worker_id)  # deleted between the two statements
+    return int(epoch)
+
+
 async def join_job(
     session: AsyncSession, identity: Identity, worker_id: uuid.UUID, job_name: str
 ) -> Outcome[int]:
@@ -176,12 +189,8 @@ async def join_job(
     rule. It returns the worker's new socket epoch: only a socket whose epoch is
     still the newest cleans the worker up when it closes.
     """
+    epoch = await new_socket_epoch(session, identity, worker_id)
     connection = await session.connection()
-    params = {"b_worker": worker_id, "b_owner": identity.id, "b_now": utcnow()}
-    epoch = (await connection.execute(_JOIN, params)).scalar_one_or_none()
-    if epoch is None:
-        await refuse_foreign_worker(session, worker_id, identity)
-        raise worker_not_found(worker_id)  # deleted between the two statements
     try:
         name = JobFullName.parse(job_name)
     except ValueError:
