@@ -407,6 +407,8 @@ async def test_parameters_are_checked_against_the_schema(
         "properties": {
             "frame": {"type": "integer", "minimum": 0},
             "label": {"type": "string"},
+            # What pydantic writes for `note: str | None = None`.
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
         },
         "required": ["frame"],
         "additionalProperties": False,
@@ -423,6 +425,9 @@ async def test_parameters_are_checked_against_the_schema(
     good = await alice.get(read_url(), params={"frame": "3", "label": "7"}, headers=NOW)
     assert_problem(good, 504, "provider-timeout")
     assert requests_sent(emitter)[0].params == '{"frame":"3","label":"7"}'
+    # So does an optional one, as the worker SDK reads it.
+    noted = await alice.get(read_url(), params={"frame": "3", "note": "7"}, headers=NOW)
+    assert_problem(noted, 504, "provider-timeout")
 
 
 async def test_reading_takes_a_token_and_a_visible_provider(

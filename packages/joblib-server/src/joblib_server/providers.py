@@ -324,9 +324,7 @@ def typed_params(schema: dict[str, Any], params: Mapping[str, str]) -> dict[str,
     declared = properties if isinstance(properties, dict) else {}
     typed: dict[str, Any] = {}
     for name, value in params.items():
-        spec = declared.get(name)
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        if _allows_string(declared.get(name)):
             typed[name] = value
             continue
         try:
@@ -334,6 +332,21 @@ def typed_params(schema: dict[str, Any], params: Mapping[str, str]) -> dict[str,
         except (ValueError, RecursionError):
             typed[name] = value
     return typed
+
+
+def _allows_string(spec: Any) -> bool:
+    """Whether a property's schema takes a string: `type` or one of `anyOf`/`oneOf`.
+
+    pydantic writes an optional string (`str | None`) as `anyOf`; the worker SDK
+    reads parameters by the same rule, so both see the same values.
+    """
+    if not isinstance(spec, dict):
+        return False
+    kind = spec.get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return True
+    options = spec.get("anyOf") or spec.get("oneOf") or []
+    return isinstance(options, list) and any(_allows_string(o) for o in options)
 
 
 def check_params(schema: dict[str, Any], params: Mapping[str, str]) -> None:
