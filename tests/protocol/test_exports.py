@@ -30,7 +30,7 @@ EXPECTED = {
     "ProviderNotFound", "ProviderRegisterRequest", "ProviderRequest",
     "ProviderResponse", "ProviderResultReady", "ProviderTimeout",
     "ProvidersInvalidate", "REQUEST_HASH_HEADER", "canonical_params",
-    "provider_channel", "request_hash",
+    "provider_channel", "request_hash", "typed_params",
     # naming and states
     "JobFullName", "format_job_name", "is_terminal", "is_valid_room_id",
     "is_valid_transition", "join_job_name", "json_schemas", "parse_job_name",

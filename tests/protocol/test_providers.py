@@ -41,3 +41,23 @@ def test_error_report_is_bounded() -> None:
         ProviderErrorRequest(request_hash="h", error="x" * (MAX_PROVIDER_ERROR + 1))
     with pytest.raises(ValidationError):
         ProviderErrorRequest.model_validate({"request_hash": "h", "error": "e", "x": 1})
+
+
+def test_typed_params_keep_strings_where_the_schema_takes_one() -> None:
+    from joblib_protocol import typed_params
+
+    schema = {
+        "properties": {
+            "frame": {"type": "integer"},
+            "label": {"type": "string"},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        }
+    }
+    sent = {"frame": "3", "label": "7", "note": "8", "path": "/data", "ids": "[1,2]"}
+    assert typed_params(schema, sent) == {
+        "frame": 3,
+        "label": "7",
+        "note": "8",
+        "path": "/data",
+        "ids": [1, 2],
+    }

@@ -23,7 +23,12 @@ from joblib_client._http import Rest
 from joblib_client._retry import is_refusal, is_transient
 from joblib_client.exceptions import JobLibError, PayloadTooLargeError
 from joblib_client.provider import Provider, encode_result
-from joblib_protocol import MAX_PROVIDER_ERROR, ProviderErrorRequest, ProviderRequest
+from joblib_protocol import (
+    MAX_PROVIDER_ERROR,
+    ProviderErrorRequest,
+    ProviderRequest,
+    typed_params,
+)
 
 logger = logging.getLogger("joblib_client.providers")
 
@@ -140,7 +145,7 @@ class Providers:
 
     def _read(self, served: ServedProvider, event: ProviderRequest) -> bytes:
         cls = served.registration.cls
-        params = typed_params(cls, json.loads(event.params))
+        params = typed_params(_schema(cls), json.loads(event.params))
         provider = cls.model_validate(params)
         return encode_result(provider.read(served.registration.handler))
 
@@ -173,40 +178,9 @@ def _log_lost(served: ServedProvider, what: str, exc: JobLibError) -> None:
     )
 
 
-def typed_params(cls: type[Provider], params: Mapping[str, Any]) -> dict[str, Any]:
-    """A read's query strings as the server checked them against the schema.
-
-    A parameter the schema declares a string (or allows one) stays as sent; any
-    other is read as JSON when it is JSON (`"3"` is 3, `"[1,2]"` a list) and
-    kept as the string when it is not.
-    """
-    properties = _properties(cls)
-    typed: dict[str, Any] = {}
-    for name, value in params.items():
-        if not isinstance(value, str) or _allows_string(properties.get(name)):
-            typed[name] = value
-            continue
-        try:
-            typed[name] = json.loads(value)
-        except ValueError:
-            typed[name] = value
-    return typed
-
-
 @functools.cache
-def _properties(cls: type[Provider]) -> dict[str, Any]:
-    properties = cls.model_json_schema().get("properties")
-    return properties if isinstance(properties, dict) else {}
-
-
-def _allows_string(spec: Any) -> bool:
-    if not isinstance(spec, dict):
-        return False
-    kind = spec.get("type")
-    if kind == "string" or (isinstance(kind, list) and "string" in kind):
-        return True
-    options = spec.get("anyOf") or spec.get("oneOf") or []
-    return any(_allows_string(option) for option in options)
+def _schema(cls: type[Provider]) -> dict[str, Any]:
+    return cls.model_json_schema()
 
 
 def query_params(params: Mapping[str, Any]) -> dict[str, str]:

@@ -89,6 +89,7 @@ from joblib_protocol.providers import (
     ProviderResponse,
     canonical_params,
     request_hash,
+    typed_params,
 )
 from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.schema import json_schemas
@@ -224,6 +225,7 @@ __all__ = [
     "provider_channel",
     "request_hash",
     "room_channel",
+    "typed_params",
     "validate_job_name",
     "validate_room_id",
     "worker_channel",

@@ -48,6 +48,42 @@ def request_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_params(params).encode()).hexdigest()
 
 
+def typed_params(
+    schema: Mapping[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Return a read's query strings as they are checked against the schema.
+
+    A parameter the schema's `properties` let be a string (its `type`, or one of
+    its `anyOf`/`oneOf`, as pydantic writes `str | None`) stays as it was sent;
+    any other is read as JSON when it is JSON (`"3"` is 3, `"[1,2]"` a list,
+    `"true"` true) and kept as the string when it is not (`"/data"`). Only the
+    check sees these values: the hash and `provider_request` carry the strings.
+    The server checks, and the worker SDK reads, by this one rule.
+    """
+    properties = schema.get("properties")
+    declared = properties if isinstance(properties, Mapping) else {}
+    typed: dict[str, Any] = {}
+    for name, value in params.items():
+        if not isinstance(value, str) or _allows_string(declared.get(name)):
+            typed[name] = value
+            continue
+        try:
+            typed[name] = json.loads(value)
+        except (ValueError, RecursionError):
+            typed[name] = value
+    return typed
+
+
+def _allows_string(spec: Any) -> bool:
+    if not isinstance(spec, Mapping):
+        return False
+    kind = spec.get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return True
+    options = spec.get("anyOf") or spec.get("oneOf") or []
+    return isinstance(options, list) and any(_allows_string(o) for o in options)
+
+
 class ProviderRegisterRequest(BaseModel):
     """Body of `PUT /rooms/{room_id}/providers`."""
 

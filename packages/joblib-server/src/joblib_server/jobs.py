@@ -99,22 +99,7 @@ async def register_job(
         raise ProblemError(InvalidJobName, str(exc)) from None
     check_schema(request.schema_)
 
-    if request.worker_id is None:
-        worker = Worker(owner_id=identity.id)
-        session.add(worker)
-        await session.flush()
-    else:
-        # Locked: a worker deleted meanwhile must answer 404, not break the link's
-        # foreign key when we insert it below.
-        found = (
-            await session.execute(
-                backend.locked(select(Worker).where(Worker.id == request.worker_id))
-            )
-        ).scalar_one_or_none()
-        # Another identity's worker is reported as unknown, not as forbidden.
-        if found is None or found.owner_id != identity.id:
-            raise worker_not_found(request.worker_id)
-        worker = found
+    worker = await registering_worker(session, identity, request.worker_id)
 
     inserted = await session.execute(
         backend.insert_ignoring_conflicts(
@@ -193,6 +178,30 @@ async def register_job(
         created=created,
     )
     return Outcome(registration, emissions)
+
+
+async def registering_worker(
+    session: AsyncSession, identity: Identity, worker_id: uuid.UUID | None
+) -> Worker:
+    """The worker a registration is for: a new one of the caller's, or its own.
+
+    A given worker is locked: one deleted meanwhile must answer 404, not break
+    the foreign key of what the registration inserts for it. Another identity's
+    worker is reported as unknown, not as forbidden.
+    """
+    if worker_id is None:
+        worker = Worker(owner_id=identity.id)
+        session.add(worker)
+        await session.flush()
+        return worker
+    found = (
+        await session.execute(
+            backend_of(session).locked(select(Worker).where(Worker.id == worker_id))
+        )
+    ).scalar_one_or_none()
+    if found is None or found.owner_id != identity.id:
+        raise worker_not_found(worker_id)
+    return found
 
 
 async def _check_owner(session: AsyncSession, job: Job, identity: Identity) -> None:

@@ -6,7 +6,6 @@ The rows only: results, in-flight marks and waiting readers live in
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,16 +27,17 @@ from joblib_protocol import (
     ProviderResponse,
     ProvidersInvalidate,
     room_channel,
+    typed_params,
     validate_job_name,
 )
 from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
-from joblib_server.errors import ProblemError, forbidden, worker_not_found
-from joblib_server.jobs import check_room_id
+from joblib_server.errors import ProblemError, forbidden
+from joblib_server.jobs import check_room_id, registering_worker
 from joblib_server.outcome import Outcome
 from joblib_server.pages import bounded_count
 from joblib_server.payloads import check_payload, check_schema
-from joblib_server.tables import PROVIDER_TABLE, Provider, Worker, utcnow
+from joblib_server.tables import PROVIDER_TABLE, Provider, utcnow
 from joblib_server.workers import new_socket_epoch
 
 _provider = PROVIDER_TABLE
@@ -119,21 +119,7 @@ async def register_provider(
             raise ProblemError(InvalidJobName, str(exc)) from None
     check_schema(request.schema_)
 
-    if request.worker_id is None:
-        worker = Worker(owner_id=identity.id)
-        session.add(worker)
-        await session.flush()
-        worker_id = worker.id
-    else:
-        found = (
-            await session.execute(
-                backend.locked(select(Worker).where(Worker.id == request.worker_id))
-            )
-        ).scalar_one_or_none()
-        # Another identity's worker is reported as unknown, as for jobs.
-        if found is None or found.owner_id != identity.id:
-            raise worker_not_found(request.worker_id)
-        worker_id = found.id
+    worker_id = (await registering_worker(session, identity, request.worker_id)).id
 
     inserted = await session.execute(
         backend.insert_ignoring_conflicts(
@@ -308,45 +294,6 @@ async def serves_providers(connection: AsyncConnection, worker_id: uuid.UUID) ->
     """Whether the worker serves any provider."""
     found = await connection.execute(_HAS_PROVIDERS, {"b_worker": worker_id})
     return found.first() is not None
-
-
-def typed_params(schema: dict[str, Any], params: Mapping[str, str]) -> dict[str, Any]:
-    """A read's query parameters as its schema is checked against them.
-
-    A query value is a string. Where the schema's `properties` declare a
-    parameter a string (or allow one), the value stays as it was sent; otherwise
-    it is read as JSON when it is JSON (`?frame=3` is 3, `?ids=[1,2]` a list,
-    `?flag=true` true) and kept as the string when it is not (`?path=/data`).
-    Only the check sees these values: the hash and `provider_request` carry the
-    strings as they were sent.
-    """
-    properties = schema.get("properties")
-    declared = properties if isinstance(properties, dict) else {}
-    typed: dict[str, Any] = {}
-    for name, value in params.items():
-        if _allows_string(declared.get(name)):
-            typed[name] = value
-            continue
-        try:
-            typed[name] = json.loads(value)
-        except (ValueError, RecursionError):
-            typed[name] = value
-    return typed
-
-
-def _allows_string(spec: Any) -> bool:
-    """Whether a property's schema takes a string: `type` or one of `anyOf`/`oneOf`.
-
-    pydantic writes an optional string (`str | None`) as `anyOf`; the worker SDK
-    reads parameters by the same rule, so both see the same values.
-    """
-    if not isinstance(spec, dict):
-        return False
-    kind = spec.get("type")
-    if kind == "string" or (isinstance(kind, list) and "string" in kind):
-        return True
-    options = spec.get("anyOf") or spec.get("oneOf") or []
-    return isinstance(options, list) and any(_allows_string(o) for o in options)
 
 
 def check_params(schema: dict[str, Any], params: Mapping[str, str]) -> None:
