@@ -275,3 +275,12 @@ async def test_unknown_worker_ids_are_404_not_403(bob: httpx.AsyncClient) -> Non
     for method, path in (("PATCH", "/workers/{}"), ("DELETE", "/workers/{}")):
         answer = await bob.request(method, path.format(missing))
         assert_problem(answer, 404, "worker-not-found")
+
+
+def test_new_tokens_never_start_like_a_command_line_option() -> None:
+    from joblib_server.auth import new_token
+
+    # One base64url token in 64 would start with "-"; 2,000 find it for sure.
+    tokens = {new_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert not [token for token in tokens if token.startswith("-")]

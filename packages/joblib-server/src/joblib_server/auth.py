@@ -208,7 +208,7 @@ class TokenStore:
         Refused with a `ValueError` when the identity's other tokens give other
         rooms: rooms belong to the identity, and the file must stay readable.
         """
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         entry: dict[str, Any] = {"id": identity.id, "admin": identity.is_admin}
         if rooms is not None:
             entry["rooms"] = list(rooms)
@@ -255,6 +255,18 @@ class TokenStore:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def new_token() -> str:
+    """A new random token (256 bits), never starting with `-`.
+
+    URL-safe base64 starts one token in 64 with `-`, which command lines take
+    for an option: `joblib-server token revoke -x…` or `joblib --token -x…`.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def select_tokens(raw: Mapping[str, Any], which: str) -> dict[str, dict[str, Any]]:
