@@ -560,16 +560,28 @@ GraceResults = list[object]
 
 @pytest.fixture
 def grace_results(monkeypatch: pytest.MonkeyPatch) -> GraceResults:
-    """What each grace timer found when it ran out (None: the worker was back)."""
+    """What each grace timer found when it ran out (None: the worker was back).
+
+    A result shows up once its transaction has committed and its events have
+    gone out, so a test that sees it reads the finished state.
+    """
     results: GraceResults = []
+    found: GraceResults = []
     expire = joblib_runtime.grace_expired
+    expire_after = joblib_runtime.JobLib._expire_after
 
     async def recorded(session: AsyncSession, *args: Any) -> Outcome[Any]:
         outcome = await expire(session, *args)
-        results.append(outcome.value)
+        found.append(outcome.value)
         return outcome
 
+    async def timer(self: JobLib, *args: Any) -> None:
+        await expire_after(self, *args)
+        results.extend(found)
+        found.clear()
+
     monkeypatch.setattr(joblib_runtime, "grace_expired", recorded)
+    monkeypatch.setattr(joblib_runtime.JobLib, "_expire_after", timer)
     return results
 
 
