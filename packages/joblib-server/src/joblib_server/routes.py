@@ -42,6 +42,7 @@ from joblib_protocol import (
     WorkerCleanupResponse,
     WorkerHeartbeatRequest,
     canonical_params,
+    is_terminal,
     provider_channel,
     request_hash,
     room_channel,
@@ -596,7 +597,9 @@ class RestApi:
         task = await read()
         # Checked before any wait: the room of a task never changes.
         await authorize(self.joblib.policy, identity, task.room_id, Action.READ)
-        if wait is None:
+        # Preference-Applied tells the client the server waited: a task already
+        # terminal, or `wait=0`, is answered at once and without it.
+        if not wait or is_terminal(task.status):
             return _json(task)
         task = await dispatch.wait_until_terminal(
             read,
