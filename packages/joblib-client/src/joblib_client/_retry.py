@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from joblib_client.exceptions import (
     InternalJobNotConfiguredError,
@@ -12,6 +16,10 @@ from joblib_client.exceptions import (
     ServerError,
     TransportError,
 )
+
+logger = logging.getLogger("joblib_client")
+
+T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -58,3 +66,36 @@ class Backoff:
     def reset(self) -> None:
         """Start again from `first` (the last try succeeded)."""
         self.failures = 0
+
+
+STARTUP_FIRST_SECONDS = 1.0
+STARTUP_MAX_SECONDS = 30.0
+"""Startup retries wait about 1, 2, 4, 8 ... s, at most 30 (each 50-100 % of it)."""
+
+
+def retry_startup(
+    call: Callable[[], T], tries: int, what: str, stopped: threading.Event
+) -> T:
+    """Make `call` up to `tries` times while the server cannot be reached.
+
+    Between tries it waits with a doubling backoff (cut short by `stopped`); a
+    refusal (4xx) is raised at once, and the last failure when no try is left.
+    """
+    backoff = Backoff(STARTUP_FIRST_SECONDS, STARTUP_MAX_SECONDS, jitter=True)
+    while True:
+        try:
+            return call()
+        except JobLibError as exc:
+            if not is_transient(exc) or backoff.failures + 1 >= tries:
+                raise
+            delay = backoff.next()
+            logger.warning(
+                "%s failed (try %d of %d), again in %.1f s: %s",
+                what,
+                backoff.failures,
+                tries,
+                delay,
+                exc,
+            )
+            if stopped.wait(delay):
+                raise

@@ -59,16 +59,40 @@ class Runner:
         if is_terminal(task.status):
             self.let_go(task.id)
 
-    def run(self, task: ClaimedTask, kwargs: dict[str, Any]) -> TaskStatus:
-        """Run the task's code and report it; answer its status on the server."""
+    def settle(
+        self,
+        task_id: UUID,
+        worker_id: UUID | None,
+        status: TaskStatus,
+        error: str | None = None,
+    ) -> None:
+        """End a task by its id (`fail_by_id`, `cancel`); stop its code if it runs.
+
+        Its code's return is then not reported: the task's one report is this one.
+        """
+        try:
+            self.reporter.update(task_id, worker_id, status, error)
+        except JobLibError as exc:
+            if is_refusal(exc):
+                self.let_go(task_id)
+            raise
+        self.let_go(task_id)
+        reason = CancelReason.CANCELLED if status == TaskStatus.CANCELLED else None
+        self.tasks.cancel(task_id, reason)
+
+    def run(self, task: ClaimedTask, work: Callable[[], Any]) -> TaskStatus:
+        """Run `work` as the task's code and report it; answer its status.
+
+        What `work` returns is the task's result; what it raises fails the task.
+        """
         context = self.tasks.begin(task)
         try:
-            return self._run(task, context, kwargs)
+            return self._run(task, context, work)
         finally:
             self.tasks.end(context)
 
     def _run(
-        self, task: ClaimedTask, context: TaskContext, kwargs: dict[str, Any]
+        self, task: ClaimedTask, context: TaskContext, work: Callable[[], Any]
     ) -> TaskStatus:
         if task.status == TaskStatus.CLAIMED:
             try:
@@ -82,7 +106,7 @@ class Runner:
         value: Any = None
         try:
             with running(context):
-                value = task.extension.run(**kwargs)
+                value = work()
         except Exception as exc:
             # The job's code may raise anything; its message is the task's error.
             if not context.cancelled.is_set():

@@ -27,8 +27,13 @@ class Extension(BaseModel):
 
     category: ClassVar[Category]
 
-    def run(self, **kwargs: Any) -> Any:
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         """Do the job's work; what it returns is the task's result.
+
+        A subclass declares the arguments it takes: `run(self, **kwargs)`, or
+        zndraw-joblib's `run(self, vis, **kwargs)`. `JobManager.run(task, *args,
+        **kwargs)` passes `args`, and the job's registered `run_kwargs` updated
+        with `kwargs`.
 
         The result must be JSON-able: a pydantic model, a dataclass, or anything
         `pydantic_core.to_jsonable_python` takes (JSON values, datetimes, UUIDs,

@@ -7,14 +7,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, overload
 from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
+from joblib_client._compat import listen_arguments
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
 from joblib_client._providers import (
@@ -25,9 +27,10 @@ from joblib_client._providers import (
 )
 from joblib_client._reports import Reporter
 from joblib_client._results import task_outcome, wait_for_task
-from joblib_client._retry import Backoff, is_refusal, is_transient
+from joblib_client._retry import Backoff, is_refusal, is_transient, retry_startup
 from joblib_client._runner import Runner
 from joblib_client._running import RunningTasks
+from joblib_client._serve import DRAIN_SECONDS, Serving, serve_until_ended
 from joblib_client._socket import EventSource, SocketClient, Tsio
 from joblib_client.exceptions import (
     ForbiddenError,
@@ -72,10 +75,20 @@ from joblib_protocol import (
 logger = logging.getLogger("joblib_client")
 
 ExtensionT = TypeVar("ExtensionT", bound=Extension)
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 20.0
 """Default heartbeat interval: three beats fit in the server's default
 `worker_timeout_seconds` (60), so one late beat does not get a live worker swept."""
+
+POLLING_SECONDS = 2.0
+"""Default `polling_interval` of `listen()` and of the claim loop of `execute`."""
+
+MAX_UNREACHABLE_SECONDS = 120.0
+"""Default time the server may stay unreachable before `serve()` gives up."""
+
+STARTUP_TRIES = 5
+"""Default tries of a registration while the server cannot be reached (about 15 s)."""
 
 REPORT_RETRY_SECONDS = 60.0
 """Default time a task's status report is tried again while the server cannot take
@@ -105,7 +118,11 @@ class _Registration:
     policy: DisconnectPolicyRequest | None = None
     timeout_seconds: float | None = None
     pending_timeout_seconds: float | None = None
+    run_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
+
+Execute = Callable[[ClaimedTask[Any]], object]
+"""What `JobManager(execute=...)` runs for each task it claims on its own."""
 
 _LIMIT: TypeAdapter[float | None] = TypeAdapter(TimeoutSeconds | None)
 
@@ -133,6 +150,16 @@ class JobManager:
     Threads may share a manager. Its lock guards its state only, never a request
     or an emit: a thread waiting on the server blocks no other thread, except one
     that needs the worker another thread is creating.
+
+    With `execute`, the manager serves on its own: from the first registration
+    on, a background thread claims tasks (`listen()` every `polling_interval`
+    seconds, woken by the socket) and runs `execute(task)` for each as `run()`
+    runs a job's code (what it returns is the result, what it raises fails the
+    task); `serve()` blocks until SIGINT, SIGTERM or `close()`. Either way,
+    once the server has been unreachable for more than
+    `max_unreachable_seconds` (None: never), the claim loop stops and `serve()`
+    returns. A registration the server cannot take (no answer, 5xx) is tried
+    `max_startup_retries` times in all, with a backoff from 1 s doubling.
     """
 
     def __init__(
@@ -140,7 +167,11 @@ class JobManager:
         api: Api,
         tsio: Tsio | None = None,
         *,
+        execute: Execute | None = None,
         heartbeat_interval: float | None = HEARTBEAT_SECONDS,
+        polling_interval: float = POLLING_SECONDS,
+        max_unreachable_seconds: float | None = MAX_UNREACHABLE_SECONDS,
+        max_startup_retries: int = STARTUP_TRIES,
         report_retry_seconds: float = REPORT_RETRY_SECONDS,
     ) -> None:
         self._api = api
@@ -182,6 +213,12 @@ class JobManager:
         )
         # The providers this worker serves, and the threads answering their reads.
         self._providers = Providers(self._rest)
+        self._execute = execute
+        self._polling_interval = polling_interval
+        self._startup_tries = max(max_startup_retries, 1)
+        self._serving = Serving(
+            self._serve_tasks if execute is not None else None, max_unreachable_seconds
+        )
         if isinstance(tsio, EventSource):
             tsio.on("connect", self._on_connect)
             tsio.on(TaskAvailable.event_name(), self._on_task_available)
@@ -195,7 +232,11 @@ class JobManager:
         *,
         token: str | None = None,
         socket: bool = True,
+        execute: Execute | None = None,
         heartbeat_interval: float | None = HEARTBEAT_SECONDS,
+        polling_interval: float = POLLING_SECONDS,
+        max_unreachable_seconds: float | None = MAX_UNREACHABLE_SECONDS,
+        max_startup_retries: int = STARTUP_TRIES,
         report_retry_seconds: float = REPORT_RETRY_SECONDS,
         timeout: float = 10.0,
     ) -> JobManager:
@@ -205,7 +246,11 @@ class JobManager:
         manager = cls(
             api,
             sock,
+            execute=execute,
             heartbeat_interval=heartbeat_interval,
+            polling_interval=polling_interval,
+            max_unreachable_seconds=max_unreachable_seconds,
+            max_startup_retries=max_startup_retries,
             report_retry_seconds=report_retry_seconds,
         )
         manager._owned = [c for c in (sock, api) if c is not None]
@@ -275,6 +320,7 @@ class JobManager:
         on_disconnect: PolicyLike | None = None,
         timeout_seconds: float | None = None,
         pending_timeout_seconds: float | None = None,
+        run_kwargs: Mapping[str, Any] | None = None,
     ) -> type[ExtensionT]: ...
 
     @overload
@@ -286,6 +332,7 @@ class JobManager:
         on_disconnect: PolicyLike | None = None,
         timeout_seconds: float | None = None,
         pending_timeout_seconds: float | None = None,
+        run_kwargs: Mapping[str, Any] | None = None,
     ) -> Callable[[type[ExtensionT]], type[ExtensionT]]: ...
 
     def register(
@@ -296,6 +343,7 @@ class JobManager:
         on_disconnect: PolicyLike | None = None,
         timeout_seconds: float | None = None,
         pending_timeout_seconds: float | None = None,
+        run_kwargs: Mapping[str, Any] | None = None,
     ) -> type[ExtensionT] | Callable[[type[ExtensionT]], type[ExtensionT]]:
         """Register an extension as a job in `room` (default `@global`).
 
@@ -308,7 +356,9 @@ class JobManager:
         run once started (past it, the server fails it `deadline_exceeded` and
         tells the worker to stop it), `pending_timeout_seconds` the longest it may
         wait to be claimed (past it, it is failed `expired`); a submit may
-        override both. All are checked before any request.
+        override both. All are checked before any request. `run_kwargs` go to
+        every task's `Extension.run()` (objects too costly to build per task,
+        such as a loaded model); a claimed task carries them as `run_kwargs`.
         """
         policy = (
             None
@@ -326,19 +376,31 @@ class JobManager:
                     on_disconnect=policy,
                     timeout_seconds=timeout,
                     pending_timeout_seconds=pending_timeout,
+                    run_kwargs=run_kwargs,
                 )
 
             return decorator
-        self._register(
-            _Registration(
-                check_extension(cls),
-                room or GLOBAL_ROOM,
-                policy,
-                timeout,
-                pending_timeout,
-            )
+        registration = _Registration(
+            check_extension(cls),
+            room or GLOBAL_ROOM,
+            policy,
+            timeout,
+            pending_timeout,
+            dict(run_kwargs or {}),
         )
+        self._startup(
+            lambda: self._register(registration), f"registering {cls.__name__}"
+        )
+        self._serving.start()
         return cls
+
+    def _startup(self, call: Callable[[], T], what: str) -> T:
+        """Make a registration, trying again while the server cannot be reached."""
+        return retry_startup(call, self._startup_tries, what, self._stopped)
+
+    def get_run_kwargs(self, full_name: str) -> dict[str, Any]:
+        """Return the `run_kwargs` job `full_name` was registered with."""
+        return dict(self._jobs[full_name].run_kwargs)
 
     def _register(self, registration: _Registration) -> str:
         while True:
@@ -419,6 +481,15 @@ class JobManager:
                 "read reaches this manager",
                 registration.name,
             )
+        served = self._startup(
+            lambda: self._serve_provider(registration),
+            f"registering provider {registration.name}",
+        )
+        self._join_provider_room(served)
+        self._serving.start()
+        return served.full_name
+
+    def _serve_provider(self, registration: ProviderRegistration) -> ServedProvider:
         while True:
             worker_id = self._worker_or_create()
             served = self._put_provider(registration, worker_id)
@@ -426,10 +497,8 @@ class JobManager:
                 self._check_connected()
                 if self._worker_id == served.worker_id and not self._creating:
                     self._providers.add(served)
-                    break
+                    return served
             # The worker was replaced meanwhile (see `_register`): again under it.
-        self._join_provider_room(served)
-        return served.full_name
 
     def unregister_provider(self, name: str) -> None:
         """Stop serving provider `name` (its full name): leave its room, delete it.
@@ -558,8 +627,12 @@ class JobManager:
 
     def create_worker(self) -> UUID:
         """Create this manager's worker now (`POST /workers`), unless it has one."""
-        worker_id = self._worker_or_create()
-        return worker_id if worker_id is not None else self._create_worker()
+
+        def create() -> UUID:
+            worker_id = self._worker_or_create()
+            return worker_id if worker_id is not None else self._create_worker()
+
+        return self._startup(create, "creating the worker")
 
     def _create_worker(self) -> UUID:
         """`POST /workers`, as the creator (see `_worker_or_create`)."""
@@ -649,7 +722,9 @@ class JobManager:
                 raise
             # An outage: the next beat tries again; no traceback for it.
             logger.warning("heartbeat of worker %s failed: %s", worker_id, exc)
+            self._serving.unreachable(exc)
             return
+        self._serving.reachable()
         self._resume_if_pending()
 
     # tasks
@@ -708,6 +783,7 @@ class JobManager:
                     status=response.status,
                     worker_id=worker_id,
                     attempt=response.attempt,
+                    run_kwargs=dict(registration.run_kwargs),
                 )
         logger.warning("failing task %s: %s", response.id, error)
         try:
@@ -740,10 +816,11 @@ class JobManager:
         with self._lock:
             self._held.pop(task_id, None)
 
-    def run(self, task: ClaimedTask, **kwargs: Any) -> TaskStatus:
+    def run(self, task: ClaimedTask, *args: Any, **kwargs: Any) -> TaskStatus:
         """Run the task's extension and report completed with its result, or failed.
 
-        `kwargs` are passed to `Extension.run()`, whose return value, made
+        `Extension.run()` gets `args`, and the task's `run_kwargs` updated with
+        `kwargs`; its return value, made
         JSON-able (see `Extension.run`), is the task's result; one that cannot be
         fails the task instead. While it runs, `current_task()` gives its
         `TaskContext`. Returns the task's status as the server last acknowledged
@@ -758,16 +835,63 @@ class JobManager:
         returns, so `listen()` goes on with the next task; other errors (401,
         422) are raised.
         """
-        return self._runner.run(task, kwargs)
+        extension, merged = task.extension, {**task.run_kwargs, **kwargs}
+        return self._runner.run(task, lambda: extension.run(*args, **merged))
 
+    def fail_by_id(self, task_id: UUID | str, error: str) -> None:
+        """Mark a task this worker holds failed with `error`, by its id alone.
+
+        A task `run()` is running is told to stop: its code's return is not
+        reported. Raises the server's refusal (the task is not this worker's,
+        or already ended).
+        """
+        self._settle(UUID(str(task_id)), TaskStatus.FAILED, error)
+
+    def cancel(self, task: ClaimedTask | UUID | str) -> None:
+        """Mark a task this worker holds cancelled (the task, or its id).
+
+        As with `fail_by_id()`, a task `run()` is running is told to stop.
+        """
+        task_id = task.id if isinstance(task, ClaimedTask) else UUID(str(task))
+        self._settle(task_id, TaskStatus.CANCELLED)
+
+    def _settle(
+        self, task_id: UUID, status: TaskStatus, error: str | None = None
+    ) -> None:
+        with self._lock:
+            worker_id = self._held.get(task_id, self._worker_id)
+        self._runner.settle(task_id, worker_id, status, error)
+
+    @overload
     def listen(
         self,
         stop_event: threading.Event | None = None,
-        polling_interval: float = 2.0,
+        polling_interval: float = POLLING_SECONDS,
+        *,
+        park_claims: bool = True,
+    ) -> Iterator[ClaimedTask]: ...
+
+    @overload
+    def listen(
+        self,
+        polling_interval: float,
+        stop_event: threading.Event | None = None,
+        /,
+        *,
+        park_claims: bool = True,
+    ) -> Iterator[ClaimedTask]: ...
+
+    def listen(
+        self,
+        stop_event: threading.Event | float | None = None,
+        polling_interval: float | threading.Event | None = None,
         *,
         park_claims: bool = True,
     ) -> Iterator[ClaimedTask]:
         """Yield claimed tasks until `stop_event` is set or the manager disconnects.
+
+        The two may also come the other way round, `listen(2.0, stop)`, as
+        zndraw-joblib's `listen(polling_interval, stop_event)` takes them.
 
         With `park_claims`, each claim asks the server to hold it until a task
         comes (`Prefer: wait`, up to `polling_interval` and at most 2 s). A server
@@ -781,6 +905,15 @@ class JobManager:
         than staying claimed by nobody. A worker the server forgot is registered
         again.
         """
+        stop, interval = listen_arguments(stop_event, polling_interval, POLLING_SECONDS)
+        return self._listen(stop, interval, park_claims)
+
+    def _listen(
+        self,
+        stop_event: threading.Event | None,
+        polling_interval: float,
+        park_claims: bool,
+    ) -> Iterator[ClaimedTask]:
         park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
         outage = Backoff(
             polling_interval, max(polling_interval, _OUTAGE_PAUSE_MAX_SECONDS)
@@ -806,6 +939,9 @@ class JobManager:
                         return
                     if not is_transient(exc):
                         raise
+                    self._serving.unreachable(exc)
+                    if _any_set(stop, stop_event):
+                        return  # disconnected, or given up on the server
                     pause = outage.next()
                     logger.warning(
                         "claiming failed (%d in a row), again in %.1f s: %s",
@@ -816,6 +952,7 @@ class JobManager:
                     self._sleep(pause, stop, stop_event)
                     continue
                 request_id = None
+                self._serving.reachable()
                 if outage.failures:
                     logger.info("claiming works again")
                     outage.reset()
@@ -896,13 +1033,27 @@ class JobManager:
         )
         return task.id
 
-    def wait(self, task_id: UUID | str, timeout: float | None = None) -> TaskResponse:
+    @overload
+    def wait(self) -> None: ...
+
+    @overload
+    def wait(
+        self, task_id: UUID | str, timeout: float | None = None
+    ) -> TaskResponse: ...
+
+    def wait(
+        self, task_id: UUID | str | None = None, timeout: float | None = None
+    ) -> TaskResponse | None:
         """Wait until the task is completed, failed or cancelled, and return it.
 
         Long-polls `GET /tasks/{id}` with `Prefer: wait=N`; raises
         `WaitTimeoutError` when `timeout` seconds pass first. A completed task
-        carries what its job returned in `result`.
+        carries what its job returned in `result`. Without a task, `wait()` is
+        `serve()` (zndraw-joblib's name for it).
         """
+        if task_id is None:
+            self.serve()
+            return None
         return wait_for_task(self._rest, UUID(str(task_id)), timeout)
 
     def result(self, task_id: UUID | str, timeout: float | None = None) -> Any:
@@ -913,6 +1064,29 @@ class JobManager:
         when `timeout` seconds pass first.
         """
         return task_outcome(self.wait(task_id, timeout))
+
+    # serving on its own
+
+    def serve(self) -> None:
+        """Serve until SIGINT or SIGTERM, `close()`, or an outage past its limit.
+
+        The manager's work goes on in its background threads (the claim loop of
+        `execute`, the heartbeat, provider reads); this only blocks. In the main
+        thread a signal ends it: no new task is claimed, the task in hand gets
+        up to 10 s to finish and be reported (a second signal cuts that short),
+        and the manager closes, removing its worker. It also returns once the
+        server has been unreachable for more than `max_unreachable_seconds`, or
+        when the claim loop met an error no retry mends (logged); the manager is
+        closed then too.
+        """
+        serve_until_ended(self._serving, self.close, DRAIN_SECONDS)
+
+    def _serve_tasks(self, stop: threading.Event) -> None:
+        """The claim loop of `execute`: claim, run, report, until `stop` is set."""
+        execute = self._execute
+        assert execute is not None
+        for task in self._listen(stop, self._polling_interval, True):
+            self._runner.run(task, partial(execute, task))
 
     # leaving
 
@@ -925,6 +1099,12 @@ class JobManager:
         the server already removed the worker; when the server cannot be reached
         the failure is logged and the local state still cleared.
         """
+        self._serving.end("the manager disconnected")
+        # The claim loop's task in hand gets to finish and be reported first.
+        if not self._serving.drain(DRAIN_SECONDS):
+            logger.warning(
+                "leaving with a task still running (after %g s)", DRAIN_SECONDS
+            )
         with self._changed:
             self._disconnected = True
             self._changed.notify_all()
