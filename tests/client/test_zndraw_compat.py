@@ -11,6 +11,7 @@ import threading
 from typing import Any, ClassVar
 
 import pytest
+import socketio
 import zndraw_socketio
 from pydantic_core import to_jsonable_python
 
@@ -206,3 +207,18 @@ def test_a_worker_waits_for_the_task_another_thread_registers(
     worker.close()
     thread.join(10)
     eventually(lambda: outcome == [None], what="wait() to return")
+
+
+def test_a_zndraw_socketio_wrapper_whose_socket_is_down_does_not_fail_register(
+    make_manager: ManagerFactory,
+) -> None:
+    # python-socketio raises its own error for a socket that is not connected;
+    # the wrapper lets it through. The job is registered; the socket's
+    # connection will join its room.
+    tsio = zndraw_socketio.wrap(socketio.Client())
+    worker = make_manager(ADMIN, tsio)
+
+    worker.register(Measure)
+
+    assert MEASURE in worker
+    assert worker.claim() is None  # a worker the server knows, with the job

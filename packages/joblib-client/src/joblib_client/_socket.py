@@ -45,6 +45,21 @@ class EventSource(Protocol):
         ...
 
 
+def send(tsio: Tsio, event: Event) -> object:
+    """Emit `event` through `tsio`; return the acknowledgement, if any.
+
+    A host's own wrapper (zndraw-socketio's) lets python-socketio's errors through;
+    they are raised as `TransportError`, as `SocketClient` raises them.
+    """
+    try:
+        return tsio.emit(event)
+    except socketio.exceptions.SocketIOError as exc:
+        name = event.event_name()
+        raise TransportError(
+            f"cannot send {name}: {exc or type(exc).__name__}"
+        ) from exc
+
+
 class SocketClient:
     """A `Tsio` over python-socketio's sync `Client`, reconnecting on its own.
 

@@ -31,7 +31,7 @@ from joblib_client._retry import Backoff, is_refusal, is_transient, retry_startu
 from joblib_client._runner import Runner
 from joblib_client._running import RunningTasks
 from joblib_client._serve import DRAIN_SECONDS, Serving, serve_until_ended
-from joblib_client._socket import EventSource, SocketClient, Tsio
+from joblib_client._socket import EventSource, SocketClient, Tsio, send
 from joblib_client.exceptions import (
     ForbiddenError,
     JobLibError,
@@ -1204,7 +1204,7 @@ class JobManager:
 
     def _emit(self, event: Event) -> None:
         assert self._tsio is not None
-        ack = self._tsio.emit(event)
+        ack = send(self._tsio, event)
         if isinstance(ack, Mapping) and ack.get("ok") is False:
             raise error_for_problem(ack.get("error") or {})
 
