@@ -26,6 +26,8 @@ import pytest
 from joblib_client import JobManager
 from joblib_protocol import TaskStatus
 from joblib_server import Settings, StandaloneSettings, TokenAuth, create_app
+from tests.client.conftest import in_thread
+from tests.client.extensions import Rotate
 from tests.support import eventually
 from tests.support.servers import LiveServer, free_port, serve_in_thread
 from tests.support.tokens import ADMIN, ALICE, TOKENS, bearer
@@ -225,3 +227,26 @@ def test_a_worker_whose_server_stays_away_exits(
         assert worker.exit_code() == 0
     finally:
         worker.stop()
+
+
+def test_serve_without_execute_ends_when_heartbeats_find_no_server(
+    database_url: str, settings: Settings
+) -> None:
+    """A worker serving only what it registered (no claim loop) also gives up."""
+    port = free_port()
+    with server_on(port, database_url, settings) as server:
+        manager = JobManager.connect(
+            server.url,
+            token=ADMIN,
+            socket=False,
+            heartbeat_interval=0.1,
+            max_unreachable_seconds=0.5,
+        )
+        manager.register(Rotate)
+        thread, outcome = in_thread(manager.serve)
+        manager.heartbeat()  # the server is there: serve() still blocks
+        assert thread.is_alive()
+    thread.join(15)
+
+    assert outcome == [None]
+    assert manager.worker_id is None  # it closed

@@ -78,6 +78,7 @@ class Serving:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._drained = False
+        self.waiting = False  # serve() is blocking
 
     @property
     def claims(self) -> bool:
@@ -103,17 +104,20 @@ class Serving:
         self.ended.set()
 
     def unreachable(self, exc: Exception) -> None:
-        """A request got no answer (or a 5xx): end serving once that lasted too long."""
-        if not self.outage.failed() or self.ended.is_set():
+        """A request got no answer (or a 5xx): end serving once that lasted too long.
+
+        Only for a manager that claims on its own or is in `serve()`: one that
+        does neither leaves outages to its own `listen()`, which never gives up.
+        """
+        past_limit = self.outage.failed()
+        if not past_limit or self.ended.is_set() or not (self.claims or self.waiting):
             return
-        if self.claims:
-            logger.error(
-                "the server has been unreachable for %.0f s (more than %g s); "
-                "stopping: %s",
-                self.outage.seconds,
-                self.outage.limit,
-                exc,
-            )
+        logger.error(
+            "the server has been unreachable for %.0f s (more than %g s); stopping: %s",
+            self.outage.seconds,
+            self.outage.limit,
+            exc,
+        )
         self.end(f"the server was unreachable for {self.outage.limit:g} s")
 
     def reachable(self) -> None:
@@ -181,6 +185,7 @@ def serve_until_ended(
 ) -> None:
     """Block until a signal or the end of serving, let the task in hand end, close."""
     signals = Signals()
+    serving.waiting = True
     with signals.caught():
         while not signals.received and not serving.ended.wait(_POLL_SECONDS):
             pass
