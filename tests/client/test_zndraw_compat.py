@@ -194,10 +194,11 @@ def test_zndraw_socketio_names_our_events_as_the_wire_does() -> None:
     assert to_jsonable_python(join) == join.payload()
 
 
-def test_a_worker_waits_for_the_task_another_thread_registers(
+def test_a_registration_while_wait_blocks_starts_the_claim_loop(
     make_manager: ManagerFactory, submitter: JobManager
 ) -> None:
-    """Registering from a thread while serve() blocks: the loop starts then."""
+    """wait() blocks in one thread; the first registration, from another, starts
+    the claim loop, and the tasks it runs are completed with execute's value."""
     worker = make_manager(ADMIN, execute=lambda task: "done", polling_interval=0.1)
     thread, outcome = in_thread(worker.wait)
     worker.register(Measure)
