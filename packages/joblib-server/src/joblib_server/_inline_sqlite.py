@@ -10,13 +10,16 @@ table) holds up the loop while it runs, so reads that can be slow (lists) run in
 `off_loop()`: their statements then run on a worker thread, and the loop serves
 other requests meanwhile (sqlite3 lets go of the GIL while SQLite works).
 
-SQLAlchemy's aiosqlite dialect takes such an object through `async_creator`.
+SQLAlchemy's aiosqlite dialect takes such an object through `async_creator`. Its
+2.1 adapter calls `conn.cursor()` and awaits the cursor's `__aenter__` (as in
+`async with conn.cursor()`); its 2.0 adapter awaits `conn.cursor()` itself, once
+per statement. Like aiosqlite's, our cursor answers to both.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -50,6 +53,10 @@ class InlineCursor:
 
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
+
+    def __await__(self) -> Generator[Any, None, InlineCursor]:
+        """Return the cursor itself (aiosqlite's `await conn.cursor()`)."""
+        return self.__aenter__().__await__()
 
     async def __aenter__(self) -> InlineCursor:
         """Return the cursor itself (aiosqlite's `async with conn.cursor()`)."""
