@@ -74,6 +74,8 @@ class ErrorCode(StrEnum):
     """It ran longer than its `timeout_seconds`."""
     EXPIRED = "expired"
     """It waited in the queue longer than its `pending_timeout_seconds`."""
+    INTERNAL_INTERRUPTED = "internal_interrupted"
+    """An `@internal` task run in-process by a server that stopped before it ended."""
 
 
 class CancelReason(StrEnum):

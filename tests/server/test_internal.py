@@ -1,0 +1,340 @@
+"""`@internal` jobs run by the server itself: `InProcessExecutor` and its reports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from joblib_protocol import TaskStatusEvent
+from joblib_server import (
+    Database,
+    InProcessExecutor,
+    JobLib,
+    RecordingEmitter,
+    Settings,
+    TokenAuth,
+)
+from joblib_server.disconnects import cleanup_worker_by_id
+from joblib_server.outcome import Dispatch
+from joblib_server.sweeper import sweep_once
+from joblib_server.tables import utcnow
+from joblib_server.tasks import cleanup_stuck_internal_tasks
+from tests.support.internal_jobs import Boom, Double, Gate, Seen, Sleepy
+from tests.support.rest import assert_problem, get_task, register, submit
+from tests.support.rows import task_row
+from tests.support.servers import make_settings
+from tests.support.tokens import ADMIN, ALICE, TOKENS, bearer
+from tests.support.waiting import aeventually
+
+pytestmark = pytest.mark.anyio
+
+DOUBLE = "@internal:modifiers:Double"
+BOOM = "@internal:analysis:Boom"
+SLEEPY = "@internal:modifiers:Sleepy"
+GATE = "@internal:selections:Gate"
+
+
+@pytest.fixture(autouse=True)
+def seen() -> Iterator[type[Seen]]:
+    Seen.reset()
+    yield Seen
+    Seen.release.set()  # nothing left waiting on it
+
+
+def _executor(concurrency: int = 4) -> InProcessExecutor:
+    executor = InProcessExecutor([Boom, Sleepy, Gate], concurrency=concurrency)
+    executor.register(Double, unit="cm")
+    return executor
+
+
+async def _started(
+    database_url: str,
+    emitter: RecordingEmitter,
+    executor: InProcessExecutor,
+    settings: Settings | None = None,
+) -> tuple[JobLib, Database]:
+    database = Database.from_url(database_url)
+    joblib = JobLib(
+        database=database,
+        auth=TokenAuth(TOKENS),
+        settings=settings or make_settings(),
+        emitter=emitter,
+        sweeper=False,
+        executor=executor,
+    )
+    return joblib, database
+
+
+@pytest.fixture
+async def internal(
+    database_url: str, emitter: RecordingEmitter
+) -> AsyncIterator[JobLib]:
+    """A JobLib with an in-process executor (concurrency 2), its lifespan entered."""
+    joblib, _ = await _started(database_url, emitter, _executor(concurrency=2))
+    async with joblib.lifespan():
+        yield joblib
+
+
+@pytest.fixture
+async def client(internal: JobLib) -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(routes=[Mount("/v1/joblib", app=internal.asgi_app())])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://testserver/v1/joblib",
+        headers=bearer(ALICE),
+    ) as client:
+        yield client
+
+
+async def _finished(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any]:
+        task = await get_task(client, task_id)
+        return task if task["status"] in ("completed", "failed", "cancelled") else {}
+
+    return await aeventually(done, what=f"task {task_id} to finish")
+
+
+def _statuses(emitter: RecordingEmitter, task_id: str) -> list[str]:
+    return [
+        e.event.status.value
+        for e in emitter.sent
+        if isinstance(e.event, TaskStatusEvent) and e.event.id == task_id
+    ]
+
+
+async def test_registered_jobs_are_listed_with_their_schemas(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get("/rooms/room1/jobs")
+    names = {job["full_name"] for job in answer.json()["items"]}
+    assert {DOUBLE, BOOM, SLEEPY, GATE} <= names
+    job = (await client.get(f"/rooms/room1/jobs/{DOUBLE}")).json()
+    assert job["schema"] == Double.model_json_schema()
+    assert job["workers"] == []
+
+
+async def test_a_submit_is_claimed_at_once_and_completes_with_no_worker(
+    client: httpx.AsyncClient, emitter: RecordingEmitter
+) -> None:
+    task = await submit(client, DOUBLE, payload={"value": 21})
+    assert task["status"] == "claimed"
+    assert task["worker_id"] is None
+    assert task["queue_position"] is None
+    done = await _finished(client, task["id"])
+    assert done["status"] == "completed"
+    # The host's run_kwargs reach run().
+    assert done["result"] == {"value": 42, "unit": "cm"}
+    assert done["error_code"] is None
+    assert _statuses(emitter, task["id"]) == ["claimed", "running", "completed"]
+    assert all(
+        e.room == "room:room1"
+        for e in emitter.sent
+        if isinstance(e.event, TaskStatusEvent)
+    )
+    # An internal task is never offered to workers.
+    assert not [
+        e for e in emitter.sent if e.event.__class__.__name__ == "TaskAvailable"
+    ]
+
+
+async def test_progress_reaches_the_room(
+    client: httpx.AsyncClient, emitter: RecordingEmitter
+) -> None:
+    task = await submit(client, DOUBLE, payload={"value": 1})
+    await _finished(client, task["id"])
+    done = await get_task(client, task["id"])
+    assert done["progress"] == {"current": 1, "total": 2, "message": "halfway"}
+
+
+async def test_an_exception_fails_the_task_with_its_message(
+    client: httpx.AsyncClient,
+) -> None:
+    task = await submit(client, BOOM)
+    done = await _finished(client, task["id"])
+    assert done["status"] == "failed"
+    assert done["error"] == "ValueError: boom went the job"
+    assert done["error_code"] == "job_failed"
+
+
+async def test_a_payload_the_schema_refuses_is_refused_at_submit(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.post(
+        f"/rooms/room1/tasks/{DOUBLE}", json={"payload": {"value": "many"}}
+    )
+    assert_problem(answer, 422, "invalid-payload")
+
+
+async def test_cancel_reaches_the_running_code(
+    client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    task = await submit(client, SLEEPY)
+
+    async def running() -> bool:
+        return (await get_task(client, task["id"]))["status"] == "running"
+
+    await aeventually(running, what="the task to run")
+    answer = await client.patch(f"/tasks/{task['id']}", json={"status": "cancelled"})
+    assert answer.status_code == 200, answer.text
+    await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
+    assert seen.cancelled[task["id"]] == "cancelled"
+    # What the code returned once cancelled is not reported.
+    assert (await get_task(client, task["id"]))["status"] == "cancelled"
+
+
+async def test_a_deadline_fails_the_task_and_stops_its_code(
+    client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    answer = await client.post(
+        f"/rooms/room1/tasks/{SLEEPY}",
+        json={"payload": {}, "timeout_seconds": 0.3},
+    )
+    task = answer.json()
+    done = await _finished(client, task["id"])
+    assert done["status"] == "failed"
+    assert done["error_code"] == "deadline_exceeded"
+    await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
+    assert seen.cancelled[task["id"]] == "deadline_exceeded"
+
+
+async def test_concurrency_is_bounded_and_the_rest_stay_claimed(
+    client: httpx.AsyncClient, internal: JobLib, seen: type[Seen]
+) -> None:
+    tasks = [await submit(client, GATE) for _ in range(4)]
+
+    async def statuses() -> list[str]:
+        return sorted([(await get_task(client, t["id"]))["status"] for t in tasks])
+
+    async def two_running() -> bool:
+        return await statuses() == ["claimed", "claimed", "running", "running"]
+
+    await aeventually(two_running, what="two tasks running, two waiting")
+    await aeventually(lambda: seen.running == 2, what="two jobs in their code")
+    seen.release.set()
+    for task in tasks:
+        assert (await _finished(client, task["id"]))["status"] == "completed"
+    assert seen.most_running == 2
+
+
+async def test_a_cancelled_claim_never_runs(
+    client: httpx.AsyncClient, emitter: RecordingEmitter, seen: type[Seen]
+) -> None:
+    first = [await submit(client, GATE) for _ in range(2)]
+    await aeventually(lambda: seen.running == 2, what="both slots taken")
+    waiting = await submit(client, DOUBLE)
+    answer = await client.patch(f"/tasks/{waiting['id']}", json={"status": "cancelled"})
+    assert answer.status_code == 200
+    seen.release.set()
+    for task in first:
+        await _finished(client, task["id"])
+    assert _statuses(emitter, waiting["id"]) == ["claimed", "cancelled"]
+
+
+async def test_a_report_with_another_claim_is_refused(
+    internal: JobLib, client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    from joblib_server.executors import Reports
+
+    task = await submit(client, GATE)
+    await aeventually(lambda: seen.running == 1, what="the job to run")
+    stale = Dispatch(uuid.UUID(task["id"]), GATE, "room1", {}, 1, "inprocess:old")
+    reports = Reports(internal)
+    assert not await reports.completed(stale, "not mine")
+    assert not await reports.failed(stale, "not mine")
+    seen.release.set()
+    assert (await _finished(client, task["id"]))["status"] == "completed"
+
+
+async def test_the_job_survives_a_worker_disconnect_cleanup(
+    internal: JobLib, client: httpx.AsyncClient
+) -> None:
+    admin = httpx.AsyncClient(
+        transport=client._transport, base_url=client.base_url, headers=bearer(ADMIN)
+    )
+    async with admin:
+        # An admin's worker links itself to the internal job, then goes away:
+        # the job is left with no worker and no open task.
+        job = await register(
+            admin, "@internal", "Double", schema=Double.model_json_schema(), expect=200
+        )
+        task = await submit(client, DOUBLE)
+        await _finished(client, task["id"])
+        receipt = await internal.execute(
+            cleanup_worker_by_id, uuid.UUID(job["worker_id"])
+        )
+        assert receipt.jobs_removed == ()
+    names = {
+        job["full_name"]
+        for job in (await client.get("/rooms/room1/jobs")).json()["items"]
+    }
+    assert DOUBLE in names
+    again = await submit(client, DOUBLE, payload={"value": 2})
+    assert (await _finished(client, again["id"]))["status"] == "completed"
+
+
+async def test_stuck_claimed_and_running_tasks_are_swept(
+    internal: JobLib, client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    first = [await submit(client, GATE) for _ in range(2)]
+    await aeventually(lambda: seen.running == 2, what="both slots taken")
+    waiting = await submit(client, GATE)
+    assert (await get_task(client, waiting["id"]))["status"] == "claimed"
+    later = utcnow() + timedelta(hours=2)
+    swept = await internal.execute(cleanup_stuck_internal_tasks, 3600, now=later)
+    assert sorted(map(str, swept)) == sorted(t["id"] for t in [*first, waiting])
+    for task in [*first, waiting]:
+        done = await get_task(client, task["id"])
+        assert (done["status"], done["error_code"]) == ("failed", "internal_timed_out")
+    # The code of the running ones was told to stop, and the waiting one never ran.
+    await aeventually(lambda: seen.running == 0, what="the jobs to stop")
+    assert seen.most_running == 2
+
+
+async def test_the_sweeper_leaves_a_fresh_claim_alone(
+    internal: JobLib, client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    first = [await submit(client, GATE) for _ in range(2)]
+    await aeventually(lambda: seen.running == 2, what="both slots taken")
+    waiting = await submit(client, GATE)
+    sweep = await sweep_once(internal)
+    assert sweep.internal_tasks == []
+    assert sweep.unstarted == []
+    assert (await get_task(client, waiting["id"]))["status"] == "claimed"
+    seen.release.set()
+    for task in [*first, waiting]:
+        assert (await _finished(client, task["id"]))["status"] == "completed"
+
+
+async def test_a_restart_fails_what_the_previous_server_was_running(
+    database_url: str, seen: type[Seen]
+) -> None:
+    before = RecordingEmitter()
+    joblib, _ = await _started(database_url, before, _executor())
+    async with joblib.lifespan():
+        app = Starlette(routes=[Mount("/v1/joblib", app=joblib.asgi_app())])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver/v1/joblib",
+            headers=bearer(ALICE),
+        ) as client:
+            task = await submit(client, SLEEPY)
+
+            async def running() -> bool:
+                return (await get_task(client, task["id"]))["status"] == "running"
+
+            await aeventually(running, what="the task to run")
+    # Its code was told to stop with the server, and nothing was reported.
+    await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
+    after = RecordingEmitter()
+    joblib, _ = await _started(database_url, after, _executor())
+    async with joblib.lifespan():
+        row = await task_row(joblib, task["id"])
+        assert (row.status, row.error_code) == ("failed", "internal_interrupted")
+        assert _statuses(after, task["id"]) == ["failed"]
