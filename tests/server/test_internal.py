@@ -176,11 +176,7 @@ async def test_cancel_reaches_the_running_code(
     client: httpx.AsyncClient, seen: type[Seen]
 ) -> None:
     task = await submit(client, SLEEPY)
-
-    async def running() -> bool:
-        return (await get_task(client, task["id"]))["status"] == "running"
-
-    await aeventually(running, what="the task to run")
+    await aeventually(lambda: task["id"] in seen.started, what="its code to run")
     answer = await client.patch(f"/tasks/{task['id']}", json={"status": "cancelled"})
     assert answer.status_code == 200, answer.text
     await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
@@ -325,11 +321,7 @@ async def test_a_restart_fails_what_the_previous_server_was_running(
             headers=bearer(ALICE),
         ) as client:
             task = await submit(client, SLEEPY)
-
-            async def running() -> bool:
-                return (await get_task(client, task["id"]))["status"] == "running"
-
-            await aeventually(running, what="the task to run")
+            await aeventually(lambda: task["id"] in seen.started, what="its code")
     # Its code was told to stop with the server, and nothing was reported.
     await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
     after = RecordingEmitter()

@@ -21,6 +21,7 @@ class Seen:
     running = 0
     most_running = 0
     cancelled: ClassVar[dict[str, CancelReason | None]] = {}
+    started: ClassVar[set[str]] = set()
     release = threading.Event()
 
     @classmethod
@@ -28,6 +29,7 @@ class Seen:
         with cls.lock:
             cls.running = cls.most_running = 0
             cls.cancelled = {}
+            cls.started = set()
             cls.release = threading.Event()
 
 
@@ -59,9 +61,13 @@ class Sleepy(Extension):
 
     def run(self, **kwargs: Any) -> Any:
         task = current_task()
+        with Seen.lock:
+            Seen.started.add(str(task.id))
         if task.cancelled.wait(self.seconds):
             with Seen.lock:
                 Seen.cancelled[str(task.id)] = task.cancel_reason
+            # For a test that runs this in another process (a taskiq worker).
+            print(f"stopped {task.id} {task.cancel_reason}", flush=True)
             return "stopped"
         return "slept"
 

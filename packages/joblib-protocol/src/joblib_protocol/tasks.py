@@ -122,6 +122,9 @@ class TaskProgressRequest(TaskProgress):
 
     # The reporting worker, fenced as in `TaskUpdateRequest`.
     worker_id: UUID | None = None
+    # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
+    # is not the task's claim any more, the answer is 409, as for `worker_id`.
+    claim_id: str | None = Field(default=None, max_length=64)
 
 
 class TaskSubmitRequest(BaseModel):
@@ -210,6 +213,9 @@ class TaskUpdateRequest(BaseModel):
     # Ours: the reporting worker. When it is not the task's worker any more (the
     # task was requeued to another, or the worker removed), the answer is 409.
     worker_id: UUID | None = None
+    # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
+    # is not the task's claim any more, the answer is 409, as for `worker_id`.
+    claim_id: str | None = Field(default=None, max_length=64)
     # Ours: what the job returned; only with `completed`.
     result: Any = Field(
         default=None,

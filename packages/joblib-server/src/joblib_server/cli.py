@@ -35,6 +35,7 @@ from joblib_server.preflight import (
     StartupError,
     check_database,
     check_database_url,
+    check_executor,
     check_folder,
     check_redis,
     check_sqlite_file,
@@ -134,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         check_sqlite_file(settings.database_url)
         tokens = _read_tokens(args, settings)
+        executor = check_executor(settings)
         sock = listening_socket(args.host, args.port)
         anyio.run(_reachable, settings)
     except StartupError as exc:
@@ -142,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The lifespan would refuse as well, but inside uvicorn's traceback.
         _on_database(settings, lambda engine: ensure_schema(engine, upgrade=False))
     auth, policy, where = _token_auth(tokens)
-    app = create_app(settings, auth, policy=policy)
+    app = create_app(settings, auth, policy=policy, executor=executor)
     shown = make_url(settings.database_url).render_as_string(hide_password=True)
     logger.info(
         "joblib-server on http://%s:%d/v1/joblib (database %s; tokens in %s)",

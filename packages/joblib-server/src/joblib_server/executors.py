@@ -15,6 +15,7 @@ nothing. Whatever ends a task on the server reaches the executor as `stop()`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import threading
 import uuid
@@ -47,11 +48,41 @@ from joblib_server.tasks import update_task
 
 if TYPE_CHECKING:
     from joblib_server.runtime import JobLib
+    from joblib_server.settings import StandaloneSettings
 
 logger = logging.getLogger("joblib_server.executors")
 
 INTERNAL_IDENTITY = Identity(id=INTERNAL_ROOM, is_admin=True)
 """Who an executor's reports come from."""
+
+
+def load_object(name: str) -> Any:
+    """The object a `module:attribute` name points at; ValueError saying why not."""
+    module_name, colon, attribute = name.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"{name!r} is not of the form module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{name!r}: cannot import {module_name!r} ({exc})") from None
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ValueError(
+                f"{name!r}: {module_name!r} has no {attribute!r}"
+            ) from None
+    return found
+
+
+def load_extension(name: str) -> type[Extension]:
+    """The `Extension` class a `module:Class` name points at; ValueError if none."""
+    found = load_object(name)
+    try:
+        return check_extension(found)
+    except TypeError as exc:
+        raise ValueError(f"{name!r}: {exc}") from None
 
 
 def internal_name(cls: type[Extension]) -> str:
@@ -105,28 +136,32 @@ class Reports:
 
     async def running(self, task: Dispatch) -> bool:
         """The task's code starts now."""
-        return await self._update(task, TaskUpdateRequest(status=Status.RUNNING))
+        request = TaskUpdateRequest(status=Status.RUNNING, claim_id=task.claim_id)
+        return await self._update(task, request)
 
     async def completed(self, task: Dispatch, result: Any) -> bool:
         """The task's code returned `result` (a JSON value)."""
-        request = TaskUpdateRequest(status=Status.COMPLETED, result=result)
+        request = TaskUpdateRequest(
+            status=Status.COMPLETED, result=result, claim_id=task.claim_id
+        )
         return await self._update(task, request)
 
     async def failed(self, task: Dispatch, error: str) -> bool:
         """The task's code raised; `error` says what (`error_code` `job_failed`)."""
-        request = TaskUpdateRequest(status=Status.FAILED, error=error[:10_000])
+        request = TaskUpdateRequest(
+            status=Status.FAILED, error=error[:10_000], claim_id=task.claim_id
+        )
         return await self._update(task, request)
 
     async def progress(self, task: Dispatch, progress: TaskProgress) -> bool:
         """How far the task's code has come."""
-        request = TaskProgressRequest(**progress.model_dump())
+        request = TaskProgressRequest(**progress.model_dump(), claim_id=task.claim_id)
         try:
             await self._joblib.execute(
                 report_progress,
                 INTERNAL_IDENTITY,
                 task.task_id,
                 request,
-                fence=task.fence,
             )
         except ProblemError as exc:
             return _refused(task, exc)
@@ -139,7 +174,6 @@ class Reports:
                 INTERNAL_IDENTITY,
                 task.task_id,
                 request,
-                fence=task.fence,
             )
         except ProblemError as exc:
             return _refused(task, exc)
@@ -316,3 +350,35 @@ class InProcessExecutor:
                     await reports.progress(task, value)
                 except Exception:
                     logger.exception("progress of task %s failed", task.task_id)
+
+
+def standalone_executor(settings: StandaloneSettings) -> Executor | None:
+    """The executor the standalone settings name; None without internal jobs.
+
+    Raises ValueError with one line naming the setting that is wrong.
+    """
+    if not settings.internal_extensions:
+        return None
+    try:
+        extensions = [load_extension(name) for name in settings.internal_extensions]
+    except ValueError as exc:
+        raise ValueError(f"JOBLIB_INTERNAL_EXTENSIONS: {exc}") from None
+    if settings.internal_executor == "inprocess":
+        return InProcessExecutor(extensions, concurrency=settings.internal_concurrency)
+    if settings.taskiq_broker is None:
+        raise ValueError(
+            "JOBLIB_TASKIQ_BROKER is not set: the taskiq executor needs the broker, "
+            "as a module:attribute name"
+        )
+    try:
+        from joblib_server.taskiq_executor import TaskiqExecutor, check_broker
+    except ImportError as exc:
+        raise ValueError(
+            f"JOBLIB_INTERNAL_EXECUTOR=taskiq needs the taskiq extra "
+            f"(pip install 'joblib-server[taskiq]'): {exc}"
+        ) from None
+    try:
+        broker = check_broker(load_object(settings.taskiq_broker))
+    except ValueError as exc:
+        raise ValueError(f"JOBLIB_TASKIQ_BROKER: {exc}") from None
+    return TaskiqExecutor(broker, extensions)

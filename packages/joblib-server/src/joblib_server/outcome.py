@@ -31,9 +31,9 @@ class Dispatch:
     room_id: str
     payload: dict[str, Any]
     attempt: int
-    fence: str
-    """The claim's id: a report carrying another is refused (409), like a stale
-    worker's."""
+    claim_id: str
+    """The executor's claim: a report carrying another one is refused (409), like
+    a stale worker's; it starts with the executor's name."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,18 +69,16 @@ async def report_progress(
     identity: Identity,
     task_id: uuid.UUID,
     request: TaskProgressRequest,
-    *,
-    fence: str | None = None,
 ) -> Outcome[None]:
     """Keep a running task's latest progress, as its worker's owner or an admin.
 
     409 `task-not-running` tells the worker its task is over (cancelled, failed
     past its deadline, finished): it should stop working on it. An executor
-    reports an `@internal` task's progress with the `fence` of its dispatch.
+    reports an `@internal` task's progress with the `claim_id` of its dispatch.
     """
     # Locked like an update: a report must not land on a task being finished.
     row = await locked_report(
-        session, _TASK_TO_REPORT, task_id, request.worker_id, fence
+        session, _TASK_TO_REPORT, task_id, request.worker_id, request.claim_id
     )
     owner = row.worker_owner
     if not identity.is_admin and (owner is None or owner != identity.id):

@@ -276,7 +276,7 @@ async def submit_task(
         created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
     )
     # A task of an `@internal` job run here is claimed for its executor at once.
-    fence = f"{executor}:{uuid.uuid4().hex}" if run_here else None
+    claim_id = f"{executor}:{uuid.uuid4().hex}" if run_here else None
     task = TaskRow(
         id=task_id or uuid.uuid4(),
         job_name=full_name,
@@ -306,12 +306,12 @@ async def submit_task(
             "created_at": task.created_at,
             "timeout_seconds": timeout,
             "expires_at": expires_at,
-            "claimed_at": created_at if fence else None,
-            "claim_request_id": fence,
+            "claimed_at": created_at if claim_id else None,
+            "claim_request_id": claim_id,
         },
     )
-    if fence is not None:
-        dispatch = Dispatch(task.id, full_name, room_id, payload, 1, fence)
+    if claim_id is not None:
+        dispatch = Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
         return Outcome(
             task_response(task, None), {task_emission(task)}, dispatches=(dispatch,)
         )
@@ -395,14 +395,14 @@ async def locked_report(
     statement: Any,
     task_id: uuid.UUID,
     reporter: uuid.UUID | None,
-    fence: str | None = None,
+    claim_id: str | None = None,
 ) -> Any:
     """The task's row, locked, for a worker's report: 404, or 409 when fenced off.
 
     `statement` reads the task (`b_task`) with its worker's `worker_owner` (None
     once the worker row is gone) and its `claim_request_id`. A report without a
-    `reporter` or a `fence` is not fenced; one from a worker that no longer holds
-    the task, or an executor's whose claim (`fence`) is not the task's any more,
+    `reporter` or a `claim_id` is not fenced; one from a worker that no longer
+    holds the task, or an executor's whose claim is not the task's any more,
     is 409 `task-worker-mismatch`.
     Only the task row is locked: locking the job row too would queue every report
     of a job behind the others.
@@ -412,7 +412,7 @@ async def locked_report(
     row = (await connection.execute(locked, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
-    if fence is not None and fence != row.claim_request_id:
+    if claim_id is not None and claim_id != row.claim_request_id:
         raise ProblemError(
             TaskWorkerMismatch,
             f"task {task_id} is not held by this executor's claim any more",
@@ -437,15 +437,13 @@ async def update_task(
     identity: Identity,
     task_id: uuid.UUID,
     request: TaskUpdateRequest,
-    *,
-    fence: str | None = None,
 ) -> Outcome[TaskResponse]:
     """Move a task to a new state, as its worker's owner, an admin, or its submitter.
 
-    An executor reports an `@internal` task with the `fence` of its dispatch.
+    An executor reports an `@internal` task with the `claim_id` of its dispatch.
     """
     row = await locked_report(
-        session, _TASK_TO_UPDATE, task_id, request.worker_id, fence
+        session, _TASK_TO_UPDATE, task_id, request.worker_id, request.claim_id
     )
     connection = await session.connection()
     new = request.status
@@ -636,9 +634,9 @@ INTERNAL_INTERRUPTED = "The server running this internal task stopped"
 
 
 async def fail_interrupted_internal_tasks(
-    session: AsyncSession, fence_prefix: str
+    session: AsyncSession, prefix: str
 ) -> Outcome[list[uuid.UUID]]:
-    """Fail the claimed and running tasks whose claims start with `fence_prefix`.
+    """Fail the claimed and running tasks whose claims start with `prefix`.
 
     A server starting with an executor whose tasks die with their process calls
     it: what its predecessor was running will never be reported.
@@ -654,7 +652,8 @@ async def fail_interrupted_internal_tasks(
                 col(Task.status).in_(
                     [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
                 ),
-                col(Task.claim_request_id).startswith(fence_prefix, autoescape=True),
+                col(Task.claim_request_id).startswith(prefix, autoescape=True),
+                col(Task.worker_id).is_(None),
             ),
             skip_locked=True,
             of=Task,
