@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,29 +13,34 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from joblib_protocol import TaskStatusEvent
+from joblib_protocol import TaskAvailable, TaskStatusEvent
 from joblib_server import (
     Database,
     InProcessExecutor,
     JobLib,
     RecordingEmitter,
     Settings,
+    StandaloneSettings,
     TokenAuth,
+    create_app,
 )
 from joblib_server.disconnects import cleanup_worker_by_id
 from joblib_server.outcome import Dispatch
 from joblib_server.sweeper import sweep_once
 from joblib_server.tables import utcnow
 from joblib_server.tasks import cleanup_stuck_internal_tasks
+from tests.support.command import COMMAND, command_env, serve
 from tests.support.internal_jobs import Boom, Double, Gate, Seen, Sleepy
 from tests.support.rest import assert_problem, get_task, register, submit
 from tests.support.rows import task_row
-from tests.support.servers import make_settings
-from tests.support.tokens import ADMIN, ALICE, TOKENS, bearer
-from tests.support.waiting import aeventually
+from tests.support.servers import LiveServer, make_settings, serve_in_thread
+from tests.support.sockets import connect_peer
+from tests.support.tokens import ADMIN, ALICE, TOKENS, TOKENS_JSON, bearer
+from tests.support.waiting import aeventually, eventually
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parents[2]
 DOUBLE = "@internal:modifiers:Double"
 BOOM = "@internal:analysis:Boom"
 SLEEPY = "@internal:modifiers:Sleepy"
@@ -139,9 +145,7 @@ async def test_a_submit_is_claimed_at_once_and_completes_with_no_worker(
         if isinstance(e.event, TaskStatusEvent)
     )
     # An internal task is never offered to workers.
-    assert not [
-        e for e in emitter.sent if e.event.__class__.__name__ == "TaskAvailable"
-    ]
+    assert not [e for e in emitter.sent if isinstance(e.event, TaskAvailable)]
 
 
 async def test_progress_reaches_the_room(
@@ -330,3 +334,118 @@ async def test_a_restart_fails_what_the_previous_server_was_running(
         row = await task_row(joblib, task["id"])
         assert (row.status, row.error_code) == ("failed", "internal_interrupted")
         assert _statuses(after, task["id"]) == ["failed"]
+
+
+@pytest.fixture
+def standalone(database_url: str) -> Iterator[LiveServer]:
+    """The standalone app with two internal jobs named in its settings."""
+    settings = StandaloneSettings(
+        database_url=database_url,
+        internal_extensions=[
+            "tests.support.internal_jobs:Double",
+            "tests.support.internal_jobs:Sleepy",
+        ],
+        internal_concurrency=1,
+        joblib=make_settings(),
+    )
+    with serve_in_thread(create_app(settings, TokenAuth(TOKENS))) as server:
+        yield server
+
+
+def test_standalone_settings_run_internal_jobs_and_observers_see_them(
+    standalone: LiveServer, seen: type[Seen]
+) -> None:
+    with (
+        httpx.Client(base_url=standalone.api, headers=bearer(ALICE)) as client,
+        connect_peer(standalone.url, token=ALICE, rooms=("room1",)) as observer,
+    ):
+        task = client.post(
+            f"/rooms/room1/tasks/{DOUBLE}", json={"payload": {"value": 5}}
+        ).json()
+        assert task["status"] == "claimed"
+
+        def statuses() -> list[str]:
+            return [
+                data["status"]
+                for name, data in list(observer.events)
+                if name == "task_status_event" and data["id"] == task["id"]
+            ]
+
+        eventually(lambda: "completed" in statuses(), what="the completed event")
+        assert statuses() == ["claimed", "running", "completed"]
+        assert client.get(f"/tasks/{task['id']}").json()["result"] == {"value": 10}
+        # Cancelled through REST, seen in the room, and by the running code.
+        sleepy = client.post(f"/rooms/room1/tasks/{SLEEPY}", json={}).json()
+        eventually(lambda: sleepy["id"] in seen.started, what="its code to run")
+        client.patch(f"/tasks/{sleepy['id']}", json={"status": "cancelled"})
+        observer.wait_for(
+            lambda e: (
+                e[0] == "task_status_event"
+                and e[1]["id"] == sleepy["id"]
+                and e[1]["status"] == "cancelled"
+            )
+        )
+        eventually(lambda: sleepy["id"] in seen.cancelled, what="the code to stop")
+
+
+def test_joblib_server_serve_runs_a_module_class_from_its_environment(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = command_env(
+        JOBLIB_DATABASE_URL=database_url,
+        JOBLIB_TOKENS=TOKENS_JSON,
+        JOBLIB_INTERNAL_EXTENSIONS='["tests.support.internal_jobs:Double"]',
+        PYTHONPATH=str(ROOT),
+    )
+    with serve([COMMAND], env, tmp_path) as served, served.client(ALICE) as client:
+        task = client.post(
+            f"/rooms/room1/tasks/{DOUBLE}", json={"payload": {"value": 7}}
+        ).json()
+        assert task["status"] == "claimed"
+
+        def result() -> object:
+            return client.get(f"/tasks/{task['id']}").json()["result"]
+
+        assert eventually(result, what="the result") == {"value": 14}
+
+
+async def test_a_rest_report_with_another_claim_id_is_409(
+    client: httpx.AsyncClient, seen: type[Seen]
+) -> None:
+    task = await submit(client, GATE)
+    await aeventually(lambda: seen.running == 1, what="the job to run")
+    admin = httpx.AsyncClient(
+        transport=client._transport, base_url=client.base_url, headers=bearer(ADMIN)
+    )
+    async with admin:
+        for status in ("completed", "failed"):
+            answer = await admin.patch(
+                f"/tasks/{task['id']}",
+                json={"status": status, "claim_id": "inprocess:someone-else"},
+            )
+            assert_problem(answer, 409, "task-worker-mismatch")
+        answer = await admin.put(
+            f"/tasks/{task['id']}/progress",
+            json={"current": 1, "claim_id": "inprocess:someone-else"},
+        )
+        assert_problem(answer, 409, "task-worker-mismatch")
+    seen.release.set()
+    assert (await _finished(client, task["id"]))["status"] == "completed"
+
+
+async def test_an_idempotent_submit_sent_again_runs_once(
+    client: httpx.AsyncClient, emitter: RecordingEmitter
+) -> None:
+    headers = {"Idempotency-Key": "once"}
+    body = {"payload": {"value": 3}}
+    first = await client.post(
+        f"/rooms/room1/tasks/{DOUBLE}", json=body, headers=headers
+    )
+    assert first.json()["status"] == "claimed"
+    await _finished(client, first.json()["id"])
+    again = await client.post(
+        f"/rooms/room1/tasks/{DOUBLE}", json=body, headers=headers
+    )
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["status"] == "completed"
+    assert _statuses(emitter, first.json()["id"]) == ["claimed", "running", "completed"]

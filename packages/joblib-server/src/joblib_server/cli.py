@@ -134,8 +134,9 @@ def _serve(args: argparse.Namespace) -> int:
     # tokens file and the SQLite database are made only once it all holds.
     try:
         check_sqlite_file(settings.database_url)
-        tokens = _read_tokens(args, settings)
+        # Imports the host's code: a wrong name is told before a token is made.
         executor = check_executor(settings)
+        tokens = _read_tokens(args, settings)
         sock = listening_socket(args.host, args.port)
         anyio.run(_reachable, settings)
     except StartupError as exc:
