@@ -449,3 +449,27 @@ async def test_an_idempotent_submit_sent_again_runs_once(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["status"] == "completed"
     assert _statuses(emitter, first.json()["id"]) == ["claimed", "running", "completed"]
+
+
+async def test_the_readme_internal_job_runs_as_it_says(tmp_path: Path) -> None:
+    from tests.integration.test_examples import readme_block
+
+    code = readme_block("internal-example").replace(
+        "sqlite:///host.db", f"sqlite:///{tmp_path / 'host.db'}"
+    )
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # our own README
+    joblib: JobLib = namespace["joblib"]
+    joblib.auth = TokenAuth(TOKENS)
+    async with joblib.lifespan():
+        app = Starlette(routes=[Mount("/v1/joblib", app=joblib.asgi_app())])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver/v1/joblib",
+            headers=bearer(ALICE),
+        ) as client:
+            task = await submit(client, "@internal:modifiers:Smooth")
+            assert task["status"] == "claimed"
+            done = await _finished(client, task["id"])
+            assert done["result"] == {"passes": 3, "unit": "nm"}
+            assert done["progress"]["total"] == 3

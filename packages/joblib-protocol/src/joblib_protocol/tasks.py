@@ -124,7 +124,12 @@ class TaskProgressRequest(TaskProgress):
     worker_id: UUID | None = None
     # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
     # is not the task's claim any more, the answer is 409, as for `worker_id`.
-    claim_id: str | None = Field(default=None, max_length=64)
+    claim_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An executor's claim of an `@internal` task, from its "
+        "dispatch; 409 task-worker-mismatch when the task is no longer under it.",
+    )
 
 
 class TaskSubmitRequest(BaseModel):
@@ -215,7 +220,12 @@ class TaskUpdateRequest(BaseModel):
     worker_id: UUID | None = None
     # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
     # is not the task's claim any more, the answer is 409, as for `worker_id`.
-    claim_id: str | None = Field(default=None, max_length=64)
+    claim_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An executor's claim of an `@internal` task, from its "
+        "dispatch; 409 task-worker-mismatch when the task is no longer under it.",
+    )
     # Ours: what the job returned; only with `completed`.
     result: Any = Field(
         default=None,
