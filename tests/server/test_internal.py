@@ -312,11 +312,11 @@ async def test_the_sweeper_leaves_a_fresh_claim_alone(
         assert (await _finished(client, task["id"]))["status"] == "completed"
 
 
-async def test_a_restart_fails_what_the_previous_server_was_running(
+async def test_a_restart_fails_what_the_previous_server_left_claimed_or_running(
     database_url: str, seen: type[Seen]
 ) -> None:
     before = RecordingEmitter()
-    joblib, _ = await _started(database_url, before, _executor())
+    joblib, _ = await _started(database_url, before, _executor(concurrency=1))
     async with joblib.lifespan():
         app = Starlette(routes=[Mount("/v1/joblib", app=joblib.asgi_app())])
         async with httpx.AsyncClient(
@@ -326,14 +326,16 @@ async def test_a_restart_fails_what_the_previous_server_was_running(
         ) as client:
             task = await submit(client, SLEEPY)
             await aeventually(lambda: task["id"] in seen.started, what="its code")
+            waiting = await submit(client, DOUBLE)  # no free thread: stays claimed
     # Its code was told to stop with the server, and nothing was reported.
     await aeventually(lambda: task["id"] in seen.cancelled, what="the code to stop")
     after = RecordingEmitter()
     joblib, _ = await _started(database_url, after, _executor())
     async with joblib.lifespan():
-        row = await task_row(joblib, task["id"])
-        assert (row.status, row.error_code) == ("failed", "internal_interrupted")
-        assert _statuses(after, task["id"]) == ["failed"]
+        for left in (task, waiting):
+            row = await task_row(joblib, left["id"])
+            assert (row.status, row.error_code) == ("failed", "internal_interrupted")
+            assert _statuses(after, left["id"]) == ["failed"]
 
 
 @pytest.fixture
@@ -473,3 +475,15 @@ async def test_the_readme_internal_job_runs_as_it_says(tmp_path: Path) -> None:
             done = await _finished(client, task["id"])
             assert done["result"] == {"passes": 3, "unit": "nm"}
             assert done["progress"]["total"] == 3
+
+
+def test_an_executor_name_that_cannot_start_a_claim_is_refused(
+    tmp_path: Path,
+) -> None:
+    executor = InProcessExecutor([Double], name="in:process")
+    with pytest.raises(ValueError, match="an executor's name"):
+        JobLib(
+            database=Database.from_url(f"sqlite:///{tmp_path / 'x.db'}"),
+            auth=TokenAuth(TOKENS),
+            executor=executor,
+        )

@@ -94,7 +94,7 @@ def internal_name(cls: type[Extension]) -> str:
 class Executor(Protocol):
     """Runs the tasks of the `@internal` jobs it names; a host hands one to `JobLib`.
 
-    `name` starts every claim it is given (at most 20 characters, no `:`);
+    `name` starts every claim it is given (1-20 letters, digits, `_`, `-`);
     `durable` says whether its tasks outlive the server process. A server that
     starts fails the claimed and running tasks a non-durable executor of the
     same name left behind (`internal_interrupted`); a durable one's are left to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +45,8 @@ P = ParamSpec("P")
 
 _WRITE_ATTEMPTS = 4
 
+_CLAIM_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,20}")
+
 
 class JobLib:
     """Database, settings, authentication, policy and emitter; routes, a lifespan.
@@ -76,6 +79,11 @@ class JobLib:
         self.settings = settings or Settings()
         self.emitter: Emitter = emitter or NullEmitter()
         self.internal_jobs = internal_jobs
+        if executor is not None and not _CLAIM_PREFIX.fullmatch(executor.name):
+            raise ValueError(
+                f"an executor's name is 1-20 letters, digits, '_' or '-', "
+                f"not {executor.name!r}: it starts every claim_id it makes"
+            )
         self.executor = executor
         """What runs the `@internal` jobs it names; registered when the lifespan
         starts, dispatched from then on."""
