@@ -19,6 +19,8 @@ from tests.support.command import command_env, run_command
 from tests.support.servers import free_port
 from tests.support.services import PG_ADMIN_URL, pg_exec, service_missing
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class Mistake:
@@ -145,6 +147,48 @@ MISTAKES: dict[str, Callable[[Path], Mistake]] = {
         env={"JOBLIB_REDIS_URL": "redis://127.0.0.1:1"},
     ),
     "redis not installed": _redis_not_installed,
+    "internal job not importable": lambda _: Mistake(
+        "JOBLIB_INTERNAL_EXTENSIONS: 'no_such_module_xyz:Job': cannot import "
+        "'no_such_module_xyz'",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": '["no_such_module_xyz:Job"]'},
+    ),
+    "internal job missing": lambda _: Mistake(
+        "JOBLIB_INTERNAL_EXTENSIONS: 'json:Rotate': 'json' has no 'Rotate'",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": '["json:Rotate"]'},
+    ),
+    "internal job not an extension": lambda _: Mistake(
+        "JOBLIB_INTERNAL_EXTENSIONS: 'json:dumps': <function dumps",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": '["json:dumps"]'},
+    ),
+    "internal job without a colon": lambda _: Mistake(
+        "JOBLIB_INTERNAL_EXTENSIONS: 'Rotate' is not of the form module:Class",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": '["Rotate"]'},
+    ),
+    "internal jobs not json": lambda _: Mistake(
+        "JOBLIB_INTERNAL_EXTENSIONS='pkg:Rotate' is not JSON",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": "pkg:Rotate"},
+    ),
+    "internal job without a category": lambda _: Mistake(
+        "'joblib_client.extension:Extension': Extension must set `category",
+        env={"JOBLIB_INTERNAL_EXTENSIONS": '["joblib_client.extension:Extension"]'},
+    ),
+    "taskiq without a broker": lambda _: Mistake(
+        "JOBLIB_TASKIQ_BROKER is not set",
+        env={
+            "JOBLIB_INTERNAL_EXTENSIONS": '["tests.support.internal_jobs:Double"]',
+            "JOBLIB_INTERNAL_EXECUTOR": "taskiq",
+            "PYTHONPATH": str(ROOT),
+        },
+    ),
+    "taskiq broker not a broker": lambda _: Mistake(
+        "JOBLIB_TASKIQ_BROKER: <function dumps",
+        env={
+            "JOBLIB_INTERNAL_EXTENSIONS": '["tests.support.internal_jobs:Double"]',
+            "JOBLIB_INTERNAL_EXECUTOR": "taskiq",
+            "JOBLIB_TASKIQ_BROKER": "json:dumps",
+            "PYTHONPATH": str(ROOT),
+        },
+    ),
 }
 
 

@@ -74,6 +74,8 @@ class ErrorCode(StrEnum):
     """It ran longer than its `timeout_seconds`."""
     EXPIRED = "expired"
     """It waited in the queue longer than its `pending_timeout_seconds`."""
+    INTERNAL_INTERRUPTED = "internal_interrupted"
+    """An `@internal` task run in-process by a server that stopped before it ended."""
 
 
 class CancelReason(StrEnum):
@@ -120,6 +122,14 @@ class TaskProgressRequest(TaskProgress):
 
     # The reporting worker, fenced as in `TaskUpdateRequest`.
     worker_id: UUID | None = None
+    # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
+    # is not the task's claim any more, the answer is 409, as for `worker_id`.
+    claim_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An executor's claim of an `@internal` task, from its "
+        "dispatch; 409 task-worker-mismatch when the task is no longer under it.",
+    )
 
 
 class TaskSubmitRequest(BaseModel):
@@ -208,6 +218,14 @@ class TaskUpdateRequest(BaseModel):
     # Ours: the reporting worker. When it is not the task's worker any more (the
     # task was requeued to another, or the worker removed), the answer is 409.
     worker_id: UUID | None = None
+    # Ours: an executor's claim of an `@internal` task, from its dispatch. When it
+    # is not the task's claim any more, the answer is 409, as for `worker_id`.
+    claim_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An executor's claim of an `@internal` task, from its "
+        "dispatch; 409 task-worker-mismatch when the task is no longer under it.",
+    )
     # Ours: what the job returned; only with `completed`.
     result: Any = Field(
         default=None,

@@ -19,8 +19,9 @@ from joblib_server.disconnects import (
 )
 from joblib_server.emitter import Emitter, NullEmitter, RecordingEmitter
 from joblib_server.errors import JobLibError, ProblemError, SchemaNotCurrent
+from joblib_server.executors import Executor, InProcessExecutor, Reports
 from joblib_server.jobs import soft_delete_orphan_jobs
-from joblib_server.outcome import Operation, Outcome
+from joblib_server.outcome import Dispatch, Operation, Outcome
 from joblib_server.policy import AccessPolicy, Action, OpenRooms, RoomPatterns
 from joblib_server.realtime import (
     Realtime,
@@ -44,8 +45,11 @@ __all__ = [
     "Backend",
     "CleanupReceipt",
     "Database",
+    "Dispatch",
     "Emitter",
+    "Executor",
     "Identity",
+    "InProcessExecutor",
     "Job",
     "JobLib",
     "JobLibError",
@@ -58,6 +62,7 @@ __all__ = [
     "ProblemError",
     "Realtime",
     "RecordingEmitter",
+    "Reports",
     "RoomPatterns",
     "SchemaNotCurrent",
     "Settings",

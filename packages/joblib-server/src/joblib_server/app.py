@@ -18,6 +18,7 @@ from joblib_server.auth import AuthBackend
 from joblib_server.dashboard import dashboard_routes
 from joblib_server.database import Database
 from joblib_server.deadlines import BODY_GRACE_SECONDS, with_deadlines
+from joblib_server.executors import Executor, standalone_executor
 from joblib_server.health import health_routes
 from joblib_server.logs import protect
 from joblib_server.policy import AccessPolicy
@@ -37,9 +38,14 @@ def create_app(
     database: Database | None = None,
     realtime: bool = True,
     policy: AccessPolicy | None = None,
+    executor: Executor | None = None,
 ) -> Any:
-    """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`."""
+    """Build the standalone app: REST at `/v1/joblib`, Socket.IO at `/socket.io`.
+
+    Without an `executor`, the one `settings` name runs the internal jobs, if any.
+    """
     database = database or Database.from_url(settings.database_url)
+    executor = executor or standalone_executor(settings)
     # With Redis, identical provider reads on every process share one dispatch.
     results = RedisResults(settings.redis_url) if settings.redis_url else None
     joblib = JobLib(
@@ -48,6 +54,7 @@ def create_app(
         settings=settings.joblib,
         policy=policy,
         provider_results=results,
+        executor=executor,
     )
 
     @asynccontextmanager

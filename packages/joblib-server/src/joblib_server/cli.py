@@ -35,6 +35,7 @@ from joblib_server.preflight import (
     StartupError,
     check_database,
     check_database_url,
+    check_executor,
     check_folder,
     check_redis,
     check_sqlite_file,
@@ -133,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
     # tokens file and the SQLite database are made only once it all holds.
     try:
         check_sqlite_file(settings.database_url)
+        # Imports the host's code: a wrong name is told before a token is made.
+        executor = check_executor(settings)
         tokens = _read_tokens(args, settings)
         sock = listening_socket(args.host, args.port)
         anyio.run(_reachable, settings)
@@ -142,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The lifespan would refuse as well, but inside uvicorn's traceback.
         _on_database(settings, lambda engine: ensure_schema(engine, upgrade=False))
     auth, policy, where = _token_auth(tokens)
-    app = create_app(settings, auth, policy=policy)
+    app = create_app(settings, auth, policy=policy, executor=executor)
     shown = make_url(settings.database_url).render_as_string(hide_password=True)
     logger.info(
         "joblib-server on http://%s:%d/v1/joblib (database %s; tokens in %s)",

@@ -144,7 +144,9 @@ async def submit_once(
         task_id=task_id,
         limits=limits,
     )
-    return Outcome((made.value, False), made.emissions, made.removed_workers)
+    return Outcome(
+        (made.value, False), made.emissions, made.removed_workers, made.dispatches
+    )
 
 
 async def forget_expired_keys(

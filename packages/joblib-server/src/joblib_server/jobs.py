@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,22 @@ from joblib_server.tables import (
     utcnow,
 )
 from joblib_server.views import job_response, job_summary, jobs_invalidate
+
+_INTERNAL_KEY = "joblib_internal_jobs"
+
+
+def bind_internal_jobs(session: AsyncSession, executors: Mapping[str, str]) -> None:
+    """Let the operations run in `session` know the `@internal` jobs run here.
+
+    `executors` maps each job's full name to the name of the executor running it.
+    """
+    session.info[_INTERNAL_KEY] = executors
+
+
+def internal_jobs_of(session: AsyncSession) -> Mapping[str, str]:
+    """The `@internal` jobs the `JobLib` of `session` runs, and their executors."""
+    executors = session.info.get(_INTERNAL_KEY)
+    return executors if isinstance(executors, Mapping) else {}
 
 
 def check_room_id(room_id: str) -> str:
@@ -352,6 +368,7 @@ async def hide_orphan_jobs(
     backend = backend_of(session)
     hidden: list[Job] = []
     emissions: set[Emission] = set()
+    run_here = internal_jobs_of(session)
     for job_id in sorted(set(job_ids)):
         if await _served(session, job_id):
             continue  # the common case, and safe without a lock: we delete nothing
@@ -364,7 +381,8 @@ async def hide_orphan_jobs(
                 )
             )
         ).scalar_one_or_none()
-        if job is None or job.deleted:
+        if job is None or job.deleted or job.full_name in run_here:
+            # An `@internal` job the executor runs needs no worker.
             continue
         if await _served(session, job_id):
             continue
@@ -397,3 +415,56 @@ async def _served(session: AsyncSession, job_id: uuid.UUID) -> bool:
     connection = await session.connection()
     linked = await connection.execute(_SERVED, {"b_job": job_id})
     return linked.first() is not None
+
+
+async def register_internal_jobs(
+    session: AsyncSession, schemas: Mapping[str, dict[str, Any]]
+) -> Outcome[list[str]]:
+    """Create, revive or update the `@internal` jobs an executor runs; their names.
+
+    `schemas` maps each full name to its JSON Schema. The latest registration's
+    schema wins: the host's code is the job's only implementation.
+    """
+    backend = backend_of(session)
+    emissions: set[Emission] = set()
+    for full_name, schema in sorted(schemas.items()):
+        name = JobFullName.parse(full_name)
+        check_schema(schema)
+        inserted = await session.execute(
+            backend.insert_ignoring_conflicts(
+                JOB_TABLE,
+                {
+                    "id": uuid.uuid4(),
+                    "room_id": name.room_id,
+                    "category": name.category,
+                    "name": name.name,
+                    "schema": schema,
+                    "deleted": False,
+                    "task_seq": 0,
+                    "created_at": utcnow(),
+                    "owner_id": INTERNAL_ROOM,
+                },
+                "room_id",
+                "category",
+                "name",
+            )
+        )
+        if inserted.rowcount == 1:  # type: ignore[attr-defined]
+            emissions.add(jobs_invalidate(name.room_id))
+            continue
+        job = (
+            await session.execute(
+                backend.locked(
+                    select(Job).where(
+                        Job.room_id == name.room_id,
+                        Job.category == name.category,
+                        Job.name == name.name,
+                    )
+                ).execution_options(populate_existing=True)
+            )
+        ).scalar_one()
+        if job.deleted or job.schema_ != schema:
+            job.deleted = False
+            job.schema_ = schema
+            emissions.add(jobs_invalidate(name.room_id))
+    return Outcome(sorted(schemas), emissions)

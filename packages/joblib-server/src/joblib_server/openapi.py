@@ -141,7 +141,7 @@ _OPERATIONS: list[
     (
         "post",
         "/rooms/{room_id}/tasks/{full_name}",
-        "Submit a task",
+        "Submit a task (one of an @internal job the server runs answers claimed)",
         TaskSubmitRequest,
         202,
         TaskResponse,

@@ -9,10 +9,10 @@ workers and publishes the emissions (long-polls, held claims, Socket.IO).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,20 @@ from joblib_protocol import Emission
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A task of an `@internal` job, claimed for the executor that runs it."""
+
+    task_id: uuid.UUID
+    job_name: str
+    room_id: str
+    payload: dict[str, Any]
+    attempt: int
+    claim_id: str
+    """The executor's claim: a report carrying another one is refused (409), like
+    a stale worker's; it starts with the executor's name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +45,8 @@ class Outcome(Generic[T]):
     """Events to publish once the change is committed."""
     removed_workers: AbstractSet[uuid.UUID] = field(default_factory=frozenset)
     """Workers the change deleted: their held claims are answered at once."""
+    dispatches: Sequence[Dispatch] = ()
+    """`@internal` tasks the change claimed: handed to the executor once committed."""
 
 
 Operation = Callable[Concatenate[AsyncSession, P], Awaitable[Outcome[T]]]

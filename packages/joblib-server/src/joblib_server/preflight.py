@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from joblib_server.backends import create_engine, database_file, normalize_url
+from joblib_server.executors import Executor, standalone_executor
 from joblib_server.settings import Settings, StandaloneSettings
 
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -203,6 +204,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def check_executor(settings: StandaloneSettings) -> Executor | None:
+    """The executor of the internal jobs the settings name; one line if wrong."""
+    try:
+        return standalone_executor(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def one_line(exc: BaseException) -> str:

@@ -50,6 +50,7 @@ _TASK_TO_REPORT = (
         _task.c.status,
         _task.c.room_id,
         _task.c.worker_id,
+        _task.c.claim_request_id,
         _worker.c.owner_id.label("worker_owner"),
     )
     .outerjoin(_worker, _worker.c.id == _task.c.worker_id)
@@ -72,10 +73,13 @@ async def report_progress(
     """Keep a running task's latest progress, as its worker's owner or an admin.
 
     409 `task-not-running` tells the worker its task is over (cancelled, failed
-    past its deadline, finished): it should stop working on it.
+    past its deadline, finished): it should stop working on it. An executor
+    reports an `@internal` task's progress with the `claim_id` of its dispatch.
     """
     # Locked like an update: a report must not land on a task being finished.
-    row = await locked_report(session, _TASK_TO_REPORT, task_id, request.worker_id)
+    row = await locked_report(
+        session, _TASK_TO_REPORT, task_id, request.worker_id, request.claim_id
+    )
     owner = row.worker_owner
     if not identity.is_admin and (owner is None or owner != identity.id):
         raise forbidden(f"task {task_id} is not yours to report progress on")

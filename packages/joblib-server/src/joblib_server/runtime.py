@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,14 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from joblib_protocol import CancelReason, ErrorCode, TaskStatus, TaskStatusEvent
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
 from joblib_server.disconnects import Cleanup, cleanups_of, grace_expired
 from joblib_server.dispatch import ClaimWaiters, TaskWaiters
 from joblib_server.emitter import Emitter, NullEmitter, ordered
+from joblib_server.executors import Executor, Reports
 from joblib_server.expiry import TimeLimits
+from joblib_server.jobs import bind_internal_jobs, register_internal_jobs
 from joblib_server.metrics import Metrics
-from joblib_server.outcome import Outcome
+from joblib_server.outcome import Dispatch, Outcome
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
@@ -32,6 +36,7 @@ from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
 from joblib_server.sweeper import run_sweeper
+from joblib_server.tasks import fail_interrupted_internal_tasks
 
 logger = logging.getLogger("joblib_server")
 
@@ -39,6 +44,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 _WRITE_ATTEMPTS = 4
+
+_CLAIM_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,20}")
 
 
 class JobLib:
@@ -48,7 +55,9 @@ class JobLib:
     `lifespan()` from its own lifespan, since Starlette does not run a mounted
     app's lifespan. Every change, from any caller, goes through `execute`; every
     REST route and Socket.IO event about a room asks `policy` first (default:
-    `OpenRooms`, every room open to every identity).
+    `OpenRooms`, every room open to every identity). An `executor` runs the
+    `@internal` jobs it names (see `executors`); `internal_jobs=True` instead
+    lets admins' workers serve `@internal` jobs like any other.
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class JobLib:
         sweeper: bool = True,
         policy: AccessPolicy | None = None,
         provider_results: ResultBackend | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.database = database
         self.auth = auth
@@ -69,6 +79,15 @@ class JobLib:
         self.settings = settings or Settings()
         self.emitter: Emitter = emitter or NullEmitter()
         self.internal_jobs = internal_jobs
+        if executor is not None and not _CLAIM_PREFIX.fullmatch(executor.name):
+            raise ValueError(
+                f"an executor's name is 1-20 letters, digits, '_' or '-', "
+                f"not {executor.name!r}: it starts every claim_id it makes"
+            )
+        self.executor = executor
+        """What runs the `@internal` jobs it names; registered when the lifespan
+        starts, dispatched from then on."""
+        self._internal: dict[str, str] = {}
         self.provider_results: ResultBackend = provider_results or MemoryResults()
         """Provider results, in-flight marks and waiting readers (`provider_results`);
         `RedisResults` shares them between server processes."""
@@ -114,6 +133,7 @@ class JobLib:
             try:
                 async with self.database.write() as session:
                     bind_settings(session, self.settings)
+                    bind_internal_jobs(session, self._internal)
                     outcome = await operation(session, *args, **kwargs)
                     cleanups = cleanups_of(session)
                 break
@@ -136,6 +156,42 @@ class JobLib:
         return outcome.value
 
     async def _after_commit(self, outcome: Outcome[Any]) -> None:
+        await self._publish(outcome)
+        for task in outcome.dispatches:
+            # After the batch that announced the task `claimed`.
+            await self._dispatch(task)
+
+    async def _dispatch(self, task: Dispatch) -> None:
+        """Hand a claimed `@internal` task to the executor; the sweeper has the rest."""
+        if self.executor is None:
+            return
+        try:
+            await self.executor.dispatch(task)
+        except Exception:
+            logger.exception("dispatching internal task %s failed", task.task_id)
+
+    def _stop_internal(self, batch: list[Any]) -> None:
+        """Tell the executor of the tasks this batch ends, so that their code stops."""
+        if self.executor is None or not self._internal:
+            return
+        for emission in batch:
+            event = emission.event
+            if (
+                not isinstance(event, TaskStatusEvent)
+                or event.name not in self._internal
+            ):
+                continue
+            if event.status == TaskStatus.CANCELLED:
+                self.executor.stop(uuid.UUID(event.id), CancelReason.CANCELLED)
+            elif event.status == TaskStatus.FAILED:
+                reason = (
+                    CancelReason.DEADLINE_EXCEEDED
+                    if event.error_code == ErrorCode.DEADLINE_EXCEEDED
+                    else None
+                )
+                self.executor.stop(uuid.UUID(event.id), reason)
+
+    async def _publish(self, outcome: Outcome[Any]) -> None:
         for worker_id in outcome.removed_workers:
             self.claims.release(worker_id)
         batch = ordered(outcome.emissions)
@@ -147,6 +203,7 @@ class JobLib:
         if not batch:
             return
         self.metrics.observe(batch)
+        self._stop_internal(batch)
         self.waiters.notify(batch)
         self.time_limits.notice(batch)
         # A finishing task's latest progress, still held back, goes out first.
@@ -210,6 +267,8 @@ class JobLib:
                 self.database.engine, upgrade=self.settings.upgrade_schema
             )
             async with anyio.create_task_group() as group:
+                if self.executor is not None:
+                    await self._start_executor(group, self.executor)
                 if self._run_sweeper:
                     group.start_soon(run_sweeper, self)
                 group.start_soon(self.time_limits.run)
@@ -223,6 +282,22 @@ class JobLib:
         finally:
             await self.provider_results.aclose()
             await self.database.dispose()
+
+    async def _start_executor(self, group: TaskGroup, executor: Executor) -> None:
+        """Register the executor's jobs, fail what its predecessor left, serve it."""
+        schemas = executor.jobs()
+        self._internal = {name: executor.name for name in schemas}
+        await self.execute(register_internal_jobs, schemas)
+        if not executor.durable:
+            failed = await self.execute(
+                fail_interrupted_internal_tasks, f"{executor.name}:"
+            )
+            if failed:
+                logger.warning(
+                    "failed %d internal tasks the previous server left unfinished",
+                    len(failed),
+                )
+        await group.start(executor.serve, Reports(self))
 
 
 def _log_cleanup(cleanup: Cleanup) -> None:

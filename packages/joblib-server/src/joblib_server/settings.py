@@ -257,6 +257,25 @@ class _StandaloneFields(BaseModel):
         description="The tokens file; by default joblib-tokens.json next to an "
         "SQLite database, else in the working directory (--tokens-file).",
     )
+    internal_extensions: list[str] = Field(
+        default_factory=list,
+        description="`Extension` classes the server runs as `@internal` jobs, as "
+        "`module:Class` names (a JSON list in the environment).",
+    )
+    internal_executor: Literal["inprocess", "taskiq"] = Field(
+        default="inprocess",
+        description="What runs them: `inprocess`, on threads of the server, or "
+        "`taskiq`, taskiq workers (needs the taskiq extra and `taskiq_broker`).",
+    )
+    internal_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="With `inprocess`: how many internal tasks run at once.",
+    )
+    taskiq_broker: str | None = Field(
+        default=None,
+        description="With `taskiq`: the broker, as a `module:attribute` name.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="How serve writes its log: text lines, or one JSON object per "

@@ -70,6 +70,9 @@ _UNSTARTED = (
         # IN, not as a join, so SQLite too walks the jobs rather than every task.
         _task.c.job_id.in_(sa.select(_job.c.id)),
         _task.c.status == _CLAIMED,
+        # An executor's claim of an `@internal` task (no worker) waits for a free
+        # slot as long as it takes; the sweeper fails it past its time limit.
+        _task.c.worker_id.is_not(None),
         # A task claimed before joblib 0.2.0 has no claim time: its submission
         # time stands in, which is never later.
         sa.func.coalesce(_task.c.claimed_at, _task.c.created_at)

@@ -45,10 +45,11 @@ from joblib_server.errors import (
 from joblib_server.jobs import (
     check_room_id,
     find_job,
+    internal_jobs_of,
     job_name_in_room,
     soft_delete_orphan_jobs,
 )
-from joblib_server.outcome import Outcome
+from joblib_server.outcome import Dispatch, Outcome
 from joblib_server.pages import bounded_count
 from joblib_server.payloads import check_payload
 from joblib_server.queues import pending_head, queue_position
@@ -249,7 +250,9 @@ async def submit_task(
     stored). `limits` override the job's own time limits.
     """
     name = job_name_in_room(room_id, full_name)
-    if name.room_id == INTERNAL_ROOM and not internal_jobs:
+    executor = internal_jobs_of(session).get(full_name)
+    run_here = name.room_id == INTERNAL_ROOM and executor is not None
+    if name.room_id == INTERNAL_ROOM and not (internal_jobs or run_here):
         await find_job(session, room_id, full_name)  # unknown jobs still get 404
         raise ProblemError(
             InternalJobNotConfigured,
@@ -272,11 +275,13 @@ async def submit_task(
     expires_at = (
         created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
     )
+    # A task of an `@internal` job run here is claimed for its executor at once.
+    claim_id = f"{executor}:{uuid.uuid4().hex}" if run_here else None
     task = TaskRow(
         id=task_id or uuid.uuid4(),
         job_name=full_name,
         room_id=room_id,
-        status=TaskStatus.PENDING.value,
+        status=(TaskStatus.CLAIMED if run_here else TaskStatus.PENDING).value,
         created_at=created_at,
         started_at=None,
         completed_at=None,
@@ -301,8 +306,15 @@ async def submit_task(
             "created_at": task.created_at,
             "timeout_seconds": timeout,
             "expires_at": expires_at,
+            "claimed_at": created_at if claim_id else None,
+            "claim_request_id": claim_id,
         },
     )
+    if claim_id is not None:
+        dispatch = Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
+        return Outcome(
+            task_response(task, None), {task_emission(task)}, dispatches=(dispatch,)
+        )
     position = queue_position(task.status, seq, await pending_head(connection, job_id))
     emissions = {task_emission(task, position)}
     if name.room_id != INTERNAL_ROOM:
@@ -383,12 +395,15 @@ async def locked_report(
     statement: Any,
     task_id: uuid.UUID,
     reporter: uuid.UUID | None,
+    claim_id: str | None = None,
 ) -> Any:
     """The task's row, locked, for a worker's report: 404, or 409 when fenced off.
 
     `statement` reads the task (`b_task`) with its worker's `worker_owner` (None
-    once the worker row is gone). A report without a `reporter` is not fenced;
-    one from a worker that no longer holds the task is 409 `task-worker-mismatch`.
+    once the worker row is gone) and its `claim_request_id`. A report without a
+    `reporter` or a `claim_id` is not fenced; one from a worker that no longer
+    holds the task, or an executor's whose claim is not the task's any more,
+    is 409 `task-worker-mismatch`.
     Only the task row is locked: locking the job row too would queue every report
     of a job behind the others.
     """
@@ -397,6 +412,11 @@ async def locked_report(
     row = (await connection.execute(locked, {"b_task": task_id})).first()
     if row is None:
         raise task_not_found(task_id)
+    if claim_id is not None and claim_id != row.claim_request_id:
+        raise ProblemError(
+            TaskWorkerMismatch,
+            f"task {task_id} is not held by this executor's claim any more",
+        )
     if reporter is None:
         return row
     if reporter != row.worker_id or row.worker_owner is None:
@@ -418,8 +438,13 @@ async def update_task(
     task_id: uuid.UUID,
     request: TaskUpdateRequest,
 ) -> Outcome[TaskResponse]:
-    """Move a task to a new state, as its worker's owner, an admin, or its submitter."""
-    row = await locked_report(session, _TASK_TO_UPDATE, task_id, request.worker_id)
+    """Move a task to a new state, as its worker's owner, an admin, or its submitter.
+
+    An executor reports an `@internal` task with the `claim_id` of its dispatch.
+    """
+    row = await locked_report(
+        session, _TASK_TO_UPDATE, task_id, request.worker_id, request.claim_id
+    )
     connection = await session.connection()
     new = request.status
     allowed = (
@@ -562,7 +587,7 @@ async def list_tasks(
 async def cleanup_stuck_internal_tasks(
     session: AsyncSession, timeout_seconds: float, now: datetime | None = None
 ) -> Outcome[list[uuid.UUID]]:
-    """Fail `@internal` tasks that have been running longer than the timeout."""
+    """Fail `@internal` tasks running, or claimed by an executor, too long."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
     rows = await session.execute(
@@ -572,8 +597,20 @@ async def cleanup_stuck_internal_tasks(
             .join(Job, col(Job.id) == Task.job_id)
             .where(
                 Job.room_id == INTERNAL_ROOM,
-                Task.status == TaskStatus.RUNNING.value,
-                col(Task.started_at) < cutoff,
+                sa.or_(
+                    sa.and_(
+                        col(Task.status) == TaskStatus.RUNNING.value,
+                        col(Task.started_at) < cutoff,
+                    ),
+                    sa.and_(
+                        # Claimed by an executor; a worker's claim that never
+                        # starts goes back to pending (`stranded`).
+                        col(Task.status) == TaskStatus.CLAIMED.value,
+                        col(Task.worker_id).is_(None),
+                        sa.func.coalesce(col(Task.claimed_at), col(Task.created_at))
+                        < cutoff,
+                    ),
+                ),
             ),
             skip_locked=True,
             of=Task,
@@ -590,4 +627,45 @@ async def cleanup_stuck_internal_tasks(
         failed.append(task.id)
     await session.flush()
     emissions |= await soft_delete_orphan_jobs(session, jobs)
+    return Outcome(failed, emissions)
+
+
+INTERNAL_INTERRUPTED = "The server running this internal task stopped"
+
+
+async def fail_interrupted_internal_tasks(
+    session: AsyncSession, prefix: str
+) -> Outcome[list[uuid.UUID]]:
+    """Fail the claimed and running tasks whose claims start with `prefix`.
+
+    A server starting with an executor whose tasks die with their process calls
+    it: what its predecessor was running will never be reported.
+    """
+    now = utcnow()
+    rows = await session.execute(
+        backend_of(session)
+        .locked(
+            select(Task, Job)
+            .join(Job, col(Job.id) == Task.job_id)
+            .where(
+                Job.room_id == INTERNAL_ROOM,
+                col(Task.status).in_(
+                    [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
+                ),
+                col(Task.claim_request_id).startswith(prefix, autoescape=True),
+                col(Task.worker_id).is_(None),
+            ),
+            skip_locked=True,
+            of=Task,
+        )
+        .execution_options(populate_existing=True)
+    )
+    emissions: set[Emission] = set()
+    failed: list[uuid.UUID] = []
+    for task, job in rows:
+        code = ErrorCode.INTERNAL_INTERRUPTED.value
+        task.fail(INTERNAL_INTERRUPTED, code, now)
+        emissions.add(task_emission(TaskRow.of(task, job.full_name)))
+        failed.append(task.id)
+    await session.flush()
     return Outcome(failed, emissions)
