@@ -242,6 +242,20 @@ class Metrics:
             buckets=_RUN_BUCKETS,
             registry=self.registry,
         )
+        self.wake_bus_messages = Counter(
+            "joblib_wake_bus_messages",
+            "Wake bus messages (`wakebus`): `sent` for changes of this process "
+            "that concern waiters, `received` from other processes (this "
+            "process's own are not counted).",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.wake_bus_subscriptions = Counter(
+            "joblib_wake_bus_subscriptions",
+            "Times the wake bus listener subscribed: once at start, once more "
+            "after each lost connection (every waiter then re-checks).",
+            registry=self.registry,
+        )
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
         ProcessCollector(registry=self.registry)
