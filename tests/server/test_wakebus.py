@@ -173,11 +173,13 @@ async def pair(database_url: str, bus: str) -> AsyncIterator[tuple[Side, Side]]:
                 )
 
             side = Side(joblib, client)
-            await aeventually(
-                lambda side=side: side.subscriptions >= 1, what="the bus listening"
-            )
+            await aeventually(_listening(side), what="the bus listening")
             sides.append(side)
         yield sides[0], sides[1]
+
+
+def _listening(side: Side) -> Callable[[], bool]:
+    return lambda: side.subscriptions >= 1
 
 
 async def _held_claim(

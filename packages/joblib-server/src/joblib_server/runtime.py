@@ -85,6 +85,7 @@ class JobLib:
         self.time_limits = TimeLimits(self)
         self.metrics = Metrics()
         """This JobLib's Prometheus metrics, in a registry of its own (`/metrics`)."""
+        self.metrics.watch_waiters(lambda: len(self.claims), lambda: len(self.waiters))
         self.progress = ProgressThrottle(
             lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
         )
