@@ -145,6 +145,14 @@ MISTAKES: dict[str, Callable[[Path], Mistake]] = {
         env={"JOBLIB_REDIS_URL": "redis://127.0.0.1:1"},
     ),
     "redis not installed": _redis_not_installed,
+    "redis wake bus without redis": lambda _: Mistake(
+        "JOBLIB_WAKE_BUS=redis needs JOBLIB_REDIS_URL",
+        env={"JOBLIB_WAKE_BUS": "redis"},
+    ),
+    "notify wake bus on sqlite": lambda _: Mistake(
+        "JOBLIB_WAKE_BUS=postgresql needs a PostgreSQL database",
+        env={"JOBLIB_WAKE_BUS": "postgresql"},
+    ),
 }
 
 

@@ -517,6 +517,11 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def can_notify(url: str) -> bool:
+    """Whether the database at `url` can carry the wake bus (`Backend.can_notify`)."""
+    return BACKENDS[make_url(normalize_url(url)).get_backend_name()].can_notify
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """Create an async engine for `url`, set up the way joblib's backend needs it."""
     url = normalize_url(url)
