@@ -24,6 +24,7 @@ from joblib_protocol import Emission, TaskAvailable, TaskStatus, TaskStatusEvent
 from joblib_server import Database, JobLib, TokenAuth
 from joblib_server.wakebus import (
     MAX_PAYLOAD_BYTES,
+    Listening,
     NoWakeBus,
     PostgresWakeBus,
     RedisWakeBus,
@@ -348,3 +349,27 @@ async def test_a_rolled_back_change_sends_nothing(postgres_url: str) -> None:
     finally:
         await listener.close()
         await database.dispose()
+
+
+async def test_a_bus_that_cannot_connect_keeps_trying_and_fails_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis down: publishing logs and returns, the listener tries again."""
+    bus = RedisWakeBus("redis://127.0.0.1:1")
+    subscribed: list[None] = []
+    try:
+        assert not await bus.send_after(Wake(jobs=("a:b:c",)))
+        async with anyio.create_task_group() as group:
+            listening = Listening(lambda wake: None, lambda: subscribed.append(None))
+            group.start_soon(bus.listen, listening)
+            await aeventually(
+                lambda: (
+                    sum("lost its connection" in r.message for r in caplog.records) >= 2
+                ),
+                what="two tries to listen",
+            )
+            group.cancel_scope.cancel()
+    finally:
+        await bus.aclose()
+    assert not subscribed
+    assert "publishing a wake-up on Redis failed" in caplog.text

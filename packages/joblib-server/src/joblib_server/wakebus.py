@@ -22,7 +22,7 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
@@ -133,13 +133,12 @@ def wake_of(
     )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Listening:
     """What a bus's listener calls: on each message, and on each (re)subscription."""
 
     received: Callable[[Wake], None]
     subscribed: Callable[[], None]
-    lost: Callable[[BaseException], None] = field(default=lambda exc: None)
 
 
 class WakeBus(ABC):
@@ -186,12 +185,17 @@ class _Listener(WakeBus):
     async def listen(self, listening: Listening) -> None:
         """Subscribe, relay, and on a lost connection pause and subscribe again."""
         failures = 0
+
+        def subscribed() -> None:
+            nonlocal failures
+            failures = 0  # the pauses start short again after each success
+            listening.subscribed()
+
+        relaying = Listening(listening.received, subscribed)
         while True:
             try:
-                await self._listen_once(listening)
-                failures = 0  # a clean return only follows a working subscription
+                await self._listen_once(relaying)
             except Exception as exc:
-                listening.lost(exc)
                 pause = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1
                 logger.warning(
@@ -204,7 +208,7 @@ class _Listener(WakeBus):
 
     @abstractmethod
     async def _listen_once(self, listening: Listening) -> None:
-        """Listen on one connection until it fails (raises)."""
+        """Listen on one connection until it fails (raises); never returns."""
 
 
 class PostgresWakeBus(_Listener):
