@@ -1,9 +1,9 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
-Sections: floor (once), then throughput, latency, disconnect, backlog, calls and
-providers for each database, each on a fresh server and database. A section that
-crashes is recorded with one error and the run goes on. The exit status is 1 when
-any error occurred (missed targets are not errors).
+Sections: floor (once), then throughput, latency, disconnect, backlog, calls,
+providers and crossprocess for each database, each on a fresh server and database.
+A section that crashes is recorded with one error and the run goes on. The exit
+status is 1 when any error occurred (missed targets are not errors).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from bench import (
     backlog,
     calls,
+    crossprocess,
     disconnect,
     http_floor,
     latency,
@@ -37,6 +38,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "backlog": backlog.run,
     "calls": calls.run,
     "providers": providers.run,
+    "crossprocess": crossprocess.run,
 }
 
 

@@ -13,6 +13,7 @@ SECTIONS = (
     "backlog",
     "calls",
     "providers",
+    "crossprocess",
 )
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
@@ -62,6 +63,10 @@ class Config:
     provider_hit_repeats: int = 1000
     provider_readers: int = 16
     provider_hot_reads: int = 8000
+    # 8. crossprocess: submit on A → claim held on B; completion on A → long-poll on B
+    cross_repeats: int = 200
+    cross_long_poll_repeats: int = 100
+    cross_baseline_repeats: int = 30
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -87,4 +92,7 @@ class Config:
             provider_miss_repeats=10,
             provider_hit_repeats=50,
             provider_hot_reads=320,
+            cross_repeats=6,
+            cross_long_poll_repeats=4,
+            cross_baseline_repeats=0,
         )

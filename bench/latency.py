@@ -38,15 +38,21 @@ LONG_POLL_WAIT = 30.0
 
 
 async def measure_dispatch(
-    client: BenchClient, worker: Worker, repeats: int, config: Config, jitter: float
+    client: BenchClient,
+    worker: Worker,
+    repeats: int,
+    config: Config,
+    jitter: float,
+    submitter: JoblibApi | None = None,
 ) -> dict[str, Any]:
     """Submit one task at a time to an idle `worker`; time until it holds the claim.
 
     Each submit waits a random 0..`jitter` seconds after the worker went idle, so a
-    polling worker is caught at a random point of its poll interval.
+    polling worker is caught at a random point of its poll interval. `submitter`
+    (default: a session of `client`) may talk to another server process.
     """
     rng = random.Random(0)
-    submitter = JoblibApi(client.session())
+    submitter = submitter or JoblibApi(client.session())
     claims, completions = Handoffs(), Handoffs()
     to_claim: list[float] = []
     server_side: list[float] = []
@@ -93,12 +99,20 @@ async def _answered_at(waiting: Awaitable[Task | None]) -> tuple[Task | None, fl
 
 
 async def measure_long_poll(
-    client: BenchClient, repeats: int, config: Config
+    client: BenchClient,
+    repeats: int,
+    config: Config,
+    waiting: BenchClient | None = None,
+    job: str = "lat-long-poll",
 ) -> dict[str, Any]:
-    """Park a long-poll on a running task, complete it, time the wake-up."""
-    worker = await PollingWorker.register(client, "lat-long-poll", poll_interval=1.0)
+    """Park a long-poll on a running task, complete it, time the wake-up.
+
+    The long-poll goes to `waiting` (default: `client`), which may be another
+    server process than the one the worker completes the task through.
+    """
+    worker = await PollingWorker.register(client, job, poll_interval=1.0)
     submitter = JoblibApi(client.session())
-    waiter = JoblibApi(client.session())
+    waiter = JoblibApi((waiting or client).session())
     after_commit: list[float] = []
     after_request: list[float] = []
     for index in range(repeats):

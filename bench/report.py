@@ -28,6 +28,7 @@ BACKLOG_RATIO = 1.5
 RSS_GROWTH_MIB = 2.0
 CANCEL_SEEN_MS = 20.0
 VALIDATION_OVERHEAD_PCT = 10.0
+CROSS_DISPATCH_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,34 @@ def _providers_rows(config: Config) -> Iterator[Row]:
     )
 
 
+def _crossprocess_rows(config: Config) -> Iterator[Row]:
+    section = "crossprocess"
+    for bus, label in (("notify", "PostgreSQL NOTIFY"), ("redis", "Redis")):
+        dispatch = (bus, "dispatch", "to_claim_ms")
+        yield _p50_row(
+            section,
+            f"submit on A → claim held on B, {label}",
+            *dispatch,
+            target=f"< {CROSS_DISPATCH_MS:g}",
+            check=_below(CROSS_DISPATCH_MS),
+        )
+        yield _spread_row(section, f"submit on A → claim held on B, {label}", *dispatch)
+        yield _spread_row(
+            section,
+            f"completion on A → long-poll on B, {label}",
+            bus,
+            "long_poll",
+            "wake_ms",
+        )
+    yield _spread_row(
+        section,
+        "submit on A → claim held on B, no bus, 2 s re-check (0.1)",
+        "off_recheck_2s",
+        "dispatch",
+        "to_claim_ms",
+    )
+
+
 def _errors_row() -> Row:
     def value(db: Results, everything: Results) -> float:
         return float(sum(int(s.get("errors", 0)) for s in db.values()))
@@ -332,6 +361,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "backlog": _backlog_rows,
     "calls": _calls_rows,
     "providers": _providers_rows,
+    "crossprocess": _crossprocess_rows,
 }
 
 

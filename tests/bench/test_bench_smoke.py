@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"throughput", "latency", "disconnect", "backlog", "calls", "providers"}
+SECTIONS = {
+    "throughput",
+    "latency",
+    "disconnect",
+    "backlog",
+    "calls",
+    "providers",
+    "crossprocess",
+}
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
     "kill_to_requeued_ms",
@@ -60,3 +68,6 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     for metric in ("hit_ms", "miss_ms"):
         assert providers[metric]["n"] >= 1, (metric, providers[metric])
     assert providers["hot_key"]["reads_per_s"] > 0
+    crossprocess = result["databases"]["sqlite"]["crossprocess"]
+    if "skipped" not in crossprocess["redis"]:  # no Redis here: nothing to cross
+        assert crossprocess["redis"]["dispatch"]["to_claim_ms"]["n"] >= 1

@@ -189,6 +189,14 @@ MISTAKES: dict[str, Callable[[Path], Mistake]] = {
             "PYTHONPATH": str(ROOT),
         },
     ),
+    "redis wake bus without redis": lambda _: Mistake(
+        "JOBLIB_WAKE_BUS=redis needs JOBLIB_REDIS_URL",
+        env={"JOBLIB_WAKE_BUS": "redis"},
+    ),
+    "notify wake bus on sqlite": lambda _: Mistake(
+        "JOBLIB_WAKE_BUS=postgresql needs a PostgreSQL database",
+        env={"JOBLIB_WAKE_BUS": "postgresql"},
+    ),
 }
 
 

@@ -34,6 +34,13 @@ from joblib_server.settings import Settings, StandaloneSettings
 from joblib_server.sweeper import Sweep, run_sweeper, sweep_once
 from joblib_server.tables import Job, Task, Worker, WorkerJobLink
 from joblib_server.tasks import cleanup_stuck_internal_tasks
+from joblib_server.wakebus import (
+    NoWakeBus,
+    PostgresWakeBus,
+    RedisWakeBus,
+    WakeBus,
+    choose_wake_bus,
+)
 
 __version__ = "0.1.0"
 
@@ -54,14 +61,17 @@ __all__ = [
     "JobLib",
     "JobLibError",
     "JobLibServer",
+    "NoWakeBus",
     "NullEmitter",
     "OpenRooms",
     "Operation",
     "Outcome",
     "PostgresBackend",
+    "PostgresWakeBus",
     "ProblemError",
     "Realtime",
     "RecordingEmitter",
+    "RedisWakeBus",
     "Reports",
     "RoomPatterns",
     "SchemaNotCurrent",
@@ -74,11 +84,13 @@ __all__ = [
     "TokenAuth",
     "TokenStore",
     "TokenTable",
+    "WakeBus",
     "Worker",
     "WorkerJobLink",
     "__version__",
     "attach_joblib",
     "bearer_token",
+    "choose_wake_bus",
     "cleanup_stale_workers",
     "cleanup_stuck_internal_tasks",
     "cleanup_worker",

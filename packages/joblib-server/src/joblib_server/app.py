@@ -27,6 +27,7 @@ from joblib_server.provider_results import RedisResults
 from joblib_server.realtime import attach_joblib, create_socketio_server
 from joblib_server.runtime import JobLib
 from joblib_server.settings import StandaloneSettings
+from joblib_server.wakebus import choose_wake_bus
 
 logger = logging.getLogger("joblib_server")
 
@@ -55,6 +56,9 @@ def create_app(
         policy=policy,
         provider_results=results,
         executor=executor,
+        wake_bus=choose_wake_bus(
+            settings.joblib.wake_bus, database, settings.redis_url
+        ),
     )
 
     @asynccontextmanager

@@ -62,6 +62,10 @@ class Backend(ABC):
     RETRY_AFTER_SECONDS: ClassVar[int] = 2
     """What a 503 `database-unavailable` answer's `Retry-After` says."""
 
+    can_notify: ClassVar[bool] = False
+    """Whether a transaction can notify other connections when it commits
+    (PostgreSQL's `NOTIFY`, which the wake bus rides on)."""
+
     SLOW_READERS: ClassVar[int] = 2
     """How many reads that may scan many rows (lists) run at once. The others wait
     for their turn before they take a pooled connection, so lists can never hold
@@ -178,6 +182,14 @@ class Backend(ABC):
     async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
         """Hold off other processes changing the schema at the same time."""
         yield
+
+    async def notify(self, session: AsyncSession, channel: str, payload: str) -> None:
+        """Send `payload` on `channel` when `session`'s transaction commits."""
+        raise NotImplementedError(f"{self.name} has no NOTIFY")
+
+    async def listen_connection(self, name: str) -> Any:
+        """A new connection of its own, outside the pool, to LISTEN on."""
+        raise NotImplementedError(f"{self.name} has no LISTEN")
 
     async def dispose(self) -> None:
         """Forget per-event-loop state (the engine itself is disposed by its owner)."""
@@ -322,6 +334,7 @@ class PostgresBackend(Backend):
     """PostgreSQL through asyncpg: many writers, row locks, retried conflicts."""
 
     name = "postgresql"
+    can_notify = True
 
     PING_AFTER_IDLE_SECONDS: ClassVar[float] = 5.0
     """A pooled connection idle for longer is pinged before it is used again."""
@@ -419,6 +432,24 @@ class PostgresBackend(Backend):
         )
         yield
 
+    async def notify(self, session: AsyncSession, channel: str, payload: str) -> None:
+        """`pg_notify` in the transaction: delivered at its commit, not on rollback."""
+        await session.execute(
+            sa.text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": channel, "payload": payload},
+        )
+
+    async def listen_connection(self, name: str) -> Any:
+        """A plain asyncpg connection to the engine's database, named `name`."""
+        import asyncpg
+
+        url = self.engine.url.set(drivername="postgresql")
+        return await asyncpg.connect(
+            url.render_as_string(hide_password=False),
+            timeout=10,
+            server_settings={"application_name": name},
+        )
+
 
 def _sqlstate(exc: BaseException) -> str:
     """The SQLSTATE of a PostgreSQL error, wrapped by SQLAlchemy or not; else ""."""
@@ -484,6 +515,11 @@ def normalize_url(url: str) -> str:
             f"unsupported database URL {url!r}: use sqlite:// or postgresql://"
         )
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def can_notify(url: str) -> bool:
+    """Whether the database at `url` can carry the wake bus (`Backend.can_notify`)."""
+    return BACKENDS[make_url(normalize_url(url)).get_backend_name()].can_notify
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:

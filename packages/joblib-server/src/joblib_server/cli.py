@@ -39,6 +39,7 @@ from joblib_server.preflight import (
     check_folder,
     check_redis,
     check_sqlite_file,
+    check_wake_bus,
     listening_socket,
     one_line,
     read_settings,
@@ -100,6 +101,7 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
     try:
         settings = read_settings(database_url=getattr(args, "database_url", None))
         check_database_url(settings.database_url)
+        check_wake_bus(settings)
     except StartupError as exc:
         raise _Failed(str(exc)) from exc
     return settings

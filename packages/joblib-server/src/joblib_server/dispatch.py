@@ -3,9 +3,11 @@
 A held claim (`POST /tasks/claim` with `Prefer: wait=N`) parks until a task of one
 of its worker's jobs is submitted; a long-poll (`GET /tasks/{id}` with `Prefer:
 wait=N`) waits until its task is terminal. Both are woken in-process by the
-emissions `JobLib.execute` publishes after each commit, and re-check every
-`long_poll_recheck_seconds` for changes made by other server processes. The loops
-take their database work as callables, so routes stay parse, call, answer.
+emissions `JobLib.execute` publishes after each commit, and by the wake bus
+(`wakebus`) for changes committed in other server processes. Every
+`long_poll_recheck_seconds` they re-check anyway, a safety net for a wake-up lost
+on the way. The loops take their database work as callables, so routes stay
+parse, call, answer.
 """
 
 from __future__ import annotations
@@ -61,8 +63,18 @@ class TaskWaiters:
         for emission in emissions:
             event = emission.event
             if isinstance(event, TaskStatusEvent) and is_terminal(event.status):
-                for waiter in self._waiting.get(uuid.UUID(event.id), ()):
-                    waiter.set()
+                self.wake(uuid.UUID(event.id))
+
+    def wake(self, task_id: uuid.UUID) -> None:
+        """Wake the long-polls of `task_id` (they read the task again)."""
+        for waiter in self._waiting.get(task_id, ()):
+            waiter.set()
+
+    def wake_all(self) -> None:
+        """Wake every long-poll once: each reads its task again, then waits on."""
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
 
     def __len__(self) -> int:
         return sum(len(events) for events in self._waiting.values())
@@ -157,6 +169,12 @@ class ClaimWaiters:
             if isinstance(emission.event, TaskAvailable):
                 self.wake(emission.event.job_name)
 
+    def wake_all(self) -> None:
+        """Wake every parked claim once: each claims again, then parks again."""
+        for queue in self._by_job.values():
+            for parked in queue:
+                parked.woken.set()
+
     def release(self, worker_id: uuid.UUID) -> None:
         """Wake every parked claim of a worker (it is gone; they answer at once)."""
         self._jobs_of.pop(worker_id, None)
@@ -212,7 +230,8 @@ async def hold_claim(
                 jobs = found.jobs
                 claims.remember(worker_id, jobs)
                 continue
-            # The re-check also catches tasks submitted in other processes.
+            # The wake bus brings tasks submitted in other processes; the
+            # re-check is the safety net for a wake-up lost on the way.
             with anyio.move_on_after(min(remaining, recheck)):
                 await parked.woken.wait()
             woken_for = parked.woken_for
@@ -243,7 +262,7 @@ async def wait_until_terminal(
             remaining = deadline - anyio.current_time()
             if is_terminal(task.status) or remaining <= 0 or waiters.closed:
                 return task
-            # No connection is held while waiting; the re-check sees changes made
-            # by other server processes.
+            # No connection is held while waiting; the wake bus brings changes
+            # made by other server processes, the re-check any it lost.
             with anyio.move_on_after(min(remaining, recheck)):
                 await finished.wait()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -242,11 +243,39 @@ class Metrics:
             buckets=_RUN_BUCKETS,
             registry=self.registry,
         )
+        self.wake_bus_messages = Counter(
+            "joblib_wake_bus_messages",
+            "Wake bus messages (`wakebus`): `sent` for changes of this process "
+            "that concern waiters, `received` from other processes (this "
+            "process's own are not counted).",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.wake_bus_subscriptions = Counter(
+            "joblib_wake_bus_subscriptions",
+            "Times the wake bus listener subscribed: once at start, once more "
+            "after each lost connection (every waiter then re-checks).",
+            registry=self.registry,
+        )
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def watch_waiters(
+        self, held_claims: Callable[[], int], long_polls: Callable[[], int]
+    ) -> None:
+        """Report the requests waiting in this process, counted when scraped."""
+        waiting = Gauge(
+            "joblib_waiting_requests",
+            "Requests waiting in this process: held claims (`claim`) and task "
+            "long-polls (`long_poll`).",
+            ["kind"],
+            registry=self.registry,
+        )
+        waiting.labels("claim").set_function(held_claims)
+        waiting.labels("long_poll").set_function(long_polls)
 
     def observe(self, batch: Iterable[Emission]) -> None:
         """Count the task status changes of one committed change, each once."""

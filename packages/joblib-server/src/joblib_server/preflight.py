@@ -25,7 +25,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from joblib_server.backends import create_engine, database_file, normalize_url
+from joblib_server.backends import (
+    can_notify,
+    create_engine,
+    database_file,
+    normalize_url,
+)
 from joblib_server.executors import Executor, standalone_executor
 from joblib_server.settings import Settings, StandaloneSettings
 
@@ -90,6 +95,18 @@ def check_database_url(url: str) -> None:
         raise StartupError(
             f"Could not parse the database URL {url!r}: {_URL_FORMS}"
         ) from None
+
+
+def check_wake_bus(settings: StandaloneSettings) -> None:
+    """A wake bus the settings allow: Redis with a Redis URL, NOTIFY on PostgreSQL."""
+    bus = settings.joblib.wake_bus
+    if bus == "redis" and not settings.redis_url:
+        raise StartupError("JOBLIB_WAKE_BUS=redis needs JOBLIB_REDIS_URL")
+    if bus == "postgresql" and not can_notify(settings.database_url):
+        raise StartupError(
+            "JOBLIB_WAKE_BUS=postgresql needs a PostgreSQL database "
+            "(JOBLIB_DATABASE_URL)"
+        )
 
 
 def check_sqlite_file(url: str) -> None:

@@ -37,6 +37,7 @@ from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
 from joblib_server.sweeper import run_sweeper
 from joblib_server.tasks import fail_interrupted_internal_tasks
+from joblib_server.wakebus import Listening, Wake, WakeBus, choose_wake_bus, wake_of
 
 logger = logging.getLogger("joblib_server")
 
@@ -72,6 +73,7 @@ class JobLib:
         policy: AccessPolicy | None = None,
         provider_results: ResultBackend | None = None,
         executor: Executor | None = None,
+        wake_bus: WakeBus | None = None,
     ) -> None:
         self.database = database
         self.auth = auth
@@ -93,9 +95,16 @@ class JobLib:
         `RedisResults` shares them between server processes."""
         self.waiters = TaskWaiters()
         self.claims = ClaimWaiters()
+        self.wake_bus: WakeBus = wake_bus or choose_wake_bus(
+            self.settings.wake_bus, database
+        )
+        """Wakes the held claims and long-polls of other server processes, and
+        ours for their changes (`wakebus`); by default as `settings.wake_bus`
+        says, without Redis (`create_app` passes the Redis URL)."""
         self.time_limits = TimeLimits(self)
         self.metrics = Metrics()
         """This JobLib's Prometheus metrics, in a registry of its own (`/metrics`)."""
+        self.metrics.watch_waiters(lambda: len(self.claims), lambda: len(self.waiters))
         self.progress = ProgressThrottle(
             lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
         )
@@ -136,6 +145,10 @@ class JobLib:
                     bind_internal_jobs(session, self._internal)
                     outcome = await operation(session, *args, **kwargs)
                     cleanups = cleanups_of(session)
+                    wake = wake_of(outcome.emissions, outcome.removed_workers)
+                    # On PostgreSQL a NOTIFY in this very transaction: the other
+                    # processes hear of the change exactly when it commits.
+                    sent = bool(wake) and await self.wake_bus.send_in(session, wake)
                 break
             except (DBAPIError, OSError, SQLAlchemyTimeoutError) as exc:
                 retry = isinstance(exc, DBAPIError) and backend.is_retryable(exc)
@@ -151,6 +164,10 @@ class JobLib:
         # being cancelled meanwhile.
         with anyio.CancelScope(shield=True):
             await self._after_commit(outcome)
+            if wake and not sent:
+                sent = await self.wake_bus.send_after(wake)
+        if sent:
+            self.metrics.wake_bus_messages.labels("sent").inc()
         for cleanup in cleanups:
             _log_cleanup(cleanup)
         return outcome.value
@@ -221,6 +238,34 @@ class JobLib:
         # claim emits goes out after it.
         self.claims.notify(batch)
 
+    def _woken(self, wake: Wake) -> None:
+        """Another process committed a change: wake the waiters it concerns."""
+        self.metrics.wake_bus_messages.labels("received").inc()
+        if wake.everyone:
+            self._wake_everyone()
+            return
+        try:
+            workers = [uuid.UUID(worker) for worker in wake.workers]
+            tasks = [uuid.UUID(task) for task in wake.tasks]
+        except ValueError:
+            self._wake_everyone()
+            return
+        for worker_id in workers:
+            self.claims.release(worker_id)
+        for task_id in tasks:
+            self.waiters.wake(task_id)
+        for job in wake.jobs:
+            self.claims.wake(job)
+
+    def _wake_everyone(self) -> None:
+        self.claims.wake_all()
+        self.waiters.wake_all()
+
+    def _subscribed(self) -> None:
+        """The bus listens (again): whatever it missed meanwhile, re-check now."""
+        self.metrics.wake_bus_subscriptions.inc()
+        self._wake_everyone()
+
     async def begin_shutdown(self) -> None:
         """The server is stopping: keep workers' tasks, answer waiting requests now.
 
@@ -272,6 +317,9 @@ class JobLib:
                 if self._run_sweeper:
                     group.start_soon(run_sweeper, self)
                 group.start_soon(self.time_limits.run)
+                group.start_soon(
+                    self.wake_bus.listen, Listening(self._woken, self._subscribed)
+                )
                 self._timers = group
                 try:
                     yield self
@@ -280,6 +328,7 @@ class JobLib:
                     self._timers = None
                     group.cancel_scope.cancel()
         finally:
+            await self.wake_bus.aclose()
             await self.provider_results.aclose()
             await self.database.dispose()
 

@@ -43,10 +43,17 @@ class Settings(BaseModel):
         "turns held claims off.",
     )
     long_poll_recheck_seconds: float = Field(
-        default=2.0,
+        default=30.0,
         gt=0,
-        description="How often a waiting long-poll re-reads the task, to see changes "
-        "made by other server processes.",
+        description="How often a waiting long-poll or held claim checks the "
+        "database anyway: a safety net for a wake-up lost between processes.",
+    )
+    wake_bus: Literal["auto", "postgresql", "redis", "off"] = Field(
+        default="auto",
+        description="How a change committed in one server process wakes held claims "
+        "and long-polls in the others: `postgresql` (LISTEN/NOTIFY), `redis` "
+        "(pub/sub on the Redis URL), `off` (at the next re-check only); `auto`: "
+        "Redis when configured, else PostgreSQL on PostgreSQL, else off.",
     )
     internal_task_timeout_seconds: float = Field(
         default=3600,
