@@ -584,48 +584,59 @@ async def list_tasks(
     return items, total
 
 
+async def _fail_internal_tasks(
+    session: AsyncSession,
+    where: sa.ColumnElement[bool],
+    error: tuple[str, ErrorCode],
+    now: datetime,
+) -> tuple[list[uuid.UUID], set[Emission], set[uuid.UUID]]:
+    """Fail the `@internal` tasks `where` selects; their ids, events and jobs."""
+    rows = await session.execute(
+        backend_of(session)
+        .locked(
+            select(Task, Job)
+            .join(Job, col(Job.id) == Task.job_id)
+            .where(Job.room_id == INTERNAL_ROOM, where),
+            skip_locked=True,
+            of=Task,
+        )
+        .execution_options(populate_existing=True)
+    )
+    message, code = error
+    emissions: set[Emission] = set()
+    jobs: set[uuid.UUID] = set()
+    failed: list[uuid.UUID] = []
+    for task, job in rows:
+        task.fail(message, code.value, now)
+        emissions.add(task_emission(TaskRow.of(task, job.full_name)))
+        jobs.add(job.id)
+        failed.append(task.id)
+    await session.flush()
+    return failed, emissions, jobs
+
+
 async def cleanup_stuck_internal_tasks(
     session: AsyncSession, timeout_seconds: float, now: datetime | None = None
 ) -> Outcome[list[uuid.UUID]]:
     """Fail `@internal` tasks running, or claimed by an executor, too long."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
-    rows = await session.execute(
-        backend_of(session)
-        .locked(
-            select(Task, Job)
-            .join(Job, col(Job.id) == Task.job_id)
-            .where(
-                Job.room_id == INTERNAL_ROOM,
-                sa.or_(
-                    sa.and_(
-                        col(Task.status) == TaskStatus.RUNNING.value,
-                        col(Task.started_at) < cutoff,
-                    ),
-                    sa.and_(
-                        # Claimed by an executor; a worker's claim that never
-                        # starts goes back to pending (`stranded`).
-                        col(Task.status) == TaskStatus.CLAIMED.value,
-                        col(Task.worker_id).is_(None),
-                        sa.func.coalesce(col(Task.claimed_at), col(Task.created_at))
-                        < cutoff,
-                    ),
-                ),
-            ),
-            skip_locked=True,
-            of=Task,
-        )
-        .execution_options(populate_existing=True)
+    stuck = sa.or_(
+        sa.and_(
+            col(Task.status) == TaskStatus.RUNNING.value,
+            col(Task.started_at) < cutoff,
+        ),
+        sa.and_(
+            # Claimed by an executor; a worker's claim that never starts goes
+            # back to pending (`stranded`).
+            col(Task.status) == TaskStatus.CLAIMED.value,
+            col(Task.worker_id).is_(None),
+            sa.func.coalesce(col(Task.claimed_at), col(Task.created_at)) < cutoff,
+        ),
     )
-    emissions: set[Emission] = set()
-    jobs: set[uuid.UUID] = set()
-    failed: list[uuid.UUID] = []
-    for task, job in rows:
-        task.fail(INTERNAL_TASK_TIMED_OUT, ErrorCode.INTERNAL_TIMED_OUT.value, now)
-        emissions.add(task_emission(TaskRow.of(task, job.full_name)))
-        jobs.add(job.id)
-        failed.append(task.id)
-    await session.flush()
+    failed, emissions, jobs = await _fail_internal_tasks(
+        session, stuck, (INTERNAL_TASK_TIMED_OUT, ErrorCode.INTERNAL_TIMED_OUT), now
+    )
     emissions |= await soft_delete_orphan_jobs(session, jobs)
     return Outcome(failed, emissions)
 
@@ -641,31 +652,15 @@ async def fail_interrupted_internal_tasks(
     A server starting with an executor whose tasks die with their process calls
     it: what its predecessor was running will never be reported.
     """
-    now = utcnow()
-    rows = await session.execute(
-        backend_of(session)
-        .locked(
-            select(Task, Job)
-            .join(Job, col(Job.id) == Task.job_id)
-            .where(
-                Job.room_id == INTERNAL_ROOM,
-                col(Task.status).in_(
-                    [TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]
-                ),
-                col(Task.claim_request_id).startswith(prefix, autoescape=True),
-                col(Task.worker_id).is_(None),
-            ),
-            skip_locked=True,
-            of=Task,
-        )
-        .execution_options(populate_existing=True)
+    interrupted = sa.and_(
+        col(Task.status).in_([TaskStatus.CLAIMED.value, TaskStatus.RUNNING.value]),
+        col(Task.claim_request_id).startswith(prefix, autoescape=True),
+        col(Task.worker_id).is_(None),
     )
-    emissions: set[Emission] = set()
-    failed: list[uuid.UUID] = []
-    for task, job in rows:
-        code = ErrorCode.INTERNAL_INTERRUPTED.value
-        task.fail(INTERNAL_INTERRUPTED, code, now)
-        emissions.add(task_emission(TaskRow.of(task, job.full_name)))
-        failed.append(task.id)
-    await session.flush()
+    failed, emissions, _ = await _fail_internal_tasks(
+        session,
+        interrupted,
+        (INTERNAL_INTERRUPTED, ErrorCode.INTERNAL_INTERRUPTED),
+        utcnow(),
+    )
     return Outcome(failed, emissions)
