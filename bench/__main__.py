@@ -1,7 +1,8 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
 Sections: floor (once), then throughput, latency, disconnect, backlog, calls,
-providers and crossprocess for each database, each on a fresh server and database.
+providers, crossprocess and batch for each database, each on a fresh server and
+database.
 A section that crashes is recorded with one error and the run goes on. The exit
 status is 1 when any error occurred (missed targets are not errors).
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from bench import (
     backlog,
+    batch,
     calls,
     crossprocess,
     disconnect,
@@ -39,6 +41,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "calls": calls.run,
     "providers": providers.run,
     "crossprocess": crossprocess.run,
+    "batch": batch.run,
 }
 
 

@@ -14,6 +14,7 @@ SECTIONS = (
     "calls",
     "providers",
     "crossprocess",
+    "batch",
 )
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
@@ -67,6 +68,10 @@ class Config:
     cross_repeats: int = 200
     cross_long_poll_repeats: int = 100
     cross_baseline_repeats: int = 30
+    # 9. batch: 10,000 tasks as 10 batch submits of 1,000; single submits to compare
+    batch_tasks: int = 10_000
+    batch_size: int = 1000
+    single_tasks: int = 500
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -95,4 +100,7 @@ class Config:
             cross_repeats=6,
             cross_long_poll_repeats=4,
             cross_baseline_repeats=0,
+            batch_tasks=200,
+            batch_size=100,
+            single_tasks=20,
         )

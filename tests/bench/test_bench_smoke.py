@@ -22,6 +22,7 @@ SECTIONS = {
     "calls",
     "providers",
     "crossprocess",
+    "batch",
 }
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
@@ -71,3 +72,6 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     crossprocess = result["databases"]["sqlite"]["crossprocess"]
     if "skipped" not in crossprocess["redis"]:  # no Redis here: nothing to cross
         assert crossprocess["redis"]["dispatch"]["to_claim_ms"]["n"] >= 1
+    batch = result["databases"]["sqlite"]["batch"]
+    assert batch["tasks"] == 200, batch
+    assert batch["single"]["tasks"] == 20, batch

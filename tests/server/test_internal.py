@@ -148,6 +148,24 @@ async def test_a_submit_is_claimed_at_once_and_completes_with_no_worker(
     assert not [e for e in emitter.sent if isinstance(e.event, TaskAvailable)]
 
 
+async def test_a_batch_is_claimed_for_the_executor_and_runs_in_full(
+    client: httpx.AsyncClient, emitter: RecordingEmitter
+) -> None:
+    answer = await client.post(
+        f"/rooms/room1/tasks/{DOUBLE}/batch",
+        json={"payloads": [{"value": n} for n in range(6)]},
+    )
+    assert answer.status_code == 202, answer.text
+    items = answer.json()["items"]
+    assert {item["status"] for item in items} == {"claimed"}
+    assert {item["queue_position"] for item in items} == {None}
+    results = [(await _finished(client, item["id"]))["result"] for item in items]
+    assert results == [{"value": 2 * n, "unit": "cm"} for n in range(6)]
+    for item in items:
+        assert _statuses(emitter, item["id"]) == ["claimed", "running", "completed"]
+    assert not [e for e in emitter.sent if isinstance(e.event, TaskAvailable)]
+
+
 async def test_progress_reaches_the_room(
     client: httpx.AsyncClient, emitter: RecordingEmitter
 ) -> None:

@@ -149,6 +149,13 @@ async def test_answers_match_the_document(
         await bob.post(f"/rooms/room1/tasks/{job_name}", content=b"x" * 2**21),
         submit_path,
     )
+    batch_path = "/rooms/{room_id}/tasks/{full_name}/batch"
+    batch = f"/rooms/room1/tasks/{job_name}/batch"
+    check(await bob.post(batch, json={"payloads": [{}, {"angle": 1}]}), batch_path)
+    check(await bob.post(batch, json={"payloads": [{"angle": "x"}]}), batch_path)
+    check(await bob.post(batch, json={"payloads": []}), batch_path)
+    check(await bob.post(batch, content=b"x" * 2**25), batch_path)
+    check(await bob.post("/rooms/room1/tasks/room1:x:y/batch", json={}), batch_path)
     check(await bob.get("/rooms/room1/tasks"), "/rooms/{room_id}/tasks")
     check(
         await bob.get(f"/rooms/room1/jobs/{job_name}/tasks", params={"limit": -1}),
@@ -279,6 +286,7 @@ class Case:
 
 JOB = "room1:modifiers:Rotate"
 SUBMIT = "/rooms/{room_id}/tasks/{full_name}"
+BATCH = "/rooms/{room_id}/tasks/{full_name}/batch"
 JOBS = "/rooms/{room_id}/jobs"
 TASKS = "/rooms/{room_id}/tasks"
 REGISTER = {"category": "modifiers", "name": "Rotate"}
@@ -312,6 +320,17 @@ CASES = [
     *(
         Case("post", SUBMIT, f"/rooms/room1/tasks/{JOB}", bool(ok), None, {KEY: k}, {})
         for k, ok in [("k", 1), ('"k"', 1), ('""', 0), ("k" * 256, 0)]
+    ),
+    *(
+        Case("post", BATCH, f"/rooms/room1/tasks/{JOB}/batch", valid, body=body)
+        for body, valid in [
+            ({"payloads": [{}]}, True),
+            ({"payloads": [{}] * 1000, "timeout_seconds": 1}, True),
+            ({"payloads": []}, False),
+            ({"payloads": [{}] * 1001}, False),
+            ({"payloads": [[]]}, False),
+            ({}, False),
+        ]
     ),
     Case("patch", "/tasks/{task_id}", "/tasks/{task}", False,
          body={"status": "cancelled", "error": "a\x00b"}),

@@ -244,6 +244,12 @@ async def test_every_rest_route_about_a_room_asks_the_policy(
             {"payload": {}},
             [("alice", "room1", "submit")],
         ),
+        (
+            "POST",
+            f"/rooms/room1/tasks/{job_name}/batch",
+            {"payloads": [{}]},
+            [("alice", "room1", "submit")],
+        ),
         ("GET", f"/tasks/{task['id']}", None, [("alice", "room1", "read")]),
         (
             "POST",
@@ -268,7 +274,7 @@ async def test_every_rest_route_about_a_room_asks_the_policy(
         assert answer.status_code < 300, (method, path, answer.text)
         assert policy.asked == expected, (method, path)
     # Only the writes ask whether the room is locked.
-    assert policy.locks == [("alice", "room1"), ("alice", "room1")]
+    assert policy.locks == [("alice", "room1")] * 3
 
 
 async def test_the_socket_events_ask_the_policy(
@@ -374,6 +380,7 @@ async def test_the_openapi_document_lists_the_refusals(
         assert "403" in paths[path]["get"]["responses"], path
     for method, path in [
         ("post", "/rooms/{room_id}/tasks/{full_name}"),
+        ("post", "/rooms/{room_id}/tasks/{full_name}/batch"),
         ("put", "/rooms/{room_id}/jobs"),
     ]:
         assert {"403", "423"} <= set(paths[path][method]["responses"]), path

@@ -23,6 +23,7 @@ from joblib_protocol import (
     ProviderErrorRequest,
     ProviderRegisterRequest,
     ProviderResponse,
+    TaskBatchResponse,
     TaskClaimResponse,
     TaskProgressRequest,
     TaskResponse,
@@ -260,6 +261,25 @@ class Rest:
             body["pending_timeout_seconds"] = pending_timeout_seconds
         response = self.request("POST", path, json=body, headers=headers)
         return TaskResponse.model_validate_json(response.content)
+
+    def submit_batch(
+        self,
+        room_id: str,
+        full_name: str,
+        payloads: list[dict[str, Any]],
+        *,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
+    ) -> list[TaskResponse]:
+        """`POST /rooms/{room_id}/tasks/{full_name}/batch` (ours): the tasks made."""
+        path = f"/rooms/{_segment(room_id)}/tasks/{_segment(full_name)}/batch"
+        body: dict[str, Any] = {"payloads": payloads}
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        if pending_timeout_seconds is not None:
+            body["pending_timeout_seconds"] = pending_timeout_seconds
+        response = self.request("POST", path, json=body)
+        return TaskBatchResponse.model_validate_json(response.content).items
 
     def claim_task(
         self,

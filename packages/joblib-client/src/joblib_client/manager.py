@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -65,6 +65,7 @@ from joblib_protocol import (
     ProviderRegisterRequest,
     ProviderRequest,
     TaskAvailable,
+    TaskBatchRequest,
     TaskCancelled,
     TaskResponse,
     TaskStatus,
@@ -1032,6 +1033,52 @@ class JobManager:
             pending_timeout_seconds=request.pending_timeout_seconds,
         )
         return task.id
+
+    def submit_many(
+        self,
+        job: type[Extension],
+        payloads: Iterable[Extension | Mapping[str, Any]],
+        *,
+        room: str,
+        job_room: str = GLOBAL_ROOM,
+        timeout_seconds: float | None = None,
+        pending_timeout_seconds: float | None = None,
+    ) -> list[UUID]:
+        """Submit one task of `job` per payload, in one request; their ids, in order.
+
+        A payload is an instance of `job` or a mapping of its fields, and every
+        one is checked against the job's schema by the server: one that does not
+        match makes none of the tasks (`InvalidPayloadError`, its `errors`' `loc`
+        naming the payload's index). One call takes up to the server's
+        `max_batch_size` payloads (1,000 by default); split longer lists. The
+        tasks join the end of the job's queue in this order. Unlike `submit`, a
+        batch takes no idempotency key. The time limits apply to every task.
+        """
+        cls = check_extension(job)
+        bodies: list[dict[str, Any]] = []
+        for payload in payloads:
+            if isinstance(payload, Extension):
+                if not isinstance(payload, cls):
+                    raise TypeError(
+                        f"a payload of {cls.__name__} cannot be a "
+                        f"{type(payload).__name__}"
+                    )
+                bodies.append(payload.model_dump(mode="json"))
+            else:
+                bodies.append(dict(payload))
+        request = TaskBatchRequest(
+            payloads=bodies,
+            timeout_seconds=timeout_seconds,
+            pending_timeout_seconds=pending_timeout_seconds,
+        )
+        tasks = self._rest.submit_batch(
+            room,
+            job_full_name(cls, job_room),
+            request.payloads,
+            timeout_seconds=request.timeout_seconds,
+            pending_timeout_seconds=request.pending_timeout_seconds,
+        )
+        return [task.id for task in tasks]
 
     @overload
     def wait(self) -> None: ...

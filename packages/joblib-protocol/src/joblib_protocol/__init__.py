@@ -94,12 +94,15 @@ from joblib_protocol.providers import (
 from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.schema import json_schemas
 from joblib_protocol.tasks import (
+    MAX_BATCH_SIZE,
     MAX_PROGRESS_MESSAGE,
     MAX_TIMEOUT_SECONDS,
     TERMINAL_STATUSES,
     VALID_TRANSITIONS,
     CancelReason,
     ErrorCode,
+    TaskBatchRequest,
+    TaskBatchResponse,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskProgress,
@@ -129,6 +132,7 @@ __all__ = [
     "DEFAULT_PROVIDER_CONTENT_TYPE",
     "GLOBAL_ROOM",
     "INTERNAL_ROOM",
+    "MAX_BATCH_SIZE",
     "MAX_PAGE_LIMIT",
     "MAX_PROGRESS_MESSAGE",
     "MAX_PROVIDER_ERROR",
@@ -189,6 +193,8 @@ __all__ = [
     "RoomSummary",
     "SchemaConflict",
     "TaskAvailable",
+    "TaskBatchRequest",
+    "TaskBatchResponse",
     "TaskCancelled",
     "TaskClaimRequest",
     "TaskClaimResponse",

@@ -17,6 +17,8 @@ from joblib_protocol.providers import (
 )
 from joblib_protocol.rooms import RoomSummary
 from joblib_protocol.tasks import (
+    TaskBatchRequest,
+    TaskBatchResponse,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskProgress,
@@ -41,6 +43,8 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
     WorkerCleanupResponse,
     WorkerHeartbeatRequest,
     TaskSubmitRequest,
+    TaskBatchRequest,
+    TaskBatchResponse,
     TaskResponse,
     TaskClaimRequest,
     TaskClaimResponse,

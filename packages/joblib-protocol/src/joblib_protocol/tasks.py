@@ -150,6 +150,32 @@ class TaskSubmitRequest(BaseModel):
     )
 
 
+MAX_BATCH_SIZE = 1000
+"""The default of the server's `max_batch_size`: payloads one batch submit takes."""
+
+
+class TaskBatchRequest(BaseModel):
+    """Body of `POST /rooms/{room_id}/tasks/{full_name}/batch` (ours).
+
+    Each payload becomes one task, in order; every one is checked against the
+    job's schema, and one that does not match stores none of them.
+    """
+
+    payloads: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="One payload per task, in queue order: 1 to the server's "
+        "`max_batch_size` (1,000 by default).",
+    )
+    timeout_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="Longest each task may run once started. Default: the job's.",
+    )
+    pending_timeout_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="Longest each task may wait to be claimed. Default: the job's.",
+    )
+
+
 class TaskResponse(BaseModel):
     """A task as the REST API shows it."""
 
@@ -232,3 +258,9 @@ class TaskUpdateRequest(BaseModel):
         description="Any JSON value, only with `status` `completed`, at most the "
         "server's `max_result_bytes` (413 beyond).",
     )
+
+
+class TaskBatchResponse(BaseModel):
+    """Answer of a batch submit (ours): the tasks made, in the order of `payloads`."""
+
+    items: list[TaskResponse]

@@ -21,6 +21,8 @@ from joblib_protocol import (
     ProviderRegisterRequest,
     ProviderResponse,
     RoomSummary,
+    TaskBatchRequest,
+    TaskBatchResponse,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskProgressRequest,
@@ -35,6 +37,7 @@ from joblib_protocol import (
     __version__,
 )
 from joblib_protocol.naming import MAX_PART_LENGTH
+from joblib_server.batches import BODY_FACTOR
 from joblib_server.settings import Settings
 
 _REF = "#/components/schemas/{model}"
@@ -145,6 +148,16 @@ _OPERATIONS: list[
         TaskSubmitRequest,
         202,
         TaskResponse,
+        (400, 403, 404, 423, 503),
+    ),
+    (
+        "post",
+        "/rooms/{room_id}/tasks/{full_name}/batch",
+        "Submit many tasks of one job, in order: all of them or, when a payload "
+        "does not match the job's schema, none (no Idempotency-Key)",
+        TaskBatchRequest,
+        202,
+        TaskBatchResponse,
         (400, 403, 404, 423, 503),
     ),
     (
@@ -472,6 +485,13 @@ def _refuse_what_the_server_refuses(
         "Any JSON object: finite numbers, no lone surrogates in strings, nested "
         "at most 100 levels; the whole body at most "
         f"{settings.max_body_bytes} bytes."
+    )
+    batch = schemas["TaskBatchRequest"]["properties"]["payloads"]
+    batch["maxItems"] = settings.max_batch_size
+    batch["description"] = (
+        f"One payload per task, in queue order: 1 to {settings.max_batch_size} "
+        "JSON objects, each as a submit's `payload`; the whole body at most "
+        f"{settings.max_body_bytes * BODY_FACTOR} bytes."
     )
 
 

@@ -83,11 +83,71 @@ def check_payload(
     compiled = _validator(_canonical(schema))
     if compiled is None:
         return
+    errors = _errors(compiled, payload)
+    if not errors:
+        return
+    shown = errors[:MAX_ERRORS]
+    raise ProblemError(
+        InvalidPayload,
+        f"{what} ({_count(errors)}): {_where(shown[0])}{_message(shown[0])}",
+        errors=[_entry(loc, error) for error in shown],
+    )
+
+
+def check_payloads(
+    schema: dict[str, Any],
+    payloads: list[dict[str, Any]],
+    *,
+    loc: tuple[str, ...] = ("body", "payloads"),
+) -> None:
+    """Raise 422 `invalid-payload` unless every one of `payloads` matches `schema`.
+
+    The schema is looked up once for all of them. Each error's `loc` is `loc`,
+    the payload's index, then the path inside it; at most `MAX_ERRORS` are
+    listed, from the first payloads that do not match.
+    """
+    if not schema:
+        return
+    compiled = _validator(_canonical(schema))
+    if compiled is None:
+        return
+    fast = compiled[0]
+    suspects = (
+        range(len(payloads))
+        if fast is None
+        else [i for i, payload in enumerate(payloads) if not fast.is_valid(payload)]
+    )
+    entries: list[dict[str, Any]] = []
+    bad: list[int] = []
+    first = ""
+    for index in suspects:
+        errors = _errors(compiled, payloads[index])
+        if not errors:
+            continue
+        if not bad:
+            first = f"payloads[{index}] ({_count(errors)}): "
+            first += f"{_where(errors[0])}{_message(errors[0])}"
+        bad.append(index)
+        room = MAX_ERRORS - len(entries)
+        entries += [_entry((*loc, index), error) for error in errors[:room]]
+    if bad:
+        raise ProblemError(
+            InvalidPayload,
+            f"{len(bad)} of {len(payloads)} payloads do not match the job's schema, "
+            f"so no task was made; the first, {first}",
+            errors=entries,
+        )
+
+
+def _errors(
+    compiled: tuple[Any, Draft202012Validator], payload: dict[str, Any]
+) -> list[ValidationError]:
+    """What is wrong with `payload`, sorted; empty when it is valid."""
     fast, validator = compiled
     if fast is not None and fast.is_valid(payload):
         # The common case, a valid payload: ~1 µs in jsonschema-rs against
         # ~150 µs in python-jsonschema, which only lists the errors below.
-        return
+        return []
     try:
         # jsonschema finds some errors in set order (unknown properties), which
         # changes from one process to the next: sorting a good many of them makes
@@ -98,20 +158,17 @@ def check_payload(
         # loops forever or leads nowhere): like an invalid stored schema, it
         # must not block submits.
         logger.warning("a job's schema cannot be applied, payload not checked: %r", exc)
-        return
-    if not errors:
-        return
+        return []
     errors.sort(key=_error_key)
-    shown = errors[:MAX_ERRORS]
+    return errors
+
+
+def _count(errors: list[ValidationError]) -> str:
     found = f"{len(errors)}{'+' if len(errors) == _SORTED_ERRORS else ''}"
     count = "1 error" if len(errors) == 1 else f"{found} errors"
     if len(errors) > MAX_ERRORS:
         count += f", the first {MAX_ERRORS} listed"
-    raise ProblemError(
-        InvalidPayload,
-        f"{what} ({count}): {_where(shown[0])}{_message(shown[0])}",
-        errors=[_entry(loc, error) for error in shown],
-    )
+    return count
 
 
 def _canonical(schema: dict[str, Any]) -> str:
@@ -199,7 +256,7 @@ def _where(error: ValidationError) -> str:
     return f"at {error.json_path}: " if error.absolute_path else ""
 
 
-def _entry(loc: tuple[str, ...], error: ValidationError) -> dict[str, Any]:
+def _entry(loc: tuple[str | int, ...], error: ValidationError) -> dict[str, Any]:
     return {"loc": [*loc, *error.absolute_path], "msg": _message(error)}
 
 

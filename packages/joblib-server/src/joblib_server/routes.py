@@ -30,6 +30,7 @@ from joblib_protocol import (
     ProviderResultReady,
     ProviderTimeout,
     RequestTimeout,
+    TaskBatchRequest,
     TaskClaimRequest,
     TaskClaimResponse,
     TaskProgressRequest,
@@ -48,6 +49,7 @@ from joblib_protocol import (
     room_channel,
 )
 from joblib_server import (
+    batches,
     disconnects,
     dispatch,
     idempotency,
@@ -232,6 +234,7 @@ class RestApi:
             _route("/rooms/{room_id}/workers", GET=self.list_room_workers),
             _route("/rooms/{room_id}/tasks", GET=self.list_room_tasks),
             _route("/rooms/{room_id}/tasks/{full_name}", POST=self.submit_task),
+            _route("/rooms/{room_id}/tasks/{full_name}/batch", POST=self.submit_batch),
             _route("/tasks/claim", POST=self.claim_task),
             _route(
                 "/tasks/{task_id}",
@@ -526,6 +529,34 @@ class RestApi:
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         return _json(task, 202, headers)
+
+    async def submit_batch(self, request: Request) -> Response:
+        """`POST /rooms/{room_id}/tasks/{full_name}/batch` (ours): many tasks."""
+        identity = await self.identity(request)
+        room_id = await self.in_room(request, identity, Action.SUBMIT)
+        settings = self.joblib.settings
+        if "idempotency-key" in request.headers:
+            # One key names one task; a batch would need a record of its own.
+            msg = "not taken by a batch submit: send the batch again only when "
+            msg += "the tasks it made are not listed (GET /rooms/{room_id}/tasks)"
+            raise ProblemError(
+                ValidationFailed,
+                f"Idempotency-Key: {msg}",
+                errors=[{"loc": ["header", "Idempotency-Key"], "msg": msg}],
+            )
+        limit = settings.max_body_bytes * batches.BODY_FACTOR
+        body = await self.body(request, TaskBatchRequest, limit=limit)
+        batches.check_batch_size(len(body.payloads), settings.max_batch_size)
+        made = await self.joblib.execute(
+            batches.submit_batch,
+            identity,
+            room_id,
+            request.path_params["full_name"],
+            body.payloads,
+            internal_jobs=self.joblib.internal_jobs,
+            limits=tasks.TaskLimits(body.timeout_seconds, body.pending_timeout_seconds),
+        )
+        return _json(made, 202)
 
     async def claim_task(self, request: Request) -> Response:
         """`POST /tasks/claim`; with `Prefer: wait=N`, held until a task comes."""

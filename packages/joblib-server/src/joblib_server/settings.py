@@ -14,7 +14,12 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from joblib_protocol import DEFAULT_CATEGORIES, DisconnectAction, DisconnectPolicy
+from joblib_protocol import (
+    DEFAULT_CATEGORIES,
+    MAX_BATCH_SIZE,
+    DisconnectAction,
+    DisconnectPolicy,
+)
 
 DEFAULT_DATABASE_URL = "sqlite:///./joblib.db"
 _ENV_PREFIX = "JOBLIB_"
@@ -64,6 +69,12 @@ class Settings(BaseModel):
         default=1024 * 1024,
         gt=0,
         description="Larger request bodies get 413 payload-too-large.",
+    )
+    max_batch_size: int = Field(
+        default=MAX_BATCH_SIZE,
+        ge=1,
+        description="The most payloads one batch submit takes; more get 422 "
+        "validation-error. A batch's body may be 16 times `max_body_bytes`.",
     )
     max_result_bytes: int = Field(
         default=1024 * 1024,

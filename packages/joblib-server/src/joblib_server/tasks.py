@@ -23,6 +23,7 @@ from joblib_protocol import (
     Emission,
     ErrorCode,
     InternalJobNotConfigured,
+    JobFullName,
     PayloadTooLarge,
     TaskResponse,
     TaskStatus,
@@ -233,6 +234,28 @@ async def with_positions(
     ]
 
 
+async def submit_target(
+    session: AsyncSession, room_id: str, full_name: str, internal_jobs: bool
+) -> tuple[JobFullName, str | None]:
+    """The job a submit in `room_id` names, and the executor that runs it here.
+
+    The executor is None unless the job is `@internal` and this server runs it.
+    An `@internal` job nothing runs is 503 `internal-job-not-configured` (404 when
+    it is unknown), unless the host runs internal jobs itself (`internal_jobs`).
+    """
+    name = job_name_in_room(room_id, full_name)
+    executor = internal_jobs_of(session).get(full_name)
+    if name.room_id != INTERNAL_ROOM:
+        return name, None
+    if executor is None and not internal_jobs:
+        await find_job(session, room_id, full_name)  # unknown jobs still get 404
+        raise ProblemError(
+            InternalJobNotConfigured,
+            f"this server runs no internal jobs, so {full_name!r} cannot be run",
+        )
+    return name, executor
+
+
 async def submit_task(
     session: AsyncSession,
     identity: Identity,
@@ -249,15 +272,8 @@ async def submit_task(
     The payload must match the job's JSON Schema (422 `invalid-payload`, nothing
     stored). `limits` override the job's own time limits.
     """
-    name = job_name_in_room(room_id, full_name)
-    executor = internal_jobs_of(session).get(full_name)
-    run_here = name.room_id == INTERNAL_ROOM and executor is not None
-    if name.room_id == INTERNAL_ROOM and not (internal_jobs or run_here):
-        await find_job(session, room_id, full_name)  # unknown jobs still get 404
-        raise ProblemError(
-            InternalJobNotConfigured,
-            f"this server runs no internal jobs, so {full_name!r} cannot be run",
-        )
+    name, executor = await submit_target(session, room_id, full_name, internal_jobs)
+    run_here = executor is not None
     connection = await session.connection()
     numbered = (
         await connection.execute(
