@@ -20,14 +20,7 @@ from joblib_protocol import (
     ValidationFailed,
     is_terminal,
 )
-from joblib_server import (
-    batches,
-    dispatch,
-    idempotency,
-    progress,
-    tasks,
-    workers,
-)
+from joblib_server import batches, dispatch, idempotency, progress, tasks, workers
 from joblib_server.auth import Identity
 from joblib_server.endpoints import (
     Endpoints,
@@ -69,7 +62,7 @@ def _status_filter(request: Request) -> TaskStatus | None:
 
 
 class TaskRoutes(Endpoints):
-    """The task endpoints of one `JobLib`; `RestApi` puts them in its route table."""
+    """The task endpoints of one `JobLib`, for the route table of `RestApi`."""
 
     async def list_room_tasks(self, request: Request) -> Response:
         """`GET /rooms/{room_id}/tasks`."""
