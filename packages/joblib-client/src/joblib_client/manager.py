@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -27,11 +26,12 @@ from joblib_client._providers import (
 )
 from joblib_client._reports import Reporter
 from joblib_client._results import task_outcome, wait_for_task
-from joblib_client._retry import Backoff, is_refusal, is_transient, retry_startup
+from joblib_client._retry import Backoff, is_refusal, is_transient
 from joblib_client._runner import Runner
 from joblib_client._running import RunningTasks
 from joblib_client._serve import DRAIN_SECONDS, Serving, serve_until_ended
-from joblib_client._socket import EventSource, SocketClient, Tsio, send
+from joblib_client._socket import EventSource, SocketClient, Tsio
+from joblib_client._worker import WorkerIdentity, _Registration
 from joblib_client.exceptions import (
     ForbiddenError,
     JobLibError,
@@ -39,7 +39,6 @@ from joblib_client.exceptions import (
     ProviderError,
     TransportError,
     WorkerNotFoundError,
-    error_for_problem,
 )
 from joblib_client.extension import (
     Extension,
@@ -56,7 +55,6 @@ from joblib_client.task import ClaimedTask
 from joblib_protocol import (
     GLOBAL_ROOM,
     DisconnectPolicyRequest,
-    Event,
     JobRegisterRequest,
     JoinJobRoom,
     JoinProviderRoom,
@@ -76,7 +74,6 @@ from joblib_protocol import (
 logger = logging.getLogger("joblib_client")
 
 ExtensionT = TypeVar("ExtensionT", bound=Extension)
-T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 20.0
 """Default heartbeat interval: three beats fit in the server's default
@@ -84,16 +81,6 @@ HEARTBEAT_SECONDS = 20.0
 
 POLLING_SECONDS = 2.0
 """Default `polling_interval` of `listen()` and of the claim loop of `execute`."""
-
-MAX_UNREACHABLE_SECONDS = 120.0
-"""Default time the server may stay unreachable before `serve()` gives up."""
-
-STARTUP_TRIES = 5
-"""Default tries of a registration while the server cannot be reached (about 15 s)."""
-
-REPORT_RETRY_SECONDS = 60.0
-"""Default time a task's status report is tried again while the server cannot take
-it (no answer, or a 5xx): a server restart or a proxy's hiccup fits in it."""
 
 _STOP_CHECK_SECONDS = 0.2
 """How often a sleeping `listen()` looks at its stop events."""
@@ -108,18 +95,19 @@ interrupted, so this is also how long a set `stop_event` may take to end
 `listen()` (`disconnect()` ends it at once)."""
 
 
+MAX_UNREACHABLE_SECONDS = 120.0
+"""Default time the server may stay unreachable before `serve()` gives up."""
+
+STARTUP_TRIES = 5
+"""Default tries of a registration while the server cannot be reached (about 15 s)."""
+
+REPORT_RETRY_SECONDS = 60.0
+"""Default time a task's status report is tried again while the server cannot take
+it (no answer, or a 5xx): a server restart or a proxy's hiccup fits in it."""
+
+
 class _Closeable(Protocol):
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Registration:
-    cls: type[Extension]
-    room_id: str
-    policy: DisconnectPolicyRequest | None = None
-    timeout_seconds: float | None = None
-    pending_timeout_seconds: float | None = None
-    run_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 Execute = Callable[[ClaimedTask[Any]], object]
@@ -132,7 +120,7 @@ PolicyLike = DisconnectPolicyRequest | Mapping[str, Any]
 """A disconnect policy: the protocol model, or its fields as a mapping."""
 
 
-class JobManager:
+class JobManager(WorkerIdentity):
     """A worker: registers extensions as jobs, claims and runs their tasks.
 
     `api` reaches the REST API (any object with `http`, `base_url` and
@@ -395,10 +383,6 @@ class JobManager:
         self._serving.start()
         return cls
 
-    def _startup(self, call: Callable[[], T], what: str) -> T:
-        """Make a registration, trying again while the server cannot be reached."""
-        return retry_startup(call, self._startup_tries, what, self._stopped)
-
     def get_run_kwargs(self, full_name: str) -> dict[str, Any]:
         """Return the `run_kwargs` job `full_name` was registered with."""
         return dict(self._jobs[full_name].run_kwargs)
@@ -626,109 +610,66 @@ class JobManager:
             self._providers.add(again)
             self._join_provider_room(again)
 
-    def create_worker(self) -> UUID:
-        """Create this manager's worker now (`POST /workers`), unless it has one."""
-
-        def create() -> UUID:
-            worker_id = self._worker_or_create()
-            return worker_id if worker_id is not None else self._create_worker()
-
-        return self._startup(create, "creating the worker")
-
-    def _create_worker(self) -> UUID:
-        """`POST /workers`, as the creator (see `_worker_or_create`)."""
-        try:
-            worker = self._rest.create_worker()
-        except BaseException:
-            self._created(None)
-            raise
-        self._created(worker.id, worker.last_heartbeat)
-        return worker.id
-
-    def _worker_or_create(self) -> UUID | None:
-        """The worker to act as; None: the caller must create it, then `_created()`.
-
-        Waits while another thread creates the worker.
-        """
-        with self._changed:
-            while self._creating:
-                self._check_connected()
-                self._changed.wait()
-            self._check_connected()
-            if self._worker_id is None:
-                self._creating = True
-            return self._worker_id
-
-    def _created(
-        self, worker_id: UUID | None, last_heartbeat: datetime | None = None
-    ) -> None:
-        """End this thread's worker creation: the new worker, or None if it failed."""
-        with self._changed:
-            self._creating = False
-            self._changed.notify_all()
-            disconnected = self._disconnected
-            if worker_id is not None and not disconnected:
-                self._worker_id = worker_id
-                self._last_heartbeat = last_heartbeat
-        if worker_id is None:
-            return
-        if disconnected:
-            # disconnect() ran during the request and never knew this worker.
-            self._delete_worker(worker_id)
-            raise JobLibError("the manager disconnected while creating its worker")
-        if self._heartbeat is not None:
-            self._heartbeat.start()  # a no-op once disconnect() stopped it
-
-    def _check_connected(self) -> None:
-        if self._disconnected:
-            raise JobLibError("the manager is disconnected; build a new one")
-
-    def _require_worker(self) -> UUID:
-        with self._lock:
-            self._check_connected()
-            worker_id = self._worker_id
-        if worker_id is None:
-            raise JobLibError("no worker: register a job or call create_worker()")
-        return worker_id
-
-    # heartbeat
-
-    def heartbeat(self) -> datetime:
-        """Tell the server this worker is alive; return the recorded time."""
-        return self._heartbeat_as(self._require_worker())
-
-    def _heartbeat_as(self, worker_id: UUID) -> datetime:
-        with self._lock:
-            held = [task for task, owner in self._held.items() if owner == worker_id]
-        answer = self._rest.heartbeat(worker_id, held)
-        with self._lock:
-            if self._worker_id == worker_id:
-                self._last_heartbeat = answer.last_heartbeat
-        # Listed tasks to stop: cancelled, past their deadline, or not ours now.
-        self._running.cancel_listed(answer.cancelled)
-        return answer.last_heartbeat
-
-    def _beat(self) -> None:
-        with self._lock:
-            worker_id = self._worker_id
-        if worker_id is None:
-            return
-        try:
-            self._heartbeat_as(worker_id)
-        except WorkerNotFoundError:
-            self._recover(worker_id)
-            return
-        except JobLibError as exc:
-            if not is_transient(exc):
-                raise
-            # An outage: the next beat tries again; no traceback for it.
-            logger.warning("heartbeat of worker %s failed: %s", worker_id, exc)
-            self._serving.unreachable(exc)
-            return
-        self._serving.reachable()
-        self._resume_if_pending()
-
     # tasks
+
+    def start(self, task: ClaimedTask) -> None:
+        """Mark a claimed task running; a task already running is left alone."""
+        if task.status == TaskStatus.CLAIMED:
+            self._runner.report(task, TaskStatus.RUNNING)
+
+    def complete(self, task: ClaimedTask, result: Any = None) -> None:
+        """Mark a task completed with its `result` (a JSON-ready value)."""
+        self._runner.report(task, TaskStatus.COMPLETED, result=result)
+
+    def fail(self, task: ClaimedTask, error: str) -> None:
+        """Mark a task failed with the error text shown to whoever submitted it."""
+        self._runner.report(task, TaskStatus.FAILED, error)
+
+    def run(self, task: ClaimedTask, *args: Any, **kwargs: Any) -> TaskStatus:
+        """Run the task's extension and report completed with its result, or failed.
+
+        `Extension.run()` gets `args`, and the task's `run_kwargs` updated with
+        `kwargs`; its return value, made
+        JSON-able (see `Extension.run`), is the task's result; one that cannot be
+        fails the task instead. While it runs, `current_task()` gives its
+        `TaskContext`. Returns the task's status as the server last acknowledged
+        it. A report is tried again through an outage for `report_retry_seconds`;
+        one that never gets through is logged as an error. A report the server
+        refuses because the task is no longer this worker's (403, 404, 409:
+        cancelled, requeued to another worker, the worker removed) is logged as a
+        warning, and the task's current status on the server returned. A task
+        told to stop while it ran (cancelled, past its deadline, see
+        `TaskContext.cancelled`) is not reported at all once its code returns or
+        raises: its status on the server is returned. Either way `run()`
+        returns, so `listen()` goes on with the next task; other errors (401,
+        422) are raised.
+        """
+        extension, merged = task.extension, {**task.run_kwargs, **kwargs}
+        return self._runner.run(task, lambda: extension.run(*args, **merged))
+
+    def fail_by_id(self, task_id: UUID | str, error: str) -> None:
+        """Mark a task this worker holds failed with `error`, by its id alone.
+
+        A task `run()` is running is told to stop: its code's return is not
+        reported. Raises the server's refusal (the task is not this worker's,
+        or already ended).
+        """
+        self._settle(UUID(str(task_id)), TaskStatus.FAILED, error)
+
+    def cancel(self, task: ClaimedTask | UUID | str) -> None:
+        """Mark a task this worker holds cancelled (the task, or its id).
+
+        As with `fail_by_id()`, a task `run()` is running is told to stop.
+        """
+        task_id = task.id if isinstance(task, ClaimedTask) else UUID(str(task))
+        self._settle(task_id, TaskStatus.CANCELLED)
+
+    def _settle(
+        self, task_id: UUID, status: TaskStatus, error: str | None = None
+    ) -> None:
+        with self._lock:
+            worker_id = self._held.get(task_id, self._worker_id)
+        self._runner.settle(task_id, worker_id, status, error)
 
     def claim(
         self,
@@ -799,69 +740,10 @@ class JobManager:
             self._let_go(response.id)
         return None
 
-    def start(self, task: ClaimedTask) -> None:
-        """Mark a claimed task running; a task already running is left alone."""
-        if task.status == TaskStatus.CLAIMED:
-            self._runner.report(task, TaskStatus.RUNNING)
-
-    def complete(self, task: ClaimedTask, result: Any = None) -> None:
-        """Mark a task completed with its `result` (a JSON-ready value)."""
-        self._runner.report(task, TaskStatus.COMPLETED, result=result)
-
-    def fail(self, task: ClaimedTask, error: str) -> None:
-        """Mark a task failed with the error text shown to whoever submitted it."""
-        self._runner.report(task, TaskStatus.FAILED, error)
-
     def _let_go(self, task_id: UUID) -> None:
         """Stop listing a task in heartbeats: the manager is done with it."""
         with self._lock:
             self._held.pop(task_id, None)
-
-    def run(self, task: ClaimedTask, *args: Any, **kwargs: Any) -> TaskStatus:
-        """Run the task's extension and report completed with its result, or failed.
-
-        `Extension.run()` gets `args`, and the task's `run_kwargs` updated with
-        `kwargs`; its return value, made
-        JSON-able (see `Extension.run`), is the task's result; one that cannot be
-        fails the task instead. While it runs, `current_task()` gives its
-        `TaskContext`. Returns the task's status as the server last acknowledged
-        it. A report is tried again through an outage for `report_retry_seconds`;
-        one that never gets through is logged as an error. A report the server
-        refuses because the task is no longer this worker's (403, 404, 409:
-        cancelled, requeued to another worker, the worker removed) is logged as a
-        warning, and the task's current status on the server returned. A task
-        told to stop while it ran (cancelled, past its deadline, see
-        `TaskContext.cancelled`) is not reported at all once its code returns or
-        raises: its status on the server is returned. Either way `run()`
-        returns, so `listen()` goes on with the next task; other errors (401,
-        422) are raised.
-        """
-        extension, merged = task.extension, {**task.run_kwargs, **kwargs}
-        return self._runner.run(task, lambda: extension.run(*args, **merged))
-
-    def fail_by_id(self, task_id: UUID | str, error: str) -> None:
-        """Mark a task this worker holds failed with `error`, by its id alone.
-
-        A task `run()` is running is told to stop: its code's return is not
-        reported. Raises the server's refusal (the task is not this worker's,
-        or already ended).
-        """
-        self._settle(UUID(str(task_id)), TaskStatus.FAILED, error)
-
-    def cancel(self, task: ClaimedTask | UUID | str) -> None:
-        """Mark a task this worker holds cancelled (the task, or its id).
-
-        As with `fail_by_id()`, a task `run()` is running is told to stop.
-        """
-        task_id = task.id if isinstance(task, ClaimedTask) else UUID(str(task))
-        self._settle(task_id, TaskStatus.CANCELLED)
-
-    def _settle(
-        self, task_id: UUID, status: TaskStatus, error: str | None = None
-    ) -> None:
-        with self._lock:
-            worker_id = self._held.get(task_id, self._worker_id)
-        self._runner.settle(task_id, worker_id, status, error)
 
     @overload
     def listen(
@@ -1193,23 +1075,6 @@ class JobManager:
         # Removing the worker removes its providers too.
         self._delete_worker(worker_id)
 
-    def _delete_worker(self, worker_id: UUID) -> None:
-        try:
-            receipt = self._rest.delete_worker(worker_id)
-        except NotFoundError:
-            logger.debug("worker %s was already removed", worker_id)
-            return
-        except JobLibError as exc:
-            logger.error("could not remove worker %s: %s", worker_id, exc)
-            return
-        if receipt is not None and (receipt.failed or receipt.requeued):
-            logger.info(
-                "worker %s removed with tasks in flight: %d failed, %d requeued",
-                worker_id,
-                len(receipt.failed),
-                len(receipt.requeued),
-            )
-
     def close(self) -> None:
         """Disconnect, then close the HTTP client and socket `connect()` made.
 
@@ -1249,12 +1114,6 @@ class JobManager:
 
     # the socket
 
-    def _emit(self, event: Event) -> None:
-        assert self._tsio is not None
-        ack = send(self._tsio, event)
-        if isinstance(ack, Mapping) and ack.get("ok") is False:
-            raise error_for_problem(ack.get("error") or {})
-
     def _join_room(self, full_name: str, worker_id: UUID) -> None:
         if self._tsio is None:
             return
@@ -1272,91 +1131,6 @@ class JobManager:
             return
         if event.job_name in self._jobs:
             self._wakeup.set()
-
-    def _on_connect(self) -> None:
-        """The socket (re)connected: the server forgot the rooms of the old one."""
-        self._resume()
-
-    def _resume_if_pending(self) -> None:
-        if self._resume_pending:
-            self._resume()
-
-    def _resume(self) -> None:
-        """Come back after a reconnection, as the same worker if the server knows it.
-
-        A heartbeat asks: 200, and every job's room is joined again under the old
-        worker id (a job the worker no longer serves is registered again under
-        it); 404, and the jobs are registered under a new worker (`_recover`).
-        When the server cannot be reached, the next request that gets through
-        (a heartbeat, a claim) tries again.
-        """
-        with self._lock:
-            self._resume_pending = False
-            worker_id, registrations = self._worker_id, dict(self._jobs)
-        if worker_id is None or self._disconnected:
-            return
-        try:
-            try:
-                self._heartbeat_as(worker_id)
-                for name, registration in registrations.items():
-                    self._rejoin(name, registration, worker_id)
-                for served in self._providers.all().values():
-                    self._rejoin_provider(served, worker_id)
-            except (WorkerNotFoundError, ForbiddenError) as exc:
-                logger.info("coming back as worker %s refused: %s", worker_id, exc)
-                self._recover(worker_id)
-        except JobLibError as exc:
-            if is_transient(exc):
-                logger.warning("coming back as worker %s failed: %s", worker_id, exc)
-                with self._lock:
-                    self._resume_pending = not self._disconnected
-            else:
-                # Not for want of the server (a refused registration, a
-                # disconnect): the claims that follow meet it where it is raised.
-                logger.error("coming back as worker %s failed: %s", worker_id, exc)
-            return
-        # Tasks may have been submitted while the socket was down.
-        self._wakeup.set()
-
-    def _rejoin(self, name: str, registration: _Registration, worker_id: UUID) -> None:
-        if self._tsio is None:
-            return
-        join = JoinJobRoom(job_name=name, worker_id=str(worker_id))
-        try:
-            self._emit(join)
-        except ForbiddenError as exc:
-            # The worker is known but no longer serves the job: serve it again.
-            logger.info("registering %s again as worker %s: %s", name, worker_id, exc)
-            self._put_job(registration, worker_id)
-            self._emit(join)
-
-    def _recover(self, stale: UUID) -> bool:
-        """Register every job again under a new worker, after the server lost `stale`.
-
-        Returns False when there is nothing to recover (the manager disconnected).
-        Several threads may find the loss at once: one recovers, the others wait
-        for it. Until the new worker exists, `worker_id` stays `stale`, so a
-        recovery that fails is tried again by the next request that finds it.
-        """
-        with self._changed:
-            while self._creating and not self._disconnected:
-                self._changed.wait()
-            if self._disconnected or self._worker_id != stale:
-                return self._worker_id is not None
-            self._creating = True
-            registrations = list(self._jobs.values())
-        logger.warning("the server no longer knows worker %s; registering again", stale)
-        if not registrations:
-            self._create_worker()
-        else:
-            # The first registration creates the new worker, the others join it.
-            first, *others = registrations
-            full_name, worker_id = self._put_job(first, None)
-            self._join_room(full_name, worker_id)
-            for registration in others:
-                self._register(registration)
-        self._register_providers_again()
-        return True
 
 
 def _any_set(*events: threading.Event | None) -> bool:
