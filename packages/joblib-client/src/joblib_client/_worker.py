@@ -74,8 +74,8 @@ class WorkerIdentity:
     _serving: Serving
 
     if TYPE_CHECKING:
-        # Job and provider registration are `JobManager`'s; a recovery
-        # registers both again.
+        # Job registration is `JobManager`'s, provider registration
+        # `ProviderServing`'s; a recovery registers both again.
 
         def _register(self, registration: _Registration) -> str: ...
 
