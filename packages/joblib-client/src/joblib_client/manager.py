@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -16,53 +13,33 @@ from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
-from joblib_client._compat import listen_arguments
+from joblib_client._claims import POLLING_SECONDS, Claiming
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
-from joblib_client._providers import (
-    ProviderRegistration,
-    Providers,
-    ServedProvider,
-    query_params,
-)
+from joblib_client._providers import Providers
+from joblib_client._providing import ProviderServing
 from joblib_client._reports import Reporter
 from joblib_client._results import task_outcome, wait_for_task
-from joblib_client._retry import Backoff, is_refusal, is_transient, retry_startup
 from joblib_client._runner import Runner
 from joblib_client._running import RunningTasks
 from joblib_client._serve import DRAIN_SECONDS, Serving, serve_until_ended
-from joblib_client._socket import EventSource, SocketClient, Tsio, send
-from joblib_client.exceptions import (
-    ForbiddenError,
-    JobLibError,
-    NotFoundError,
-    ProviderError,
-    TransportError,
-    WorkerNotFoundError,
-    error_for_problem,
-)
+from joblib_client._socket import EventSource, SocketClient, Tsio
+from joblib_client._worker import WorkerIdentity, _Registration
+from joblib_client.exceptions import JobLibError, TransportError
 from joblib_client.extension import (
     Extension,
     check_extension,
     job_full_name,
     job_schema,
 )
-from joblib_client.provider import (
-    Provider,
-    ProviderResult,
-    check_provider,
-)
 from joblib_client.task import ClaimedTask
 from joblib_protocol import (
     GLOBAL_ROOM,
     DisconnectPolicyRequest,
-    Event,
     JobRegisterRequest,
     JoinJobRoom,
-    JoinProviderRoom,
     LeaveJobRoom,
     LeaveProviderRoom,
-    ProviderRegisterRequest,
     ProviderRequest,
     TaskAvailable,
     TaskBatchRequest,
@@ -76,14 +53,10 @@ from joblib_protocol import (
 logger = logging.getLogger("joblib_client")
 
 ExtensionT = TypeVar("ExtensionT", bound=Extension)
-T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 20.0
 """Default heartbeat interval: three beats fit in the server's default
 `worker_timeout_seconds` (60), so one late beat does not get a live worker swept."""
-
-POLLING_SECONDS = 2.0
-"""Default `polling_interval` of `listen()` and of the claim loop of `execute`."""
 
 MAX_UNREACHABLE_SECONDS = 120.0
 """Default time the server may stay unreachable before `serve()` gives up."""
@@ -95,31 +68,9 @@ REPORT_RETRY_SECONDS = 60.0
 """Default time a task's status report is tried again while the server cannot take
 it (no answer, or a 5xx): a server restart or a proxy's hiccup fits in it."""
 
-_STOP_CHECK_SECONDS = 0.2
-"""How often a sleeping `listen()` looks at its stop events."""
-
-_OUTAGE_PAUSE_MAX_SECONDS = 5.0
-"""Longest pause of `listen()` between failed claims (it starts at the polling
-interval and doubles); a socket that reconnects cuts it short."""
-
-_PARK_SECONDS = 2.0
-"""Longest a `listen()` claim is held by the server: a parked claim cannot be
-interrupted, so this is also how long a set `stop_event` may take to end
-`listen()` (`disconnect()` ends it at once)."""
-
 
 class _Closeable(Protocol):
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Registration:
-    cls: type[Extension]
-    room_id: str
-    policy: DisconnectPolicyRequest | None = None
-    timeout_seconds: float | None = None
-    pending_timeout_seconds: float | None = None
-    run_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 Execute = Callable[[ClaimedTask[Any]], object]
@@ -132,7 +83,7 @@ PolicyLike = DisconnectPolicyRequest | Mapping[str, Any]
 """A disconnect policy: the protocol model, or its fields as a mapping."""
 
 
-class JobManager:
+class JobManager(Claiming, ProviderServing, WorkerIdentity):
     """A worker: registers extensions as jobs, claims and runs their tasks.
 
     `api` reaches the REST API (any object with `http`, `base_url` and
@@ -395,10 +346,6 @@ class JobManager:
         self._serving.start()
         return cls
 
-    def _startup(self, call: Callable[[], T], what: str) -> T:
-        """Make a registration, trying again while the server cannot be reached."""
-        return retry_startup(call, self._startup_tries, what, self._stopped)
-
     def get_run_kwargs(self, full_name: str) -> dict[str, Any]:
         """Return the `run_kwargs` job `full_name` was registered with."""
         return dict(self._jobs[full_name].run_kwargs)
@@ -451,353 +398,7 @@ class JobManager:
             self._created(worker_id)
         return job.full_name, worker_id
 
-    # providers
-
-    def register_provider(
-        self,
-        cls: type[Provider],
-        *,
-        name: str | None = None,
-        handler: Any = None,
-        room: str | None = None,
-    ) -> str:
-        """Serve `cls` as provider `name` (default: the class name) in `room`.
-
-        Registers it (`PUT /rooms/{room}/providers`, default room `@global`) as
-        this manager's worker, creating the worker as `register()` does, and
-        joins its socket room, so reads reach this worker as `provider_request`
-        events (the manager needs a socket that delivers events). Each read is
-        answered on a small thread pool: its parameters are validated into `cls`,
-        `read(handler)` is called, and what it returns is uploaded; a `read()`
-        that raises (or parameters that do not validate) fails the read at once
-        for every reader. Returns the provider's full name. Registering the same
-        name again replaces its class and handler.
-        """
-        registration = ProviderRegistration(
-            check_provider(cls), name or cls.__name__, room or GLOBAL_ROOM, handler
-        )
-        if not isinstance(self._tsio, EventSource):
-            logger.warning(
-                "%s is registered, but without a socket that delivers events no "
-                "read reaches this manager",
-                registration.name,
-            )
-        served = self._startup(
-            lambda: self._serve_provider(registration),
-            f"registering provider {registration.name}",
-        )
-        self._join_provider_room(served)
-        self._serving.start()
-        return served.full_name
-
-    def _serve_provider(self, registration: ProviderRegistration) -> ServedProvider:
-        while True:
-            worker_id = self._worker_or_create()
-            served = self._put_provider(registration, worker_id)
-            with self._lock:
-                self._check_connected()
-                if self._worker_id == served.worker_id and not self._creating:
-                    self._providers.add(served)
-                    return served
-            # The worker was replaced meanwhile (see `_register`): again under it.
-
-    def unregister_provider(self, name: str) -> None:
-        """Stop serving provider `name` (its full name): leave its room, delete it.
-
-        Raises `KeyError` when this manager does not serve it; a provider the
-        server already removed is simply forgotten.
-        """
-        served = self._providers.remove(name)
-        if served is None:
-            raise KeyError(name)
-        if self._tsio is not None:
-            leave = LeaveProviderRoom(
-                provider_name=name, worker_id=str(served.worker_id)
-            )
-            try:
-                self._emit(leave)
-            except JobLibError as exc:
-                # Deleting the provider below ends its reads all the same.
-                logger.warning("could not leave the room of %s: %s", name, exc)
-        try:
-            self._rest.delete_provider(served.provider_id)
-        except NotFoundError:
-            logger.debug("provider %s was already removed", name)
-
-    @property
-    def handlers(self) -> dict[str, Any]:
-        """The handler of every provider this manager serves, by full name."""
-        return self._providers.handlers()
-
-    def read(
-        self,
-        full_name: str,
-        *,
-        room: str,
-        wait: float | None = None,
-        **params: Any,
-    ) -> ProviderResult:
-        """Read provider `full_name` from `room` with `params`; return its answer.
-
-        `params` travel as query parameters (strings as they are, booleans as
-        `true`/`false`, other values as their JSON). An answer the server
-        cached comes at once; otherwise the server asks the provider's worker and
-        holds the read until it answers, up to `wait` seconds (`Prefer: wait`;
-        the server caps it) or the server's default. Raises
-        `ProviderTimeoutError` (504) when no answer came in time,
-        `ProviderFailedError` (502, `detail` is the worker's error) when the
-        worker could not answer, and `ProviderNotFoundError` (404); the first
-        two carry `provider` and `params`.
-        """
-        query = query_params(params)
-        try:
-            response = self._rest.read_provider(room, full_name, query, wait=wait)
-        except ProviderError as exc:
-            exc.provider, exc.params = full_name, query
-            raise
-        content_type = response.headers.get("content-type", "")
-        return ProviderResult(response.content, content_type)
-
-    def _put_provider(
-        self, registration: ProviderRegistration, worker_id: UUID | None
-    ) -> ServedProvider:
-        """`PUT` the provider under `worker_id`, or under a new worker given None.
-
-        Given None, the caller is the creator (see `_worker_or_create`).
-        """
-        cls = registration.cls
-        request = ProviderRegisterRequest.model_validate(
-            {
-                "category": cls.category,
-                "name": registration.name,
-                "schema": cls.model_json_schema(),
-                "content_type": cls.content_type,
-                "worker_id": worker_id,
-            }
-        )
-        try:
-            provider = self._rest.register_provider(registration.room_id, request)
-        except BaseException:
-            if worker_id is None:
-                self._created(None)
-            raise
-        if worker_id is None:
-            self._created(provider.worker_id)
-        return ServedProvider(
-            registration, provider.full_name, provider.id, provider.worker_id
-        )
-
-    def _join_provider_room(self, served: ServedProvider) -> None:
-        if self._tsio is None:
-            return
-        join = JoinProviderRoom(
-            provider_name=served.full_name, worker_id=str(served.worker_id)
-        )
-        try:
-            self._emit(join)
-        except TransportError as exc:
-            # The socket is down; its reconnection joins every room again.
-            logger.warning("could not join %s yet: %s", served.full_name, exc)
-
-    def _rejoin_provider(self, served: ServedProvider, worker_id: UUID) -> None:
-        """Join a provider's room again after a reconnection, registering it if lost."""
-        if self._tsio is None:
-            return
-        join = JoinProviderRoom(
-            provider_name=served.full_name, worker_id=str(worker_id)
-        )
-        try:
-            self._emit(join)
-        except (ForbiddenError, NotFoundError) as exc:
-            logger.info(
-                "registering %s again as worker %s: %s",
-                served.full_name,
-                worker_id,
-                exc,
-            )
-            again = self._put_provider(served.registration, worker_id)
-            self._providers.add(again)
-            self._emit(join)
-
-    def _register_providers_again(self) -> None:
-        """After a recovery: every provider again, under the new worker."""
-        for served in self._providers.all().values():
-            again = self._put_provider(served.registration, self._require_worker())
-            self._providers.add(again)
-            self._join_provider_room(again)
-
-    def create_worker(self) -> UUID:
-        """Create this manager's worker now (`POST /workers`), unless it has one."""
-
-        def create() -> UUID:
-            worker_id = self._worker_or_create()
-            return worker_id if worker_id is not None else self._create_worker()
-
-        return self._startup(create, "creating the worker")
-
-    def _create_worker(self) -> UUID:
-        """`POST /workers`, as the creator (see `_worker_or_create`)."""
-        try:
-            worker = self._rest.create_worker()
-        except BaseException:
-            self._created(None)
-            raise
-        self._created(worker.id, worker.last_heartbeat)
-        return worker.id
-
-    def _worker_or_create(self) -> UUID | None:
-        """The worker to act as; None: the caller must create it, then `_created()`.
-
-        Waits while another thread creates the worker.
-        """
-        with self._changed:
-            while self._creating:
-                self._check_connected()
-                self._changed.wait()
-            self._check_connected()
-            if self._worker_id is None:
-                self._creating = True
-            return self._worker_id
-
-    def _created(
-        self, worker_id: UUID | None, last_heartbeat: datetime | None = None
-    ) -> None:
-        """End this thread's worker creation: the new worker, or None if it failed."""
-        with self._changed:
-            self._creating = False
-            self._changed.notify_all()
-            disconnected = self._disconnected
-            if worker_id is not None and not disconnected:
-                self._worker_id = worker_id
-                self._last_heartbeat = last_heartbeat
-        if worker_id is None:
-            return
-        if disconnected:
-            # disconnect() ran during the request and never knew this worker.
-            self._delete_worker(worker_id)
-            raise JobLibError("the manager disconnected while creating its worker")
-        if self._heartbeat is not None:
-            self._heartbeat.start()  # a no-op once disconnect() stopped it
-
-    def _check_connected(self) -> None:
-        if self._disconnected:
-            raise JobLibError("the manager is disconnected; build a new one")
-
-    def _require_worker(self) -> UUID:
-        with self._lock:
-            self._check_connected()
-            worker_id = self._worker_id
-        if worker_id is None:
-            raise JobLibError("no worker: register a job or call create_worker()")
-        return worker_id
-
-    # heartbeat
-
-    def heartbeat(self) -> datetime:
-        """Tell the server this worker is alive; return the recorded time."""
-        return self._heartbeat_as(self._require_worker())
-
-    def _heartbeat_as(self, worker_id: UUID) -> datetime:
-        with self._lock:
-            held = [task for task, owner in self._held.items() if owner == worker_id]
-        answer = self._rest.heartbeat(worker_id, held)
-        with self._lock:
-            if self._worker_id == worker_id:
-                self._last_heartbeat = answer.last_heartbeat
-        # Listed tasks to stop: cancelled, past their deadline, or not ours now.
-        self._running.cancel_listed(answer.cancelled)
-        return answer.last_heartbeat
-
-    def _beat(self) -> None:
-        with self._lock:
-            worker_id = self._worker_id
-        if worker_id is None:
-            return
-        try:
-            self._heartbeat_as(worker_id)
-        except WorkerNotFoundError:
-            self._recover(worker_id)
-            return
-        except JobLibError as exc:
-            if not is_transient(exc):
-                raise
-            # An outage: the next beat tries again; no traceback for it.
-            logger.warning("heartbeat of worker %s failed: %s", worker_id, exc)
-            self._serving.unreachable(exc)
-            return
-        self._serving.reachable()
-        self._resume_if_pending()
-
     # tasks
-
-    def claim(
-        self,
-        *,
-        start: bool = True,
-        wait: float | None = None,
-        request_id: str | None = None,
-    ) -> ClaimedTask | None:
-        """Claim the oldest pending task of this worker's jobs; None when none waits.
-
-        With `start` (the default) the task comes back already running, saving a
-        request; a server without that extension hands it back claimed, and
-        `run()` starts it. With `wait`, a server that supports it holds the claim
-        up to `wait` seconds until a task comes. A task whose payload does not fit
-        its extension is failed with the validation error, and the next one is
-        claimed. `request_id` names the claim (a fresh one if not given): when a
-        claim failed for want of an answer, sending it again with the same id gets
-        back the task the lost answer carried instead of a second one.
-        """
-        while True:
-            worker_id = self._require_worker()
-            response, parked = self._rest.claim_task(
-                worker_id,
-                start=start,
-                wait=wait,
-                request_id=request_id or uuid.uuid4().hex,
-            )
-            self._claims_park = parked if wait else self._claims_park
-            if response is None:
-                return None
-            with self._lock:
-                self._held[response.id] = worker_id
-            task = self._claimed(response, worker_id)
-            if task is not None:
-                return task
-            request_id = None  # the next task is a new claim
-
-    def _claimed(self, response: TaskResponse, worker_id: UUID) -> ClaimedTask | None:
-        registration = self._jobs.get(response.job_name)
-        if registration is None:
-            error = f"this worker no longer serves {response.job_name}"
-        else:
-            try:
-                extension = registration.cls.model_validate(response.payload)
-            except ValidationError as exc:
-                error = f"invalid payload for {response.job_name}: {exc}"
-            else:
-                return ClaimedTask(
-                    id=response.id,
-                    job_name=response.job_name,
-                    room_id=response.room_id,
-                    extension=extension,
-                    status=response.status,
-                    worker_id=worker_id,
-                    attempt=response.attempt,
-                    run_kwargs=dict(registration.run_kwargs),
-                )
-        logger.warning("failing task %s: %s", response.id, error)
-        try:
-            self._reporter.update(response.id, worker_id, TaskStatus.FAILED, error)
-        except JobLibError as exc:
-            if not (is_refusal(exc) or is_transient(exc)):
-                raise
-            # Cancelled or given to another worker meanwhile, or the server stayed
-            # away: either way there is nothing more this worker can do about it.
-            logger.warning("task %s could not be failed: %s", response.id, exc)
-        finally:
-            self._let_go(response.id)
-        return None
 
     def start(self, task: ClaimedTask) -> None:
         """Mark a claimed task running; a task already running is left alone."""
@@ -811,11 +412,6 @@ class JobManager:
     def fail(self, task: ClaimedTask, error: str) -> None:
         """Mark a task failed with the error text shown to whoever submitted it."""
         self._runner.report(task, TaskStatus.FAILED, error)
-
-    def _let_go(self, task_id: UUID) -> None:
-        """Stop listing a task in heartbeats: the manager is done with it."""
-        with self._lock:
-            self._held.pop(task_id, None)
 
     def run(self, task: ClaimedTask, *args: Any, **kwargs: Any) -> TaskStatus:
         """Run the task's extension and report completed with its result, or failed.
@@ -862,139 +458,6 @@ class JobManager:
         with self._lock:
             worker_id = self._held.get(task_id, self._worker_id)
         self._runner.settle(task_id, worker_id, status, error)
-
-    @overload
-    def listen(
-        self,
-        stop_event: threading.Event | None = None,
-        polling_interval: float = POLLING_SECONDS,
-        *,
-        park_claims: bool = True,
-    ) -> Iterator[ClaimedTask]: ...
-
-    @overload
-    def listen(
-        self,
-        polling_interval: float,
-        stop_event: threading.Event | None = None,
-        /,
-        *,
-        park_claims: bool = True,
-    ) -> Iterator[ClaimedTask]: ...
-
-    def listen(
-        self,
-        stop_event: threading.Event | float | None = None,
-        polling_interval: float | threading.Event | None = None,
-        *,
-        park_claims: bool = True,
-    ) -> Iterator[ClaimedTask]:
-        """Yield claimed tasks until `stop_event` is set or the manager disconnects.
-
-        The two may also come the other way round, `listen(2.0, stop)`, as
-        zndraw-joblib's `listen(polling_interval, stop_event)` takes them.
-
-        With `park_claims`, each claim asks the server to hold it until a task
-        comes (`Prefer: wait`, up to `polling_interval` and at most 2 s). A server
-        that does not hold claims answers at once; `listen()` then waits
-        `polling_interval` seconds between empty claims, or less when the socket
-        announces a task for one of its jobs. While the server cannot be reached
-        or answers 5xx, `listen()` logs each failed claim and tries again, pausing
-        from `polling_interval` doubling up to 5 s (less when the socket
-        reconnects); it never ends for such an error. A claim that got no answer is
-        sent again under the same request id, so a task it took comes back rather
-        than staying claimed by nobody. A worker the server forgot is registered
-        again.
-        """
-        stop, interval = listen_arguments(stop_event, polling_interval, POLLING_SECONDS)
-        return self._listen(stop, interval, park_claims)
-
-    def _listen(
-        self,
-        stop_event: threading.Event | None,
-        polling_interval: float,
-        park_claims: bool,
-    ) -> Iterator[ClaimedTask]:
-        park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
-        outage = Backoff(
-            polling_interval, max(polling_interval, _OUTAGE_PAUSE_MAX_SECONDS)
-        )
-        stop = threading.Event()
-        with self._lock:
-            self._check_connected()
-            self._listeners.add(stop)
-        # A claim that got no answer is sent again under its id: if it took a task,
-        # the server answers that task again.
-        request_id: str | None = None
-        try:
-            while not _any_set(stop, stop_event):
-                # Cleared before the claim, so an announcement arriving during
-                # the claim still cuts the following wait short.
-                self._wakeup.clear()
-                started = time.monotonic()
-                request_id = request_id or uuid.uuid4().hex
-                try:
-                    task = self._claim_or_recover(park, request_id)
-                except JobLibError as exc:
-                    if _any_set(stop, stop_event):
-                        return
-                    if not is_transient(exc):
-                        raise
-                    self._serving.unreachable(exc)
-                    if _any_set(stop, stop_event):
-                        return  # disconnected, or given up on the server
-                    pause = outage.next()
-                    logger.warning(
-                        "claiming failed (%d in a row), again in %.1f s: %s",
-                        outage.failures,
-                        pause,
-                        exc,
-                    )
-                    self._sleep(pause, stop, stop_event)
-                    continue
-                request_id = None
-                self._serving.reachable()
-                if outage.failures:
-                    logger.info("claiming works again")
-                    outage.reset()
-                self._resume_if_pending()
-                if task is not None:
-                    yield task
-                    continue
-                # A claim the server held long enough was the wait. An empty
-                # answer that came sooner (a server that does not hold claims, or
-                # caps the wait at nothing) needs the pause.
-                held = time.monotonic() - started
-                if not (park and self._claims_park and held >= park / 2):
-                    self._sleep(polling_interval, stop, stop_event)
-        finally:
-            with self._lock:
-                self._listeners.discard(stop)
-
-    def _claim_or_recover(self, wait: float, request_id: str) -> ClaimedTask | None:
-        worker_id = self._require_worker()
-        # A server known not to hold claims is asked without the header.
-        ask = None if self._claims_park is False or wait <= 0 else wait
-        try:
-            return self.claim(wait=ask, request_id=request_id)
-        except WorkerNotFoundError:
-            if not self._recover(worker_id):
-                raise
-            return self.claim(wait=ask)
-
-    def _sleep(
-        self,
-        seconds: float,
-        stop: threading.Event,
-        stop_event: threading.Event | None,
-    ) -> None:
-        deadline = time.monotonic() + seconds
-        while not _any_set(stop, stop_event):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if self._wakeup.wait(min(remaining, _STOP_CHECK_SECONDS)):
-                return
 
     # submitting
 
@@ -1193,23 +656,6 @@ class JobManager:
         # Removing the worker removes its providers too.
         self._delete_worker(worker_id)
 
-    def _delete_worker(self, worker_id: UUID) -> None:
-        try:
-            receipt = self._rest.delete_worker(worker_id)
-        except NotFoundError:
-            logger.debug("worker %s was already removed", worker_id)
-            return
-        except JobLibError as exc:
-            logger.error("could not remove worker %s: %s", worker_id, exc)
-            return
-        if receipt is not None and (receipt.failed or receipt.requeued):
-            logger.info(
-                "worker %s removed with tasks in flight: %d failed, %d requeued",
-                worker_id,
-                len(receipt.failed),
-                len(receipt.requeued),
-            )
-
     def close(self) -> None:
         """Disconnect, then close the HTTP client and socket `connect()` made.
 
@@ -1249,12 +695,6 @@ class JobManager:
 
     # the socket
 
-    def _emit(self, event: Event) -> None:
-        assert self._tsio is not None
-        ack = send(self._tsio, event)
-        if isinstance(ack, Mapping) and ack.get("ok") is False:
-            raise error_for_problem(ack.get("error") or {})
-
     def _join_room(self, full_name: str, worker_id: UUID) -> None:
         if self._tsio is None:
             return
@@ -1272,92 +712,3 @@ class JobManager:
             return
         if event.job_name in self._jobs:
             self._wakeup.set()
-
-    def _on_connect(self) -> None:
-        """The socket (re)connected: the server forgot the rooms of the old one."""
-        self._resume()
-
-    def _resume_if_pending(self) -> None:
-        if self._resume_pending:
-            self._resume()
-
-    def _resume(self) -> None:
-        """Come back after a reconnection, as the same worker if the server knows it.
-
-        A heartbeat asks: 200, and every job's room is joined again under the old
-        worker id (a job the worker no longer serves is registered again under
-        it); 404, and the jobs are registered under a new worker (`_recover`).
-        When the server cannot be reached, the next request that gets through
-        (a heartbeat, a claim) tries again.
-        """
-        with self._lock:
-            self._resume_pending = False
-            worker_id, registrations = self._worker_id, dict(self._jobs)
-        if worker_id is None or self._disconnected:
-            return
-        try:
-            try:
-                self._heartbeat_as(worker_id)
-                for name, registration in registrations.items():
-                    self._rejoin(name, registration, worker_id)
-                for served in self._providers.all().values():
-                    self._rejoin_provider(served, worker_id)
-            except (WorkerNotFoundError, ForbiddenError) as exc:
-                logger.info("coming back as worker %s refused: %s", worker_id, exc)
-                self._recover(worker_id)
-        except JobLibError as exc:
-            if is_transient(exc):
-                logger.warning("coming back as worker %s failed: %s", worker_id, exc)
-                with self._lock:
-                    self._resume_pending = not self._disconnected
-            else:
-                # Not for want of the server (a refused registration, a
-                # disconnect): the claims that follow meet it where it is raised.
-                logger.error("coming back as worker %s failed: %s", worker_id, exc)
-            return
-        # Tasks may have been submitted while the socket was down.
-        self._wakeup.set()
-
-    def _rejoin(self, name: str, registration: _Registration, worker_id: UUID) -> None:
-        if self._tsio is None:
-            return
-        join = JoinJobRoom(job_name=name, worker_id=str(worker_id))
-        try:
-            self._emit(join)
-        except ForbiddenError as exc:
-            # The worker is known but no longer serves the job: serve it again.
-            logger.info("registering %s again as worker %s: %s", name, worker_id, exc)
-            self._put_job(registration, worker_id)
-            self._emit(join)
-
-    def _recover(self, stale: UUID) -> bool:
-        """Register every job again under a new worker, after the server lost `stale`.
-
-        Returns False when there is nothing to recover (the manager disconnected).
-        Several threads may find the loss at once: one recovers, the others wait
-        for it. Until the new worker exists, `worker_id` stays `stale`, so a
-        recovery that fails is tried again by the next request that finds it.
-        """
-        with self._changed:
-            while self._creating and not self._disconnected:
-                self._changed.wait()
-            if self._disconnected or self._worker_id != stale:
-                return self._worker_id is not None
-            self._creating = True
-            registrations = list(self._jobs.values())
-        logger.warning("the server no longer knows worker %s; registering again", stale)
-        if not registrations:
-            self._create_worker()
-        else:
-            # The first registration creates the new worker, the others join it.
-            first, *others = registrations
-            full_name, worker_id = self._put_job(first, None)
-            self._join_room(full_name, worker_id)
-            for registration in others:
-                self._register(registration)
-        self._register_providers_again()
-        return True
-
-
-def _any_set(*events: threading.Event | None) -> bool:
-    return any(event is not None and event.is_set() for event in events)
