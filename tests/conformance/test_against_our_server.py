@@ -112,6 +112,7 @@ def test_one_check_of_each_area_passes(live_server: LiveServer) -> None:
     assert report.failed == [], failures(report)
 
 
+@pytest.mark.slow  # over ~5 s
 def test_the_checks_of_tasks_as_calls_pass(live_server: LiveServer) -> None:
     report = run_server_checks(target(live_server), only=CALLS)
     assert report.failed == [], failures(report)

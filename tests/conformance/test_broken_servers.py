@@ -88,6 +88,7 @@ def failed(report: Report) -> list[str]:
     return report.failed
 
 
+@pytest.mark.slow  # over ~5 s
 @pytest.mark.parametrize("name", list(FLAWS))
 def test_the_checks_near_a_flaw_fail_exactly_there(name: str, tmp_path: Path) -> None:
     flaw, expected = FLAWS[name]
@@ -97,6 +98,7 @@ def test_the_checks_near_a_flaw_fail_exactly_there(name: str, tmp_path: Path) ->
     assert not report.ok
 
 
+@pytest.mark.slow  # over ~5 s
 def test_the_same_checks_pass_on_the_unbroken_server(tmp_path: Path) -> None:
     near = list(dict.fromkeys(check for checks in NEAR.values() for check in checks))
     with broken_server(None, tmp_path) as target:

@@ -150,6 +150,7 @@ def test_the_fake_server_passes_the_server_kit_smoke_checks() -> None:
     assert server_kit_on_the_fake(SMOKE) == []
 
 
+@pytest.mark.slow  # over ~5 s
 def test_the_fake_server_passes_the_checks_of_tasks_as_calls() -> None:
     assert server_kit_on_the_fake(CALLS) == []
 
@@ -216,6 +217,7 @@ and those that must fail."""
 _OWNERS: dict[str, Any] = {"app": fake_app, "World": state.World, "state": state}
 
 
+@pytest.mark.slow  # over ~5 s
 @pytest.mark.parametrize("lacking", list(LACKS))
 def test_a_fake_without_a_feature_fails_exactly_its_checks(lacking: str) -> None:
     owner, name, instead, near, expected = LACKS[lacking]

@@ -40,6 +40,7 @@ def _create_token(tokens_file: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # over ~5 s
 def test_token_command_makes_a_token_that_works(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -122,6 +123,7 @@ def test_cli_without_a_command_is_a_usage_error(
     assert "joblib-server --help" in line
 
 
+@pytest.mark.slow  # over ~5 s
 def test_tokens_made_at_once_are_all_kept(tmp_path: Path) -> None:
     tokens_file = tmp_path / "tokens.json"
     names = [f"worker-{i}" for i in range(8)]
@@ -162,6 +164,7 @@ def test_the_tokens_file_is_0600_whatever_was_there(tmp_path: Path) -> None:
     assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow  # over ~5 s
 def test_debug_logs_never_show_a_token(database_url: str, tmp_path: Path) -> None:
     tokens_file = tmp_path / "tokens.json"
     token = _create_token(tokens_file, "--name", "x")
@@ -262,6 +265,7 @@ def _token_list(tokens_file: Path) -> list[dict[str, Any]]:
     return listed
 
 
+@pytest.mark.slow  # over ~5 s
 def test_token_list_masks_tokens(tmp_path: Path) -> None:
     tokens_file = tmp_path / "tokens.json"
     admin = _create_token(tokens_file, "--name", "root", "--admin")
@@ -283,6 +287,7 @@ def test_token_list_masks_tokens(tmp_path: Path) -> None:
     assert lab not in table.stdout + table.stderr
 
 
+@pytest.mark.slow  # over ~5 s
 def test_token_revoke_by_token_prefix_or_identity(tmp_path: Path) -> None:
     tokens_file = tmp_path / "tokens.json"
     where = ["--tokens-file", str(tokens_file)]
@@ -341,6 +346,7 @@ def _socket_refused(url: str, token: str) -> bool:
     return False
 
 
+@pytest.mark.slow  # over ~5 s
 def test_a_running_server_follows_the_tokens_file(tmp_path: Path) -> None:
     # SQLite only: the tokens file is the same whatever the database.
     tokens_file = tmp_path / "tokens.json"

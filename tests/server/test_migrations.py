@@ -511,6 +511,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # over ~5 s
 def test_db_commands_upgrade_a_copy_of_each_fixture(fixture_url: str) -> None:
     head = head_revision()
     before = _cli("db", "current", "--database-url", fixture_url)
