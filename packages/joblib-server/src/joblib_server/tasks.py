@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -100,9 +100,10 @@ _JOB_PARTS = (
     _job.c.name.label("job_name"),
 )
 
-_NEXT_SEQ = (
-    # Taking the next number locks the job row until commit, which also keeps a
-    # concurrent soft delete from hiding the job under a fresh pending task.
+_RESERVE_SEQS = (
+    # Taking the next `b_count` numbers locks the job row until commit: no other
+    # submit's number falls inside them, and a concurrent soft delete cannot hide
+    # the job under a fresh pending task.
     sa.update(_job)
     .where(
         _job.c.room_id == sa.bindparam("b_room"),
@@ -110,7 +111,7 @@ _NEXT_SEQ = (
         _job.c.name == sa.bindparam("b_name"),
         _job.c.deleted.is_(False),
     )
-    .values(task_seq=_job.c.task_seq + 1)
+    .values(task_seq=_job.c.task_seq + sa.bindparam("b_count", type_=sa.Integer))
     .returning(
         _job.c.id,
         _job.c.task_seq,
@@ -256,6 +257,121 @@ async def submit_target(
     return name, executor
 
 
+@dataclass(frozen=True)
+class Queued:
+    """What a submit stored: the tasks' answers, announcements and dispatches."""
+
+    items: list[TaskResponse]
+    emissions: set[Emission]
+    dispatches: list[Dispatch]
+
+
+async def queue_tasks(
+    session: AsyncSession,
+    identity: Identity,
+    room_id: str,
+    full_name: str,
+    payloads: list[dict[str, Any]],
+    check: Callable[[dict[str, Any]], None],
+    *,
+    internal_jobs: bool = False,
+    ids: list[uuid.UUID] | None = None,
+    limits: TaskLimits = NO_LIMITS,
+) -> Queued:
+    """Store one task per payload at the end of the job's queue, in order.
+
+    One UPDATE reserves the sequence numbers, `check(schema)` refuses the payloads
+    before anything is stored, one INSERT stores every task, and the queue head is
+    read once, whatever the number of payloads. Tasks of an `@internal` job this
+    server runs are claimed for its executor at once and dispatched after commit.
+    """
+    name, executor = await submit_target(session, room_id, full_name, internal_jobs)
+    connection = await session.connection()
+    reserved = (
+        await connection.execute(
+            _RESERVE_SEQS,
+            {
+                "b_room": name.room_id,
+                "b_category": name.category,
+                "b_name": name.name,
+                "b_count": len(payloads),
+            },
+        )
+    ).first()
+    if reserved is None:
+        raise job_not_found(full_name, room_id)
+    job_id, last_seq, schema, job_timeout, job_pending_timeout = reserved
+    check(schema)
+    first_seq = last_seq - len(payloads) + 1
+    created_at = utcnow()
+    timeout = limits.timeout_seconds or job_timeout
+    pending_timeout = limits.pending_timeout_seconds or job_pending_timeout
+    expires_at = (
+        created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
+    )
+    status = (TaskStatus.PENDING if executor is None else TaskStatus.CLAIMED).value
+    tasks: list[TaskRow] = []
+    rows: list[dict[str, Any]] = []
+    dispatches: list[Dispatch] = []
+    for offset, payload in enumerate(payloads):
+        task = TaskRow(
+            id=ids[offset] if ids else uuid.uuid4(),
+            job_name=full_name,
+            room_id=room_id,
+            status=status,
+            created_at=created_at,
+            started_at=None,
+            completed_at=None,
+            worker_id=None,
+            error=None,
+            payload=payload,
+            attempt=1,
+            error_code=None,
+            timeout_seconds=timeout,
+            expires_at=expires_at,
+        )
+        claim_id = None
+        if executor is not None:
+            claim_id = f"{executor}:{uuid.uuid4().hex}"
+            dispatches.append(
+                Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
+            )
+        tasks.append(task)
+        rows.append(
+            {
+                "id": task.id,
+                "job_id": job_id,
+                "room_id": room_id,
+                "submitted_by": identity.id,
+                "status": status,
+                "payload": payload,
+                "seq": first_seq + offset,
+                "created_at": created_at,
+                "timeout_seconds": timeout,
+                "expires_at": expires_at,
+                "claimed_at": created_at if claim_id else None,
+                "claim_request_id": claim_id,
+            }
+        )
+    await connection.execute(_INSERT_TASK, rows)
+    if executor is not None:
+        # Claimed already: no queue position, and nothing for workers to claim.
+        emissions = {task_emission(task) for task in tasks}
+        return Queued(
+            [task_response(task, None) for task in tasks], emissions, dispatches
+        )
+    head = await pending_head(connection, job_id)
+    items = []
+    emissions = set()
+    for offset, task in enumerate(tasks):
+        position = queue_position(status, first_seq + offset, head)
+        emissions.add(task_emission(task, position))
+        if name.room_id != INTERNAL_ROOM:
+            emissions.add(task_available(task))
+        items.append(task_response(task, position))
+    return Queued(items, emissions, dispatches)
+
+
 async def submit_task(
     session: AsyncSession,
     identity: Identity,
@@ -272,70 +388,18 @@ async def submit_task(
     The payload must match the job's JSON Schema (422 `invalid-payload`, nothing
     stored). `limits` override the job's own time limits.
     """
-    name, executor = await submit_target(session, room_id, full_name, internal_jobs)
-    run_here = executor is not None
-    connection = await session.connection()
-    numbered = (
-        await connection.execute(
-            _NEXT_SEQ,
-            {"b_room": name.room_id, "b_category": name.category, "b_name": name.name},
-        )
-    ).first()
-    if numbered is None:
-        raise job_not_found(full_name, room_id)
-    job_id, seq, schema, job_timeout, job_pending_timeout = numbered
-    check_payload(schema, payload)
-    created_at = utcnow()
-    timeout = limits.timeout_seconds or job_timeout
-    pending_timeout = limits.pending_timeout_seconds or job_pending_timeout
-    expires_at = (
-        created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
+    queued = await queue_tasks(
+        session,
+        identity,
+        room_id,
+        full_name,
+        [payload],
+        lambda schema: check_payload(schema, payload),
+        internal_jobs=internal_jobs,
+        ids=[task_id] if task_id else None,
+        limits=limits,
     )
-    # A task of an `@internal` job run here is claimed for its executor at once.
-    claim_id = f"{executor}:{uuid.uuid4().hex}" if run_here else None
-    task = TaskRow(
-        id=task_id or uuid.uuid4(),
-        job_name=full_name,
-        room_id=room_id,
-        status=(TaskStatus.CLAIMED if run_here else TaskStatus.PENDING).value,
-        created_at=created_at,
-        started_at=None,
-        completed_at=None,
-        worker_id=None,
-        error=None,
-        payload=payload,
-        attempt=1,
-        error_code=None,
-        timeout_seconds=timeout,
-        expires_at=expires_at,
-    )
-    await connection.execute(
-        _INSERT_TASK,
-        {
-            "id": task.id,
-            "job_id": job_id,
-            "room_id": room_id,
-            "submitted_by": identity.id,
-            "status": task.status,
-            "payload": payload,
-            "seq": seq,
-            "created_at": task.created_at,
-            "timeout_seconds": timeout,
-            "expires_at": expires_at,
-            "claimed_at": created_at if claim_id else None,
-            "claim_request_id": claim_id,
-        },
-    )
-    if claim_id is not None:
-        dispatch = Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
-        return Outcome(
-            task_response(task, None), {task_emission(task)}, dispatches=(dispatch,)
-        )
-    position = queue_position(task.status, seq, await pending_head(connection, job_id))
-    emissions = {task_emission(task, position)}
-    if name.room_id != INTERNAL_ROOM:
-        emissions.add(task_available(task))
-    return Outcome(task_response(task, position), emissions)
+    return Outcome(queued.items[0], queued.emissions, dispatches=queued.dispatches)
 
 
 async def claim_task(
