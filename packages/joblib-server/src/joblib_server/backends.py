@@ -10,7 +10,9 @@ asks which database it talks to.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -178,6 +180,34 @@ class Backend(ABC):
         """
         return _claim_statement(self.name == SqliteBackend.name, start)
 
+    def insert_tasks_statement(self) -> Any:
+        """The statement that stores a submit's tasks, whatever their number.
+
+        Built once per backend. Its parameters: `insert_tasks_params` (the
+        payloads, ids and claim keys, one array each, in the tasks' order) and
+        `b_job`, `b_room`, `b_by` (the submitter), `b_status`, `b_first_seq` (the
+        first task's sequence number; the others follow in order), `b_created`,
+        `b_timeout`, `b_expires`, `b_claimed` (`claimed_at`) and
+        `b_claim_prefix` (a claim id is the prefix and the task's key; None:
+        unclaimed).
+        """
+        return _insert_tasks_statement(self.name == SqliteBackend.name)
+
+    def insert_tasks_params(
+        self,
+        payloads: list[dict[str, Any]],
+        ids: list[uuid.UUID],
+        claim_keys: list[str],
+    ) -> dict[str, Any]:
+        """The array parameters of `insert_tasks_statement`; keys are 32 hex digits."""
+        # One json.dumps of the whole list, split by the database: neither
+        # SQLAlchemy nor the driver handles a parameter set per task.
+        return {
+            "b_payloads": json.dumps(payloads),
+            "b_ids": ids,
+            "b_claim_keys": claim_keys,
+        }
+
     @asynccontextmanager
     async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
         """Hold off other processes changing the schema at the same time."""
@@ -310,6 +340,19 @@ class SqliteBackend(Backend):
             .values(**values)
             .on_conflict_do_nothing(index_elements=list(conflict_columns))
         )
+
+    def insert_tasks_params(
+        self,
+        payloads: list[dict[str, Any]],
+        ids: list[uuid.UUID],
+        claim_keys: list[str],
+    ) -> dict[str, Any]:
+        """Ids and keys as one string of 32 hex digits each (SQLite has no arrays)."""
+        return {
+            "b_payloads": json.dumps(payloads),
+            "b_ids": "".join(task_id.hex for task_id in ids),
+            "b_claim_keys": "".join(claim_keys),
+        }
 
     @asynccontextmanager
     async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
@@ -555,4 +598,81 @@ def _claim_statement(is_sqlite: bool, start: bool) -> Any:
         .where(_task.c.status == PENDING)
         .values(**values)
         .returning(*_task.c)
+    )
+
+
+_INSERT_TASKS = """
+INSERT INTO joblib_task (id, job_id, room_id, submitted_by, status, payload, seq,
+    created_at, timeout_seconds, expires_at, claimed_at, claim_request_id)
+SELECT {id}, :b_job, :b_room, :b_by, :b_status, {payload}, :b_first_seq + {index},
+    :b_created, :b_timeout, :b_expires, :b_claimed, :b_claim_prefix || {key}
+FROM {rows}
+"""
+
+
+@cache
+def _insert_tasks_statement(is_sqlite: bool) -> Any:
+    from joblib_server.tables import UTCDateTime
+
+    if is_sqlite:
+        # json_each gives each payload object back as its JSON text, numbers and
+        # escapes as written; ids and claim keys are 32 characters each.
+        sql = _INSERT_TASKS.format(
+            id="substr(:b_ids, p.key * 32 + 1, 32)",
+            payload="p.value",
+            index="p.key",
+            key="substr(:b_claim_keys, p.key * 32 + 1, 32)",
+            rows="json_each(:b_payloads) AS p",
+        )
+        arrays: list[sa.BindParameter[Any]] = [
+            sa.bindparam("b_payloads", type_=sa.String),
+            sa.bindparam("b_ids", type_=sa.String),
+            sa.bindparam("b_claim_keys", type_=sa.String),
+        ]
+    else:
+        # json, not jsonb: each payload keeps its text (key order, duplicate
+        # keys, numbers as written, \u0000), as when sent one by one. The
+        # elements themselves, not a path into them: `->` on an array holding
+        # \u0000 fails. A shorter array (no claim keys) reads as NULLs.
+        sql = _INSERT_TASKS.format(
+            id="p.id",
+            payload="p.payload",
+            index="p.ordinality - 1",
+            key="p.claim_key",
+            rows=(
+                "ROWS FROM (json_array_elements(CAST(:b_payloads AS json)), "
+                "unnest(CAST(:b_ids AS uuid[])), unnest(CAST(:b_claim_keys AS text[])))"
+                " WITH ORDINALITY AS p(payload, id, claim_key, ordinality)"
+            ),
+        )
+        sql = sql.replace(":b_job", "CAST(:b_job AS uuid)")
+        for name, cast in (
+            ("b_room", "varchar"),
+            ("b_by", "varchar"),
+            ("b_status", "varchar"),
+            ("b_first_seq", "bigint"),
+            ("b_created", "timestamptz"),
+            ("b_timeout", "float8"),
+            ("b_expires", "timestamptz"),
+            ("b_claimed", "timestamptz"),
+            ("b_claim_prefix", "varchar"),
+        ):
+            sql = sql.replace(f":{name}", f"CAST(:{name} AS {cast})")
+        arrays = [
+            sa.bindparam("b_payloads", type_=sa.String),
+            sa.bindparam("b_ids", type_=postgresql.ARRAY(sa.Uuid())),
+            sa.bindparam("b_claim_keys", type_=postgresql.ARRAY(sa.String())),
+        ]
+    return sa.text(sql).bindparams(
+        *arrays,
+        sa.bindparam("b_job", type_=sa.Uuid),
+        sa.bindparam("b_room", type_=sa.String),
+        sa.bindparam("b_by", type_=sa.String),
+        sa.bindparam("b_status", type_=sa.String),
+        sa.bindparam("b_first_seq", type_=sa.BigInteger),
+        sa.bindparam("b_created", type_=UTCDateTime()),
+        sa.bindparam("b_timeout", type_=sa.Float),
+        sa.bindparam("b_expires", type_=UTCDateTime()),
+        sa.bindparam("b_claimed", type_=UTCDateTime()),
+        sa.bindparam("b_claim_prefix", type_=sa.String),
     )

@@ -121,8 +121,6 @@ _RESERVE_SEQS = (
     )
 )
 
-_INSERT_TASK = sa.insert(_task)
-
 _TASK_WITH_JOB = (
     sa.select(*_task.c, *_JOB_PARTS)
     .join(_job, _job.c.id == _task.c.job_id)
@@ -311,8 +309,9 @@ async def queue_tasks(
     )
     status = (TaskStatus.PENDING if executor is None else TaskStatus.CLAIMED).value
     tasks: list[TaskRow] = []
-    rows: list[dict[str, Any]] = []
+    claim_keys: list[str] = []
     dispatches: list[Dispatch] = []
+    claim_prefix = None if executor is None else f"{executor}:"
     for offset, payload in enumerate(payloads):
         task = TaskRow(
             id=ids[offset] if ids else uuid.uuid4(),
@@ -330,30 +329,32 @@ async def queue_tasks(
             timeout_seconds=timeout,
             expires_at=expires_at,
         )
-        claim_id = None
-        if executor is not None:
-            claim_id = f"{executor}:{uuid.uuid4().hex}"
+        if claim_prefix is not None:
+            key = uuid.uuid4().hex
+            claim_keys.append(key)
             dispatches.append(
-                Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
+                Dispatch(task.id, full_name, room_id, payload, 1, claim_prefix + key)
             )
         tasks.append(task)
-        rows.append(
-            {
-                "id": task.id,
-                "job_id": job_id,
-                "room_id": room_id,
-                "submitted_by": identity.id,
-                "status": status,
-                "payload": payload,
-                "seq": first_seq + offset,
-                "created_at": created_at,
-                "timeout_seconds": timeout,
-                "expires_at": expires_at,
-                "claimed_at": created_at if claim_id else None,
-                "claim_request_id": claim_id,
-            }
-        )
-    await connection.execute(_INSERT_TASK, rows)
+    backend = backend_of(session)
+    await connection.execute(
+        backend.insert_tasks_statement(),
+        {
+            **backend.insert_tasks_params(
+                payloads, [task.id for task in tasks], claim_keys
+            ),
+            "b_job": job_id,
+            "b_room": room_id,
+            "b_by": identity.id,
+            "b_status": status,
+            "b_first_seq": first_seq,
+            "b_created": created_at,
+            "b_timeout": timeout,
+            "b_expires": expires_at,
+            "b_claimed": None if claim_prefix is None else created_at,
+            "b_claim_prefix": claim_prefix,
+        },
+    )
     if executor is not None:
         # Claimed already: no queue position, and nothing for workers to claim.
         emissions = {task_emission(task) for task in tasks}
