@@ -4,15 +4,23 @@ each must come back exactly as sent, and concurrent batches keep the queue whole
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from joblib_server.views import (
+    TaskRow,
+    new_task_views,
+    task_available,
+    task_emission,
+    task_response,
+)
 from tests.support.rest import ROOM, claim, get_task, serving_job, submit
-
-pytestmark = pytest.mark.anyio
 
 ODD_PAYLOADS: list[dict[str, Any]] = [
     {"angle": 1, "text": "héllo wörld ✓ 日本語 🚀", "escapes": '"quoted" \\ \n\t/'},
@@ -32,6 +40,7 @@ def _exact(value: Any) -> str:
     return json.dumps(value)
 
 
+@pytest.mark.anyio
 async def test_payloads_survive_the_json_array_exactly(
     alice: httpx.AsyncClient,
 ) -> None:
@@ -52,6 +61,7 @@ async def test_payloads_survive_the_json_array_exactly(
         assert _exact(claimed["payload"]) == _exact(sent)
 
 
+@pytest.mark.anyio
 async def test_a_single_submit_keeps_its_payload_exactly(
     alice: httpx.AsyncClient,
 ) -> None:
@@ -62,6 +72,7 @@ async def test_a_single_submit_keeps_its_payload_exactly(
         assert _exact(stored) == _exact(sent or {"x": None})
 
 
+@pytest.mark.anyio
 async def test_concurrent_batches_keep_positions_and_creation_order(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient
 ) -> None:
@@ -96,3 +107,45 @@ async def test_concurrent_batches_keep_positions_and_creation_order(
         claimed = await claim(alice, worker_id)
         assert claimed is not None
         assert claimed["id"] == item["id"], position
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_copied_views_are_the_validated_ones(available: bool) -> None:
+    """`new_task_views` copies the first task's models: same models, same JSON."""
+    ids = [uuid.uuid4() for _ in ODD_PAYLOADS]
+    first = TaskRow(
+        id=ids[0],
+        job_name=f"{ROOM}:modifiers:Rotate",
+        room_id=ROOM,
+        status="pending",
+        created_at=datetime.now(UTC),
+        started_at=None,
+        completed_at=None,
+        worker_id=None,
+        error=None,
+        payload=ODD_PAYLOADS[0],
+        attempt=1,
+        error_code=None,
+        timeout_seconds=30.0,
+        expires_at=datetime.now(UTC),
+    )
+    positions = [3, 4, 5, 6, 7, 8, 9, 10]
+    items, emissions = new_task_views(
+        first, ids, ODD_PAYLOADS, positions, available=available
+    )
+    rows = [
+        replace(first, id=task_id, payload=payload)
+        for task_id, payload in zip(ids, ODD_PAYLOADS, strict=True)
+    ]
+    expected = [task_response(row, p) for row, p in zip(rows, positions, strict=True)]
+    assert items == expected
+    assert [i.model_dump_json() for i in items] == [
+        i.model_dump_json() for i in expected
+    ]
+    events = {task_emission(row, p) for row, p in zip(rows, positions, strict=True)}
+    if available:
+        events |= {task_available(row) for row in rows}
+    assert emissions == events
+    assert sorted(e.event.model_dump_json() for e in emissions) == sorted(
+        e.event.model_dump_json() for e in events
+    )

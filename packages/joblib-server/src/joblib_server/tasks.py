@@ -67,7 +67,7 @@ from joblib_server.tables import (
 )
 from joblib_server.views import (
     TaskRow,
-    task_available,
+    new_task_views,
     task_cancelled,
     task_emission,
     task_response,
@@ -308,41 +308,38 @@ async def queue_tasks(
         created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
     )
     status = (TaskStatus.PENDING if executor is None else TaskStatus.CLAIMED).value
-    tasks: list[TaskRow] = []
+    task_ids = ids or [uuid.uuid4() for _ in payloads]
+    first = TaskRow(
+        id=task_ids[0],
+        job_name=full_name,
+        room_id=room_id,
+        status=status,
+        created_at=created_at,
+        started_at=None,
+        completed_at=None,
+        worker_id=None,
+        error=None,
+        payload=payloads[0],
+        attempt=1,
+        error_code=None,
+        timeout_seconds=timeout,
+        expires_at=expires_at,
+    )
     claim_keys: list[str] = []
     dispatches: list[Dispatch] = []
     claim_prefix = None if executor is None else f"{executor}:"
-    for offset, payload in enumerate(payloads):
-        task = TaskRow(
-            id=ids[offset] if ids else uuid.uuid4(),
-            job_name=full_name,
-            room_id=room_id,
-            status=status,
-            created_at=created_at,
-            started_at=None,
-            completed_at=None,
-            worker_id=None,
-            error=None,
-            payload=payload,
-            attempt=1,
-            error_code=None,
-            timeout_seconds=timeout,
-            expires_at=expires_at,
-        )
-        if claim_prefix is not None:
+    if claim_prefix is not None:
+        for task_id, payload in zip(task_ids, payloads, strict=True):
             key = uuid.uuid4().hex
             claim_keys.append(key)
             dispatches.append(
-                Dispatch(task.id, full_name, room_id, payload, 1, claim_prefix + key)
+                Dispatch(task_id, full_name, room_id, payload, 1, claim_prefix + key)
             )
-        tasks.append(task)
     backend = backend_of(session)
     await connection.execute(
         backend.insert_tasks_statement(),
         {
-            **backend.insert_tasks_params(
-                payloads, [task.id for task in tasks], claim_keys
-            ),
+            **backend.insert_tasks_params(payloads, task_ids, claim_keys),
             "b_job": job_id,
             "b_room": room_id,
             "b_by": identity.id,
@@ -355,21 +352,21 @@ async def queue_tasks(
             "b_claim_prefix": claim_prefix,
         },
     )
-    if executor is not None:
-        # Claimed already: no queue position, and nothing for workers to claim.
-        emissions = {task_emission(task) for task in tasks}
-        return Queued(
-            [task_response(task, None) for task in tasks], emissions, dispatches
-        )
-    head = await pending_head(connection, job_id)
-    items = []
-    emissions = set()
-    for offset, task in enumerate(tasks):
-        position = queue_position(status, first_seq + offset, head)
-        emissions.add(task_emission(task, position))
-        if name.room_id != INTERNAL_ROOM:
-            emissions.add(task_available(task))
-        items.append(task_response(task, position))
+    positions: list[int | None] = [None] * len(payloads)
+    if executor is None:
+        # Claimed tasks (an executor's) have no position and nothing to offer.
+        head = await pending_head(connection, job_id)
+        positions = [
+            queue_position(status, first_seq + offset, head)
+            for offset in range(len(payloads))
+        ]
+    items, emissions = new_task_views(
+        first,
+        task_ids,
+        payloads,
+        positions,
+        available=executor is None and name.room_id != INTERNAL_ROOM,
+    )
     return Queued(items, emissions, dispatches)
 
 
