@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from joblib_protocol import TaskBatchResponse, ValidationFailed
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
-from joblib_server.outcome import Outcome
+from joblib_server.outcome import Outcome, one_statement
 from joblib_server.payloads import check_payloads
 from joblib_server.tasks import NO_LIMITS, TaskLimits, queue_tasks
 
@@ -45,6 +45,7 @@ def check_batch_size(count: int, limit: int) -> None:
     )
 
 
+@one_statement
 async def submit_batch(
     session: AsyncSession,
     identity: Identity,
