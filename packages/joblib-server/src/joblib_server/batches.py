@@ -1,15 +1,16 @@
 """Batch submit: many tasks of one job in one change, all or none of them.
 
-A batch is one write transaction with a fixed number of statements whatever its
-size (`tasks.queue_tasks`, which a single submit uses too): the job's sequence
-numbers are reserved in one UPDATE, every payload is checked against the schema
-compiled once, the tasks go in as one `INSERT … SELECT` over the payloads sent as
-one JSON array (`Backend.insert_tasks_statement`), and the queue head is read
-once. The batch lands at the end of the job's
-queue, in the order of its payloads (consecutive sequence numbers, one
-`created_at`). Its announcements are those of as many single submits: a
-`task_status_event` per task, and a `task_available` per claimable task, so each
-wakes one held claim.
+A batch is one change with a fixed number of statements whatever its size
+(`tasks.queue_tasks`, which a single submit uses too): every payload is checked
+against the schema compiled once, the tasks go in as one `INSERT … SELECT` over
+the payloads sent as one JSON array (`Backend.insert_tasks_statement`); on
+PostgreSQL the reservation of the job's sequence numbers, the insert and the
+read of the queue head are one statement in autocommit
+(`Backend.queue_statement`), on SQLite three in one transaction. The batch
+lands at the end of the job's queue, in the order of its payloads (consecutive
+sequence numbers, one `created_at`). Its announcements are those of as many
+single submits: a `task_status_event` per task, and a `task_available` per
+claimable task, so each wakes one held claim.
 """
 
 from __future__ import annotations

@@ -133,8 +133,9 @@ class JobLib:
     ) -> T:
         """Run `operation(session, *args, **kwargs)` as one change; return its value.
 
-        The one way a change reaches the database: a write transaction, run again
-        on the errors the database calls retryable, committed, and then all the
+        The one way a change reaches the database: a write transaction (for an
+        operation marked `one_statement`, `Database.write_one()`), run again on
+        the errors the database calls retryable, committed, and then all the
         after-commit work of its `Outcome`.
         """
         backend = self.database.backend
