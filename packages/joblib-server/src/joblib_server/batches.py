@@ -1,7 +1,7 @@
 """Batch submit: many tasks of one job in one change, all or none of them.
 
 A batch is one change with a fixed number of statements whatever its size
-(`tasks.queue_tasks`, which a single submit uses too): every payload is checked
+(`queueing.queue_tasks`, which a single submit uses too): every payload is checked
 against the schema compiled once, the tasks go in as one `INSERT … SELECT` over
 the payloads sent as one JSON array (`Backend.insert_tasks_statement`); on
 PostgreSQL the reservation of the job's sequence numbers, the insert and the
@@ -24,7 +24,7 @@ from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
 from joblib_server.outcome import Outcome, one_statement
 from joblib_server.payloads import check_payloads
-from joblib_server.tasks import NO_LIMITS, TaskLimits, queue_tasks
+from joblib_server.queueing import NO_LIMITS, TaskLimits, queue_tasks
 
 BODY_FACTOR = 16
 """A batch's body may be this many times `max_body_bytes` (16 MiB by default):
