@@ -3,18 +3,21 @@ this process remembers it (`known_jobs`); the job changing meanwhile is noticed.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
 
 from joblib_server import JobLib
-from joblib_server.tables import JOB_TABLE
+from joblib_server.tables import JOB_TABLE, TASK_TABLE
 from tests.support.rest import ROOM, assert_problem, serving_job, submit
+from tests.support.waiting import aeventually
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +141,68 @@ async def test_a_job_deleted_elsewhere_is_404(
         f"/rooms/{ROOM}/tasks/{job_name}/batch", json={"payloads": [{}]}
     )
     assert_problem(answer, 404, "job-not-found")
+
+
+async def test_a_submit_that_waited_for_the_job_counts_the_tasks_before_it(
+    alice: httpx.AsyncClient, joblib: JobLib
+) -> None:
+    """The statement's snapshot predates the lock wait; the head is read again."""
+    if joblib.database.backend.name != "postgresql":
+        pytest.skip("SQLite writers take turns before their first statement")
+    _, job_name = await serving_job(alice)
+    await submit(alice, job_name)  # remembered; the queue is then emptied
+    room, category, name = job_name.split(":")
+    job, task = JOB_TABLE, TASK_TABLE
+    async with joblib.database.write() as session:
+        await session.execute(sa.delete(task))
+    answers: list[httpx.Response] = []
+
+    async def submit_now() -> None:
+        answers.append(
+            await alice.post(
+                f"/rooms/{ROOM}/tasks/{job_name}", json={"payload": {"angle": 2}}
+            )
+        )
+
+    async def waiting_for_a_lock() -> bool:
+        async with joblib.database.read() as session:
+            waiting = await session.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE '%WITH job AS%'"
+                )
+            )
+            return bool(waiting.scalar_one())
+
+    # Another submit, in steps: it holds the job's row while our submit waits.
+    async with joblib.database.write() as other:
+        reserved = (
+            await other.execute(
+                sa.update(job)
+                .where(job.c.room_id == room, job.c.category == category)
+                .where(job.c.name == name)
+                .values(task_seq=job.c.task_seq + 1)
+                .returning(job.c.id, job.c.task_seq)
+            )
+        ).one()
+        async with anyio.create_task_group() as group:
+            group.start_soon(submit_now)
+            await aeventually(waiting_for_a_lock, what="the submit to wait")
+            await other.execute(
+                sa.insert(task).values(
+                    id=uuid.uuid4(),
+                    job_id=reserved.id,
+                    room_id=ROOM,
+                    submitted_by="other",
+                    status="pending",
+                    payload={"angle": 1},
+                    seq=reserved.task_seq,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            await other.commit()
+    (answer,) = answers
+    assert answer.status_code == 202, answer.text
+    # Its statement's snapshot saw an empty queue: without the second look it
+    # would have said 1.
+    assert answer.json()["queue_position"] == 2
