@@ -10,7 +10,10 @@ asks which database it talks to.
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import uuid
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -178,6 +181,57 @@ class Backend(ABC):
         """
         return _claim_statement(self.name == SqliteBackend.name, start)
 
+    def insert_tasks_statement(self) -> Any:
+        """The statement that stores a submit's tasks, whatever their number.
+
+        Built once per backend. Its parameters: `insert_tasks_params` (the
+        payloads, ids and claim keys, one array each, in the tasks' order) and
+        `b_job`, `b_room`, `b_by` (the submitter), `b_status`, `b_first_seq` (the
+        first task's sequence number; the others follow in order), `b_created`,
+        `b_timeout`, `b_expires`, `b_claimed` (`claimed_at`) and
+        `b_claim_prefix` (a claim id is the prefix and the task's key; None:
+        unclaimed).
+        """
+        return _insert_tasks_statement(self.name == SqliteBackend.name)
+
+    def insert_tasks_params(
+        self,
+        payloads: list[dict[str, Any]],
+        ids: list[uuid.UUID],
+        claim_keys: list[str],
+    ) -> dict[str, Any]:
+        """The array parameters of `insert_tasks_statement`; keys are 32 hex digits."""
+        # One json.dumps of the whole list, split by the database: neither
+        # SQLAlchemy nor the driver handles a parameter set per task.
+        return {
+            "b_payloads": json.dumps(payloads),
+            "b_ids": ids,
+            "b_claim_keys": claim_keys,
+        }
+
+    def queue_statement(self) -> Any:
+        """One statement that reserves sequence numbers, inserts and reads the head.
+
+        None where the database cannot (SQLite: no UPDATE inside WITH); callers
+        then run the three steps in their transaction. Run it with the parameters
+        of `insert_tasks_statement` but `b_first_seq`, plus `b_count` and the job
+        as the caller last read it: `b_job`, `b_schema` (its schema's JSON text),
+        `b_job_timeout`, `b_job_pending`. It stores nothing, and returns no row,
+        unless the job is still so and not deleted; else one row: `last_seq`
+        (the batch's last number), `created_at` and `expires_at` (taken by the
+        statement, from `b_pending` seconds: the tasks' `b_created`, `b_expires`
+        and `b_claimed` are not parameters), `seen_seq` (the job's number in
+        the statement's snapshot) and `head` (its lowest pending number there).
+        """
+        return None
+
+    def write_one(self) -> Any:
+        """An async context manager: a session for a change of one statement.
+
+        By default the same transaction as `write()`.
+        """
+        return self.write()
+
     @asynccontextmanager
     async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
         """Hold off other processes changing the schema at the same time."""
@@ -311,6 +365,19 @@ class SqliteBackend(Backend):
             .on_conflict_do_nothing(index_elements=list(conflict_columns))
         )
 
+    def insert_tasks_params(
+        self,
+        payloads: list[dict[str, Any]],
+        ids: list[uuid.UUID],
+        claim_keys: list[str],
+    ) -> dict[str, Any]:
+        """Ids and keys as one string of 32 hex digits each (SQLite has no arrays)."""
+        return {
+            "b_payloads": json.dumps(payloads),
+            "b_ids": "".join(task_id.hex for task_id in ids),
+            "b_claim_keys": "".join(claim_keys),
+        }
+
     @asynccontextmanager
     async def schema_lock(self, connection: AsyncConnection) -> AsyncIterator[None]:
         """Wait for another process's schema change (on the loop: once, at start)."""
@@ -387,6 +454,19 @@ class PostgresBackend(Backend):
             session.begin(),
         ):
             yield session
+
+    @asynccontextmanager
+    async def write_one(self) -> AsyncIterator[AsyncSession]:
+        """In autocommit: the statement is its own transaction.
+
+        BEGIN and COMMIT would be two of a submit's three round trips.
+        """
+        async with self._read() as session, self._discarding_broken(session):
+            yield session
+
+    def queue_statement(self) -> Any:
+        """A data-modifying WITH: UPDATE the job, INSERT … SELECT, read the head."""
+        return _queue_statement()
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         """A serialization failure or a deadlock."""
@@ -555,4 +635,173 @@ def _claim_statement(is_sqlite: bool, start: bool) -> Any:
         .where(_task.c.status == PENDING)
         .values(**values)
         .returning(*_task.c)
+    )
+
+
+_INSERT_TASKS = """
+INSERT INTO joblib_task (id, job_id, room_id, submitted_by, status, payload, seq,
+    created_at, timeout_seconds, expires_at, claimed_at, claim_request_id)
+SELECT {id}, {job}, :b_room, :b_by, :b_status, {payload}, {seq},
+    :b_created, :b_timeout, :b_expires, :b_claimed, :b_claim_prefix || {key}
+FROM {rows}
+"""
+
+
+@cache
+def _insert_tasks_statement(is_sqlite: bool) -> Any:
+    from joblib_server.tables import UTCDateTime
+
+    if is_sqlite:
+        # json_each gives each payload object back as its JSON text, numbers and
+        # escapes as written; ids and claim keys are 32 characters each.
+        sql = _INSERT_TASKS.format(
+            id="substr(:b_ids, p.key * 32 + 1, 32)",
+            job=":b_job",
+            payload="p.value",
+            seq=":b_first_seq + p.key",
+            key="substr(:b_claim_keys, p.key * 32 + 1, 32)",
+            rows="json_each(:b_payloads) AS p",
+        )
+        arrays: list[sa.BindParameter[Any]] = [
+            sa.bindparam("b_payloads", type_=sa.String),
+            sa.bindparam("b_ids", type_=sa.String),
+            sa.bindparam("b_claim_keys", type_=sa.String),
+        ]
+    else:
+        sql = _pg_casts(
+            _INSERT_TASKS.format(
+                **_PG_TASK_ROWS,
+                job="CAST(:b_job AS uuid)",
+                seq="CAST(:b_first_seq AS bigint) + p.ordinality - 1",
+                rows=_PG_TASK_ROWS_FROM,
+            )
+        )
+        arrays = _pg_arrays()
+    return sa.text(sql).bindparams(
+        *arrays,
+        sa.bindparam("b_job", type_=sa.Uuid),
+        sa.bindparam("b_room", type_=sa.String),
+        sa.bindparam("b_by", type_=sa.String),
+        sa.bindparam("b_status", type_=sa.String),
+        sa.bindparam("b_first_seq", type_=sa.BigInteger),
+        sa.bindparam("b_created", type_=UTCDateTime()),
+        sa.bindparam("b_timeout", type_=sa.Float),
+        sa.bindparam("b_expires", type_=UTCDateTime()),
+        sa.bindparam("b_claimed", type_=UTCDateTime()),
+        sa.bindparam("b_claim_prefix", type_=sa.String),
+    )
+
+
+# json, not jsonb: each payload keeps its text (key order, duplicate keys, numbers
+# as written, \u0000), as when sent one by one. The elements themselves, not a
+# path into them: `->` on an array element holding \u0000 fails. A shorter array
+# (no claim keys) reads as NULLs.
+_PG_TASK_ROWS = {"id": "p.id", "payload": "p.payload", "key": "p.claim_key"}
+_PG_TASK_ROWS_FROM = (
+    "ROWS FROM (json_array_elements(CAST(:b_payloads AS json)), "
+    "unnest(CAST(:b_ids AS uuid[])), unnest(CAST(:b_claim_keys AS text[]))) "
+    "WITH ORDINALITY AS p(payload, id, claim_key, ordinality)"
+)
+
+
+def _pg_casts(sql: str) -> str:
+    """asyncpg needs each parameter's type; a SELECT list does not tell it."""
+    for name, cast in (
+        ("b_room", "varchar"),
+        ("b_by", "varchar"),
+        ("b_status", "varchar"),
+        ("b_created", "timestamptz"),
+        ("b_timeout", "float8"),
+        ("b_expires", "timestamptz"),
+        ("b_claimed", "timestamptz"),
+        ("b_claim_prefix", "varchar"),
+    ):
+        sql = sql.replace(f":{name}", f"CAST(:{name} AS {cast})")
+    return sql
+
+
+def _pg_arrays() -> list[sa.BindParameter[Any]]:
+    return [
+        sa.bindparam("b_payloads", type_=sa.String),
+        sa.bindparam("b_ids", type_=postgresql.ARRAY(sa.Uuid())),
+        sa.bindparam("b_claim_keys", type_=postgresql.ARRAY(sa.String())),
+    ]
+
+
+@cache
+def _queue_statement() -> Any:
+    from joblib_server.tables import UTCDateTime
+
+    # The reservation locks the job row until commit, as the three statements
+    # did, and `created_at` is read from the clock once the lock is held: a
+    # later number never gets an earlier time, and claims take tasks by time.
+    # The main query reads the statement's snapshot: it sees neither the new
+    # tasks nor those of a submit that committed while this one waited for
+    # the lock; `seen_seq` lets the caller tell (it is then below
+    # `last_seq - b_count`) and read the head again.
+    sql = f"""
+WITH job AS (
+    UPDATE joblib_job SET task_seq = task_seq + :b_count
+    WHERE id = :b_job AND NOT deleted
+        AND CAST(schema AS text) = :b_schema
+        AND timeout_seconds IS NOT DISTINCT FROM :b_job_timeout
+        AND pending_timeout_seconds IS NOT DISTINCT FROM :b_job_pending
+    RETURNING id, task_seq, clock_timestamp() AS created_at
+), stamp AS (
+    SELECT id, task_seq, created_at,
+        created_at + :b_pending * interval '1 second' AS expires_at
+    FROM job
+), made AS (
+    INSERT INTO joblib_task (id, job_id, room_id, submitted_by, status, payload,
+        seq, created_at, timeout_seconds, expires_at, claimed_at, claim_request_id)
+    SELECT p.id, stamp.id, :b_room, :b_by, :b_status, p.payload,
+        stamp.task_seq - :b_count + p.ordinality, stamp.created_at, :b_timeout,
+        stamp.expires_at,
+        CASE WHEN :b_claim_prefix IS NULL THEN NULL ELSE stamp.created_at END,
+        :b_claim_prefix || p.claim_key
+    FROM stamp, {_PG_TASK_ROWS_FROM}
+)
+SELECT stamp.task_seq AS last_seq, stamp.created_at, stamp.expires_at,
+    (SELECT task_seq FROM joblib_job WHERE id = stamp.id) AS seen_seq,
+    (SELECT min(seq) FROM joblib_task
+        WHERE job_id = stamp.id AND status = 'pending') AS head
+FROM stamp
+"""
+    for name, cast in (
+        ("b_count", "bigint"),
+        ("b_job", "uuid"),
+        ("b_schema", "text"),
+        ("b_job_timeout", "float8"),
+        ("b_job_pending", "float8"),
+        ("b_pending", "float8"),
+        ("b_room", "varchar"),
+        ("b_by", "varchar"),
+        ("b_status", "varchar"),
+        ("b_timeout", "float8"),
+        ("b_claim_prefix", "varchar"),
+    ):
+        sql = re.sub(rf":{name}\b", f"CAST(:{name} AS {cast})", sql)
+    return (
+        sa.text(sql)
+        .bindparams(
+            *_pg_arrays(),
+            sa.bindparam("b_count", type_=sa.BigInteger),
+            sa.bindparam("b_job", type_=sa.Uuid),
+            sa.bindparam("b_schema", type_=sa.String),
+            sa.bindparam("b_job_timeout", type_=sa.Float),
+            sa.bindparam("b_job_pending", type_=sa.Float),
+            sa.bindparam("b_pending", type_=sa.Float),
+            sa.bindparam("b_room", type_=sa.String),
+            sa.bindparam("b_by", type_=sa.String),
+            sa.bindparam("b_status", type_=sa.String),
+            sa.bindparam("b_timeout", type_=sa.Float),
+            sa.bindparam("b_claim_prefix", type_=sa.String),
+        )
+        .columns(
+            sa.column("last_seq", sa.BigInteger),
+            sa.column("created_at", UTCDateTime()),
+            sa.column("expires_at", UTCDateTime()),
+            sa.column("seen_seq", sa.BigInteger),
+            sa.column("head", sa.BigInteger),
+        )
     )

@@ -1,14 +1,16 @@
 """Batch submit: many tasks of one job in one change, all or none of them.
 
-A batch is one write transaction with a fixed number of statements whatever its
-size (`tasks.queue_tasks`, which a single submit uses too): the job's sequence
-numbers are reserved in one UPDATE, every payload is checked against the schema
-compiled once, the tasks go in as one executemany INSERT, and the queue head is
-read once. The batch lands at the end of the job's
-queue, in the order of its payloads (consecutive sequence numbers, one
-`created_at`). Its announcements are those of as many single submits: a
-`task_status_event` per task, and a `task_available` per claimable task, so each
-wakes one held claim.
+A batch is one change with a fixed number of statements whatever its size
+(`queueing.queue_tasks`, which a single submit uses too): every payload is checked
+against the schema compiled once, the tasks go in as one `INSERT … SELECT` over
+the payloads sent as one JSON array (`Backend.insert_tasks_statement`); on
+PostgreSQL the reservation of the job's sequence numbers, the insert and the
+read of the queue head are one statement in autocommit
+(`Backend.queue_statement`), on SQLite three in one transaction. The batch
+lands at the end of the job's queue, in the order of its payloads (consecutive
+sequence numbers, one `created_at`). Its announcements are those of as many
+single submits: a `task_status_event` per task, and a `task_available` per
+claimable task, so each wakes one held claim.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from joblib_protocol import TaskBatchResponse, ValidationFailed
 from joblib_server.auth import Identity
 from joblib_server.errors import ProblemError
-from joblib_server.outcome import Outcome
+from joblib_server.outcome import Outcome, one_statement
 from joblib_server.payloads import check_payloads
-from joblib_server.tasks import NO_LIMITS, TaskLimits, queue_tasks
+from joblib_server.queueing import NO_LIMITS, TaskLimits, queue_tasks
 
 BODY_FACTOR = 16
 """A batch's body may be this many times `max_body_bytes` (16 MiB by default):
@@ -44,6 +46,7 @@ def check_batch_size(count: int, limit: int) -> None:
     )
 
 
+@one_statement
 async def submit_batch(
     session: AsyncSession,
     identity: Identity,

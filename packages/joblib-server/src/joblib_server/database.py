@@ -68,6 +68,14 @@ class Database:
         result: AbstractAsyncContextManager[AsyncSession] = self.backend.write()
         return result
 
+    def write_one(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for a change of one statement (`Backend.write_one`).
+
+        On PostgreSQL the statement commits by itself; elsewhere it is `write()`.
+        """
+        result: AbstractAsyncContextManager[AsyncSession] = self.backend.write_one()
+        return result
+
     async def dispose(self) -> None:
         """Forget per-loop state, and close the pool if this object made the engine."""
         await self.backend.dispose()

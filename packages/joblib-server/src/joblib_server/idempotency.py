@@ -24,9 +24,10 @@ from joblib_protocol import TaskResponse
 from joblib_server.auth import Identity
 from joblib_server.backends import backend_of
 from joblib_server.outcome import Outcome
+from joblib_server.queueing import NO_LIMITS, TaskLimits
 from joblib_server.settings import settings_of
 from joblib_server.tables import IDEMPOTENCY_TABLE, TASK_TABLE, utcnow
-from joblib_server.tasks import NO_LIMITS, TaskLimits, get_task, submit_task
+from joblib_server.tasks import get_task, submit_task
 
 MAX_KEY_LENGTH = 255
 

@@ -51,3 +51,23 @@ class Outcome(Generic[T]):
 
 Operation = Callable[Concatenate[AsyncSession, P], Awaitable[Outcome[T]]]
 """A change: runs in the given write transaction and returns its `Outcome`."""
+
+
+OperationT = TypeVar("OperationT", bound=Callable[..., Any])
+
+_ONE_STATEMENT: set[Callable[..., Any]] = set()
+
+
+def one_statement(operation: OperationT) -> OperationT:
+    """Mark an operation whose change is a single statement (reads aside).
+
+    `JobLib.execute` runs it in `Database.write_one()`: on PostgreSQL in
+    autocommit, without BEGIN and COMMIT around the statement.
+    """
+    _ONE_STATEMENT.add(operation)
+    return operation
+
+
+def is_one_statement(operation: Callable[..., Any]) -> bool:
+    """Whether `operation` was marked with `one_statement`."""
+    return operation in _ONE_STATEMENT

@@ -27,7 +27,7 @@ from joblib_server.executors import Executor, Reports
 from joblib_server.expiry import TimeLimits
 from joblib_server.jobs import bind_internal_jobs, register_internal_jobs
 from joblib_server.metrics import Metrics
-from joblib_server.outcome import Dispatch, Outcome
+from joblib_server.outcome import Dispatch, Outcome, is_one_statement
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
@@ -133,14 +133,21 @@ class JobLib:
     ) -> T:
         """Run `operation(session, *args, **kwargs)` as one change; return its value.
 
-        The one way a change reaches the database: a write transaction, run again
-        on the errors the database calls retryable, committed, and then all the
+        The one way a change reaches the database: a write transaction (for an
+        operation marked `one_statement`, `Database.write_one()`), run again on
+        the errors the database calls retryable, committed, and then all the
         after-commit work of its `Outcome`.
         """
         backend = self.database.backend
+        # A one-statement change needs no transaction around it (`one_statement`).
+        write = (
+            self.database.write_one
+            if is_one_statement(operation)
+            else self.database.write
+        )
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                async with self.database.write() as session:
+                async with write() as session:
                     bind_settings(session, self.settings)
                     bind_internal_jobs(session, self._internal)
                     outcome = await operation(session, *args, **kwargs)

@@ -20,7 +20,15 @@ from joblib_protocol import (
     ValidationFailed,
     is_terminal,
 )
-from joblib_server import batches, dispatch, idempotency, progress, tasks, workers
+from joblib_server import (
+    batches,
+    dispatch,
+    idempotency,
+    progress,
+    queueing,
+    tasks,
+    workers,
+)
 from joblib_server.auth import Identity
 from joblib_server.endpoints import (
     Endpoints,
@@ -98,7 +106,7 @@ class TaskRoutes(Endpoints):
         key = _idempotency_key(request)
         full_name = request.path_params["full_name"]
         internal = self.joblib.internal_jobs
-        limits = tasks.TaskLimits(body.timeout_seconds, body.pending_timeout_seconds)
+        limits = queueing.TaskLimits(body.timeout_seconds, body.pending_timeout_seconds)
         replayed = False
         if key is None:
             task = await self.joblib.execute(
@@ -153,7 +161,9 @@ class TaskRoutes(Endpoints):
             request.path_params["full_name"],
             body.payloads,
             internal_jobs=self.joblib.internal_jobs,
-            limits=tasks.TaskLimits(body.timeout_seconds, body.pending_timeout_seconds),
+            limits=queueing.TaskLimits(
+                body.timeout_seconds, body.pending_timeout_seconds
+            ),
         )
         return answer(made, 202)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,8 +22,6 @@ from joblib_protocol import (
     CancelReason,
     Emission,
     ErrorCode,
-    InternalJobNotConfigured,
-    JobFullName,
     PayloadTooLarge,
     TaskResponse,
     TaskStatus,
@@ -40,19 +38,17 @@ from joblib_server.errors import (
     ProblemError,
     forbidden,
     invalid_transition,
-    job_not_found,
     task_not_found,
 )
 from joblib_server.jobs import (
     check_room_id,
     find_job,
-    internal_jobs_of,
-    job_name_in_room,
     soft_delete_orphan_jobs,
 )
-from joblib_server.outcome import Dispatch, Outcome
+from joblib_server.outcome import Outcome, one_statement
 from joblib_server.pages import bounded_count
 from joblib_server.payloads import check_payload
+from joblib_server.queueing import NO_LIMITS, TaskLimits, queue_tasks
 from joblib_server.queues import pending_head, queue_position
 from joblib_server.settings import settings_of
 from joblib_server.tables import (
@@ -67,7 +63,6 @@ from joblib_server.tables import (
 )
 from joblib_server.views import (
     TaskRow,
-    task_available,
     task_cancelled,
     task_emission,
     task_response,
@@ -75,17 +70,6 @@ from joblib_server.views import (
 from joblib_server.workers import mark_returned, touch_worker
 
 INTERNAL_TASK_TIMED_OUT = "Internal task timed out"
-
-
-@dataclass(frozen=True)
-class TaskLimits:
-    """A submit's own time limits; None takes the job's."""
-
-    timeout_seconds: float | None = None
-    pending_timeout_seconds: float | None = None
-
-
-NO_LIMITS = TaskLimits()
 
 
 _task, _job, _worker, _link = TASK_TABLE, JOB_TABLE, WORKER_TABLE, LINK_TABLE
@@ -99,29 +83,6 @@ _JOB_PARTS = (
     _job.c.category.label("job_category"),
     _job.c.name.label("job_name"),
 )
-
-_RESERVE_SEQS = (
-    # Taking the next `b_count` numbers locks the job row until commit: no other
-    # submit's number falls inside them, and a concurrent soft delete cannot hide
-    # the job under a fresh pending task.
-    sa.update(_job)
-    .where(
-        _job.c.room_id == sa.bindparam("b_room"),
-        _job.c.category == sa.bindparam("b_category"),
-        _job.c.name == sa.bindparam("b_name"),
-        _job.c.deleted.is_(False),
-    )
-    .values(task_seq=_job.c.task_seq + sa.bindparam("b_count", type_=sa.Integer))
-    .returning(
-        _job.c.id,
-        _job.c.task_seq,
-        _job.c.schema,
-        _job.c.timeout_seconds,
-        _job.c.pending_timeout_seconds,
-    )
-)
-
-_INSERT_TASK = sa.insert(_task)
 
 _TASK_WITH_JOB = (
     sa.select(*_task.c, *_JOB_PARTS)
@@ -235,143 +196,7 @@ async def with_positions(
     ]
 
 
-async def submit_target(
-    session: AsyncSession, room_id: str, full_name: str, internal_jobs: bool
-) -> tuple[JobFullName, str | None]:
-    """The job a submit in `room_id` names, and the executor that runs it here.
-
-    The executor is None unless the job is `@internal` and this server runs it.
-    An `@internal` job nothing runs is 503 `internal-job-not-configured` (404 when
-    it is unknown), unless the host runs internal jobs itself (`internal_jobs`).
-    """
-    name = job_name_in_room(room_id, full_name)
-    executor = internal_jobs_of(session).get(full_name)
-    if name.room_id != INTERNAL_ROOM:
-        return name, None
-    if executor is None and not internal_jobs:
-        await find_job(session, room_id, full_name)  # unknown jobs still get 404
-        raise ProblemError(
-            InternalJobNotConfigured,
-            f"this server runs no internal jobs, so {full_name!r} cannot be run",
-        )
-    return name, executor
-
-
-@dataclass(frozen=True)
-class Queued:
-    """What a submit stored: the tasks' answers, announcements and dispatches."""
-
-    items: list[TaskResponse]
-    emissions: set[Emission]
-    dispatches: list[Dispatch]
-
-
-async def queue_tasks(
-    session: AsyncSession,
-    identity: Identity,
-    room_id: str,
-    full_name: str,
-    payloads: list[dict[str, Any]],
-    check: Callable[[dict[str, Any]], None],
-    *,
-    internal_jobs: bool = False,
-    ids: list[uuid.UUID] | None = None,
-    limits: TaskLimits = NO_LIMITS,
-) -> Queued:
-    """Store one task per payload at the end of the job's queue, in order.
-
-    One UPDATE reserves the sequence numbers, `check(schema)` refuses the payloads
-    before anything is stored, one INSERT stores every task, and the queue head is
-    read once, whatever the number of payloads. Tasks of an `@internal` job this
-    server runs are claimed for its executor at once and dispatched after commit.
-    """
-    name, executor = await submit_target(session, room_id, full_name, internal_jobs)
-    connection = await session.connection()
-    reserved = (
-        await connection.execute(
-            _RESERVE_SEQS,
-            {
-                "b_room": name.room_id,
-                "b_category": name.category,
-                "b_name": name.name,
-                "b_count": len(payloads),
-            },
-        )
-    ).first()
-    if reserved is None:
-        raise job_not_found(full_name, room_id)
-    job_id, last_seq, schema, job_timeout, job_pending_timeout = reserved
-    check(schema)
-    first_seq = last_seq - len(payloads) + 1
-    created_at = utcnow()
-    timeout = limits.timeout_seconds or job_timeout
-    pending_timeout = limits.pending_timeout_seconds or job_pending_timeout
-    expires_at = (
-        created_at + timedelta(seconds=pending_timeout) if pending_timeout else None
-    )
-    status = (TaskStatus.PENDING if executor is None else TaskStatus.CLAIMED).value
-    tasks: list[TaskRow] = []
-    rows: list[dict[str, Any]] = []
-    dispatches: list[Dispatch] = []
-    for offset, payload in enumerate(payloads):
-        task = TaskRow(
-            id=ids[offset] if ids else uuid.uuid4(),
-            job_name=full_name,
-            room_id=room_id,
-            status=status,
-            created_at=created_at,
-            started_at=None,
-            completed_at=None,
-            worker_id=None,
-            error=None,
-            payload=payload,
-            attempt=1,
-            error_code=None,
-            timeout_seconds=timeout,
-            expires_at=expires_at,
-        )
-        claim_id = None
-        if executor is not None:
-            claim_id = f"{executor}:{uuid.uuid4().hex}"
-            dispatches.append(
-                Dispatch(task.id, full_name, room_id, payload, 1, claim_id)
-            )
-        tasks.append(task)
-        rows.append(
-            {
-                "id": task.id,
-                "job_id": job_id,
-                "room_id": room_id,
-                "submitted_by": identity.id,
-                "status": status,
-                "payload": payload,
-                "seq": first_seq + offset,
-                "created_at": created_at,
-                "timeout_seconds": timeout,
-                "expires_at": expires_at,
-                "claimed_at": created_at if claim_id else None,
-                "claim_request_id": claim_id,
-            }
-        )
-    await connection.execute(_INSERT_TASK, rows)
-    if executor is not None:
-        # Claimed already: no queue position, and nothing for workers to claim.
-        emissions = {task_emission(task) for task in tasks}
-        return Queued(
-            [task_response(task, None) for task in tasks], emissions, dispatches
-        )
-    head = await pending_head(connection, job_id)
-    items = []
-    emissions = set()
-    for offset, task in enumerate(tasks):
-        position = queue_position(status, first_seq + offset, head)
-        emissions.add(task_emission(task, position))
-        if name.room_id != INTERNAL_ROOM:
-            emissions.add(task_available(task))
-        items.append(task_response(task, position))
-    return Queued(items, emissions, dispatches)
-
-
+@one_statement
 async def submit_task(
     session: AsyncSession,
     identity: Identity,

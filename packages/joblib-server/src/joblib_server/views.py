@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,6 +93,49 @@ def task_emission(task: TaskRow, queue_position: int | None = None) -> Emission:
         expires_at=task.expires_at,
     )
     return Emission(event, room_channel(task.room_id))
+
+
+def new_task_views(
+    first: TaskRow,
+    ids: Sequence[uuid.UUID],
+    payloads: Sequence[dict[str, Any]],
+    positions: Sequence[int | None],
+    *,
+    available: bool,
+) -> tuple[list[TaskResponse], set[Emission]]:
+    """The answers and announcements of tasks a submit just made, in order.
+
+    The tasks differ from `first` only in id, payload and queue position. Only
+    `first`'s models are validated; the others are copies with those fields
+    replaced: a copy costs a third of a validation, and the values are the
+    server's own, of the fields' types already. With `available`, each task is
+    also offered to its job's workers (`task_available`).
+    """
+    answer = task_response(first, positions[0])
+    event = task_emission(first, positions[0]).event
+    room, workers = room_channel(first.room_id), job_channel(first.job_name)
+    items: list[TaskResponse] = []
+    emissions: set[Emission] = set()
+    for task_id, payload, position in zip(ids, payloads, positions, strict=True):
+        text_id = str(task_id)
+        items.append(
+            answer.model_copy(
+                update={"id": task_id, "payload": payload, "queue_position": position}
+            )
+        )
+        emissions.add(
+            Emission(
+                event.model_copy(update={"id": text_id, "queue_position": position}),
+                room,
+            )
+        )
+        if available:
+            # Three plain strings: validating them is cheaper than a copy.
+            offer = TaskAvailable(
+                job_name=first.job_name, room_id=first.room_id, task_id=text_id
+            )
+            emissions.add(Emission(offer, workers))
+    return items, emissions
 
 
 def task_cancelled(task: TaskRow, reason: CancelReason) -> Emission | None:
