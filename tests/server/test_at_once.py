@@ -201,3 +201,27 @@ async def test_many_claimers_take_each_task_once(
         for worker in workers:
             group.start_soon(drain, make_client(ALICE), worker)
     assert sorted(taken) == sorted(submitted)
+
+
+async def test_a_progress_report_is_one_statement(
+    make_client: ClientFactory, joblib: JobLib
+) -> None:
+    alice = make_client(ALICE)
+    worker_id, job_name = await serving_job(alice)
+    await submit(alice, job_name)
+    task = await claim(alice, worker_id)
+    assert task is not None
+    body = {"current": 1, "total": 4, "worker_id": worker_id}
+    # Claimed, not running yet: refused, as the transactional operation says.
+    answer = await alice.put(f"/tasks/{task['id']}/progress", json=body)
+    assert answer.status_code == 409, answer.text
+    await update(alice, task["id"], "running")
+    if joblib.database.backend.name == "postgresql":
+        with round_trips(joblib.database.engine) as ran:
+            answer = await alice.put(f"/tasks/{task['id']}/progress", json=body)
+        assert [in_transaction for _, in_transaction in ran] == [False]
+    else:
+        answer = await alice.put(f"/tasks/{task['id']}/progress", json=body)
+    assert answer.status_code == 204, answer.text
+    stored = await alice.get(f"/tasks/{task['id']}")
+    assert stored.json()["progress"]["current"] == 1

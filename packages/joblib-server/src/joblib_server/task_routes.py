@@ -272,7 +272,9 @@ class TaskRoutes(Endpoints):
         task_id = path_uuid(request, "task_id")
         body = await self.body(request, TaskProgressRequest)
         await self.task_in_reach(identity, task_id)
-        await self.joblib.execute(progress.report_progress, identity, task_id, body)
+        await self.joblib.execute_at_once(
+            at_once.report_progress, progress.report_progress, identity, task_id, body
+        )
         return Response(status_code=204)
 
     async def task_in_reach(self, identity: Identity, task_id: uuid.UUID) -> None:
