@@ -1,10 +1,10 @@
 """A claim and a worker's reports as one autocommitted statement (PostgreSQL).
 
-The transactional operations (`tasks.claim_task`, `tasks.update_task`) cost a
-claim six round trips (BEGIN, touch the worker, a retried claim's lookup, the
-worker's queues, the claim, COMMIT) and a completion seven (BEGIN, the locked
-read, the grace time, the update, the orphan check, `pg_notify`, COMMIT); a
-start or a progress report four or five. On a 2-core
+The transactional operations (`tasks.claim_task`, `tasks.update_task`,
+`progress.report_progress`) cost a claim-and-start six round trips (BEGIN, touch
+the worker, a retried claim's lookup, the worker's queues, the claim, COMMIT), a
+completion seven (BEGIN, the locked read, the grace time, the update, the orphan
+check, `pg_notify`, COMMIT), a start or a progress report five. On a 2-core
 machine shared with the server, those round trips were most of PostgreSQL's
 cost per task (97.5 tasks/s against SQLite's 251). Here the common case of each
 is one statement of data-modifying CTEs, run in autocommit: it changes nothing
@@ -48,7 +48,7 @@ from joblib_server.errors import ProblemError
 from joblib_server.outcome import Outcome
 from joblib_server.settings import settings_of
 from joblib_server.tables import TASK_TABLE, UTCDateTime, job_full_name, utcnow
-from joblib_server.tasks import _check_result
+from joblib_server.tasks import check_result
 from joblib_server.views import TaskRow, task_emission, task_response
 from joblib_server.wakebus import Wake, notice_in_statement, sent_in_statement
 
@@ -296,7 +296,7 @@ async def update_task(
         return None
     if "result" in request.model_fields_set:
         try:
-            _check_result(request, settings_of(session).max_result_bytes)
+            check_result(request, settings_of(session).max_result_bytes)
         except ProblemError:
             return None
     wake = Wake(tasks=(str(task_id),)) if is_terminal(new) else Wake()
