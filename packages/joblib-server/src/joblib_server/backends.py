@@ -69,6 +69,11 @@ class Backend(ABC):
     """Whether a transaction can notify other connections when it commits
     (PostgreSQL's `NOTIFY`, which the wake bus rides on)."""
 
+    writes_at_once: ClassVar[bool] = False
+    """Whether `write_one()` runs without BEGIN and COMMIT (autocommit), so that
+    the statements of `at_once` can run there: each commits as a whole or not
+    at all."""
+
     SLOW_READERS: ClassVar[int] = 2
     """How many reads that may scan many rows (lists) run at once. The others wait
     for their turn before they take a pooled connection, so lists can never hold
@@ -402,6 +407,7 @@ class PostgresBackend(Backend):
 
     name = "postgresql"
     can_notify = True
+    writes_at_once = True
 
     PING_AFTER_IDLE_SECONDS: ClassVar[float] = 5.0
     """A pooled connection idle for longer is pinged before it is used again."""

@@ -6,7 +6,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -37,7 +37,15 @@ from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
 from joblib_server.sweeper import run_sweeper
 from joblib_server.tasks import fail_interrupted_internal_tasks
-from joblib_server.wakebus import Listening, Wake, WakeBus, choose_wake_bus, wake_of
+from joblib_server.wakebus import (
+    Listening,
+    Wake,
+    WakeBus,
+    bind_wake_bus,
+    choose_wake_bus,
+    wake_of,
+    was_sent_in_statement,
+)
 
 logger = logging.getLogger("joblib_server")
 
@@ -138,24 +146,66 @@ class JobLib:
         the errors the database calls retryable, committed, and then all the
         after-commit work of its `Outcome`.
         """
-        backend = self.database.backend
         # A one-statement change needs no transaction around it (`one_statement`).
         write = (
             self.database.write_one
             if is_one_statement(operation)
             else self.database.write
         )
+        outcome = await self._change(write, operation, args, kwargs)
+        assert outcome is not None  # `operation` never declines
+        return outcome.value
+
+    async def execute_at_once(
+        self,
+        at_once: Callable[Concatenate[AsyncSession, P], Awaitable[Outcome[T] | None]],
+        operation: Callable[Concatenate[AsyncSession, P], Awaitable[Outcome[T]]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Like `execute`, trying `at_once` first where the database allows it.
+
+        On a backend that `writes_at_once` (PostgreSQL), `at_once` runs in
+        autocommit, retried and followed by the same after-commit work: it makes
+        its change in one statement, or declines (None) without changing
+        anything, and then `operation` runs as `execute` runs it. Elsewhere
+        `operation` alone runs.
+        """
+        if self.database.backend.writes_at_once:
+            outcome = await self._change(self.database.write_one, at_once, args, kwargs)
+            if outcome is not None:
+                return outcome.value
+        return await self.execute(operation, *args, **kwargs)
+
+    async def _change(
+        self,
+        session_of: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+        operation: Callable[..., Awaitable[Outcome[T] | None]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Outcome[T] | None:
+        """Run, retry and commit one change in `session_of()`, then publish it."""
+        backend = self.database.backend
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                async with write() as session:
+                async with session_of() as session:
                     bind_settings(session, self.settings)
                     bind_internal_jobs(session, self._internal)
-                    outcome = await operation(session, *args, **kwargs)
+                    bind_wake_bus(session, self.wake_bus)
+                    made = await operation(session, *args, **kwargs)
+                    if made is None:
+                        return None  # declined, nothing changed
+                    outcome = made
                     cleanups = cleanups_of(session)
                     wake = wake_of(outcome.emissions, outcome.removed_workers)
-                    # On PostgreSQL a NOTIFY in this very transaction: the other
-                    # processes hear of the change exactly when it commits.
-                    sent = bool(wake) and await self.wake_bus.send_in(session, wake)
+                    # On PostgreSQL a NOTIFY in this very transaction (or the
+                    # operation's one statement): the other processes hear of
+                    # the change exactly when it commits.
+                    sent = bool(wake) and (
+                        was_sent_in_statement(session, wake)
+                        or await self.wake_bus.send_in(session, wake)
+                    )
                 break
             except (DBAPIError, OSError, SQLAlchemyTimeoutError) as exc:
                 retry = isinstance(exc, DBAPIError) and backend.is_retryable(exc)
@@ -177,7 +227,7 @@ class JobLib:
             self.metrics.wake_bus_messages.labels("sent").inc()
         for cleanup in cleanups:
             _log_cleanup(cleanup)
-        return outcome.value
+        return outcome
 
     async def _after_commit(self, outcome: Outcome[Any]) -> None:
         await self._publish(outcome)

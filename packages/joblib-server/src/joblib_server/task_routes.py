@@ -21,6 +21,7 @@ from joblib_protocol import (
     is_terminal,
 )
 from joblib_server import (
+    at_once,
     batches,
     dispatch,
     idempotency,
@@ -181,7 +182,8 @@ class TaskRoutes(Endpoints):
             skip_rooms = await self._unservable_rooms(identity, body.worker_id)
 
         async def claim() -> dispatch.Claim:
-            return await self.joblib.execute(
+            return await self.joblib.execute_at_once(
+                at_once.claim_task,
                 tasks.claim_task,
                 identity,
                 body.worker_id,
@@ -259,7 +261,9 @@ class TaskRoutes(Endpoints):
         limit = settings.max_body_bytes + settings.max_result_bytes
         body = await self.body(request, TaskUpdateRequest, limit=limit)
         await self.task_in_reach(identity, task_id)
-        task = await self.joblib.execute(tasks.update_task, identity, task_id, body)
+        task = await self.joblib.execute_at_once(
+            at_once.update_task, tasks.update_task, identity, task_id, body
+        )
         return answer(task)
 
     async def report_progress(self, request: Request) -> Response:
@@ -268,7 +272,9 @@ class TaskRoutes(Endpoints):
         task_id = path_uuid(request, "task_id")
         body = await self.body(request, TaskProgressRequest)
         await self.task_in_reach(identity, task_id)
-        await self.joblib.execute(progress.report_progress, identity, task_id, body)
+        await self.joblib.execute_at_once(
+            at_once.report_progress, progress.report_progress, identity, task_id, body
+        )
         return Response(status_code=204)
 
     async def task_in_reach(self, identity: Identity, task_id: uuid.UUID) -> None:

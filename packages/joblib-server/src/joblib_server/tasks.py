@@ -367,7 +367,7 @@ async def update_task(
         # PostgreSQL text cannot hold NUL; SQLite could, but both must answer alike.
         raise _invalid_error("an error must not contain NUL characters")
     if "result" in request.model_fields_set:
-        _check_result(request, settings_of(session).max_result_bytes)
+        check_result(request, settings_of(session).max_result_bytes)
     now = utcnow()
     task = TaskRow.of(row, _job_name(row))
     params: dict[str, Any] = {"b_task": task_id, "b_status": new.value, "b_now": now}
@@ -413,7 +413,7 @@ def _invalid_error(msg: str, field: str = "error") -> ProblemError:
     )
 
 
-def _check_result(request: TaskUpdateRequest, limit: int) -> None:
+def check_result(request: TaskUpdateRequest, limit: int) -> None:
     """A result comes only with `completed` (422), and within `limit` bytes (413)."""
     if request.status != TaskStatus.COMPLETED:
         raise _invalid_error(

@@ -211,6 +211,41 @@ class _Listener(WakeBus):
         """Listen on one connection until it fails (raises); never returns."""
 
 
+_BUS_KEY = "joblib_wake_bus"
+_SENT_KEY = "joblib_wake_sent"
+
+
+def bind_wake_bus(session: AsyncSession, bus: WakeBus) -> None:
+    """Let the operation run in `session` fold its NOTIFY into its own statement."""
+    session.info[_BUS_KEY] = bus
+    session.info.pop(_SENT_KEY, None)
+
+
+def notice_in_statement(
+    session: AsyncSession, wake: Wake
+) -> tuple[str | None, str | None]:
+    """The channel and message of a `pg_notify` that sends `wake` from a statement.
+
+    (None, None) when nothing is to be sent that way: an empty `wake`, or a bus
+    that is not PostgreSQL's (Redis publishes after the commit). A statement that
+    did send it says so with `sent_in_statement`, and `JobLib` sends it no more.
+    """
+    bus = session.info.get(_BUS_KEY)
+    if not wake or not isinstance(bus, PostgresWakeBus):
+        return None, None
+    return bus.channel, bus.stamped(wake).encode()
+
+
+def sent_in_statement(session: AsyncSession, wake: Wake) -> None:
+    """Record that a statement of `session` sent `wake` (see `notice_in_statement`)."""
+    session.info[_SENT_KEY] = wake
+
+
+def was_sent_in_statement(session: AsyncSession, wake: Wake) -> bool:
+    """Whether a statement of `session` already sent exactly `wake`."""
+    return bool(wake) and session.info.get(_SENT_KEY) == wake
+
+
 class PostgresWakeBus(_Listener):
     """`NOTIFY` in the change's transaction; `LISTEN` on a dedicated connection."""
 
@@ -225,9 +260,13 @@ class PostgresWakeBus(_Listener):
 
     async def send_in(self, session: AsyncSession, wake: Wake) -> bool:
         """`pg_notify` in the open transaction: delivered when it commits."""
-        message = Wake(wake.jobs, wake.tasks, wake.workers, wake.everyone, self.origin)
-        await backend_of(session).notify(session, self.channel, message.encode())
+        message = self.stamped(wake).encode()
+        await backend_of(session).notify(session, self.channel, message)
         return True
+
+    def stamped(self, wake: Wake) -> Wake:
+        """`wake` as this bus sends it: with its origin."""
+        return Wake(wake.jobs, wake.tasks, wake.workers, wake.everyone, self.origin)
 
     async def _listen_once(self, listening: Listening) -> None:
         lost = anyio.Event()
