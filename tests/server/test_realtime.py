@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import socketio
 
-from joblib_protocol import Emission, TaskAvailable, TaskStatus, TaskStatusEvent
+from joblib_protocol import (
+    Emission,
+    JobsInvalidate,
+    ProvidersInvalidate,
+    TaskAvailable,
+    TaskStatus,
+    TaskStatusEvent,
+)
 from joblib_server import SocketIOEmitter
 from tests.support.processes import worker_process
 from tests.support.rest import rest
@@ -321,3 +328,43 @@ async def test_a_failed_emission_is_logged_and_the_rest_still_go(
     await emitter.drain()
     assert sio.sent == [("task_status_event", "room:r")]
     assert "emitting task_available failed" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_list_hint_still_waiting_in_the_queue_is_sent_once() -> None:
+    sio = _SlowNetwork()
+    emitter = SocketIOEmitter(sio)
+    task = uuid.uuid4()
+    jobs = Emission(JobsInvalidate(), "room:r")
+    # 1,000 workers leaving at once: each cleanup asks the room to fetch its jobs.
+    for _ in range(1000):
+        await emitter.emit([jobs])
+    await emitter.emit([_status(task, TaskStatus.FAILED), jobs])
+    await emitter.emit([Emission(ProvidersInvalidate(), "room:r")])
+    sio.gate.set()
+    await emitter.drain()
+    assert sio.sent == [
+        ("jobs_invalidate", "room:r"),
+        ("task_status_event", "room:r"),
+        ("providers_invalidate", "room:r"),
+    ]
+    # Once sent, the next change sends it again.
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent[-1] == ("jobs_invalidate", "room:r")
+    assert len(sio.sent) == 4
+
+
+@pytest.mark.anyio
+async def test_a_hint_already_being_sent_is_queued_again() -> None:
+    sio = _SlowNetwork()
+    emitter = SocketIOEmitter(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    await emitter.emit([jobs])
+    # The sender has taken it from the queue and waits for the network: a change
+    # committed now may not be in what that copy makes the observers fetch.
+    await asyncio.sleep(0)
+    await emitter.emit([jobs])
+    sio.gate.set()
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import uuid
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,8 +20,10 @@ from pydantic import ValidationError
 
 from joblib_protocol import (
     Emission,
+    Event,
     Forbidden,
     JobFullName,
+    JobsInvalidate,
     JoinJobRoom,
     JoinProviderRoom,
     JoinRoom,
@@ -29,6 +31,7 @@ from joblib_protocol import (
     LeaveProviderRoom,
     LeaveRoom,
     ProblemType,
+    ProvidersInvalidate,
     ValidationFailed,
     job_channel,
     provider_channel,
@@ -44,6 +47,7 @@ from joblib_server.guard import SocketGuard
 from joblib_server.logs import protect
 from joblib_server.policy import Action, authorize
 from joblib_server.providers import join_provider
+from joblib_server.socket_rooms import IndexedManager, IndexedRedisManager
 from joblib_server.workers import heartbeat, join_job
 
 if TYPE_CHECKING:
@@ -62,7 +66,16 @@ class SocketIOEmitter:
     the order they came. A request no longer waits for a room's observers (a
     submit into a room watched by 1,000 took ~101 ms instead of ~4 ms), and
     batches still leave in commit order, so no task's events overtake each other.
+
+    A hint to fetch a list again (`jobs_invalidate`, `providers_invalidate`) that
+    is still waiting in the queue is not queued a second time: the one waiting
+    goes out after the change that would have sent the second. Each worker that
+    leaves sends its room one; when 1,000 workers left a room watched by 1,000
+    observers at once, that was a million messages.
     """
+
+    COALESCED: ClassVar[tuple[type[Event], ...]] = (JobsInvalidate, ProvidersInvalidate)
+    """Events whose copies waiting in the queue are sent once."""
 
     MAX_QUEUED: ClassVar[int] = 10_000
     """Batches waiting to be sent; beyond, `emit` waits for the queue to drain."""
@@ -71,12 +84,16 @@ class SocketIOEmitter:
         self.sio = sio
         self._queue: deque[list[Emission]] = deque()
         self._sender: asyncio.Task[None] | None = None
+        self._waiting_hints: set[Emission] = set()
 
     async def emit(self, emissions: Iterable[Emission]) -> None:
         """Queue each distinct emission once, a task's events in lifecycle order."""
-        batch = ordered(emissions)
+        batch = [e for e in ordered(emissions) if e not in self._waiting_hints]
         if not batch:
             return
+        self._waiting_hints.update(
+            e for e in batch if isinstance(e.event, self.COALESCED)
+        )
         if len(self._queue) >= self.MAX_QUEUED:
             await self.drain()  # the senders outpace the network: slow them down
         self._queue.append(batch)
@@ -91,6 +108,9 @@ class SocketIOEmitter:
     async def _send_queued(self) -> None:
         while self._queue:
             for emission in self._queue.popleft():
+                # From now on a new copy must be queued: this one may be sent
+                # before the change that asks for it has happened.
+                self._waiting_hints.discard(emission)
                 try:
                     await self.sio.emit(
                         emission.event.event_name(),
@@ -155,6 +175,9 @@ class Realtime:
             _warn_may_observe()
         self.may_observe = may_observe
         self.connections: dict[str, Connection] = {}
+        # Sockets per identity, kept as they come and go: counting them over
+        # `connections` on each connect made connecting N sockets O(N²).
+        self._held: Counter[str] = Counter()
 
     def attach(self, *, connection_handlers: bool = True) -> Realtime:
         """Register the handlers; `connection_handlers=False` keeps the host's own.
@@ -188,7 +211,7 @@ class Realtime:
                 "or auth={'token': ...}"
             )
         cap = self.joblib.settings.max_sockets_per_identity
-        held = sum(1 for c in self.connections.values() if c.identity.id == identity.id)
+        held = self._held[identity.id]
         if held >= cap:
             raise socketio.exceptions.ConnectionRefusedError(
                 f"too many connections: {identity.id!r} holds {held}, the most one "
@@ -205,7 +228,18 @@ class Realtime:
 
     def accept(self, sid: str, identity: Identity) -> None:
         """Remember the identity of a connection a host authenticated itself."""
+        self._forget(sid)
         self.connections[sid] = Connection(identity)
+        self._held[identity.id] += 1
+
+    def _forget(self, sid: str) -> Connection | None:
+        """Drop the connection's record; what it was, if there was one."""
+        connection = self.connections.pop(sid, None)
+        if connection is not None:
+            self._held[connection.identity.id] -= 1
+            if self._held[connection.identity.id] <= 0:
+                del self._held[connection.identity.id]
+        return connection
 
     async def _on_connect(
         self, sid: str, environ: Mapping[str, Any], auth: Any
@@ -223,7 +257,7 @@ class Realtime:
         whose jobs allow a grace time keeps its tasks for it. While the server
         itself is stopping, closing sockets clean nothing up.
         """
-        connection = self.connections.pop(sid, None)
+        connection = self._forget(sid)
         if connection is None:
             return
         why = str(reason or "closed")
@@ -458,7 +492,9 @@ def create_socketio_server(
     It logs through `joblib_server.socketio` and `joblib_server.engineio`, at
     WARNING unless set otherwise: at INFO they log every packet (tokens redacted).
     """
-    manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+    # Managers that know each socket's rooms: python-socketio's own walk every
+    # room on each disconnect (see `joblib_server.socket_rooms`).
+    manager = IndexedRedisManager(redis_url) if redis_url else IndexedManager()
     kwargs.setdefault("cors_allowed_origins", [])
     for option, name in (("logger", "socketio"), ("engineio_logger", "engineio")):
         # A Logger object is used as it is: no second handler printing each line.
