@@ -348,7 +348,7 @@ async def test_a_list_hint_still_waiting_in_the_queue_is_sent_once() -> None:
         ("task_status_event", "room:r"),
         ("providers_invalidate", "room:r"),
     ]
-    # Once sent, the next change sends it again.
+    # Once sent, the next change sends it again (after `HINT_INTERVAL`).
     await emitter.emit([jobs])
     await emitter.drain()
     assert sio.sent[-1] == ("jobs_invalidate", "room:r")
@@ -368,3 +368,22 @@ async def test_a_hint_already_being_sent_is_queued_again() -> None:
     sio.gate.set()
     await emitter.drain()
     assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+
+
+@pytest.mark.anyio
+async def test_hints_close_together_go_out_as_the_first_and_one_more() -> None:
+    sio = _SlowNetwork()
+    sio.gate.set()
+    emitter = SocketIOEmitter(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")]  # the first at once
+    # Workers leaving one after another, each change committed and sent alone.
+    for _ in range(50):
+        await emitter.emit([jobs])
+        await asyncio.sleep(0)
+    await emitter.drain()
+    # One more at the end of the interval (two if this loop took over 0.1 s).
+    assert 2 <= len(sio.sent) <= 3, sio.sent
+    assert sio.sent[-1] == ("jobs_invalidate", "room:r")
