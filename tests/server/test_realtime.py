@@ -387,3 +387,24 @@ async def test_hints_close_together_go_out_as_the_first_and_one_more() -> None:
     # One more at the end of the interval (two if this loop took over 0.1 s).
     assert 2 <= len(sio.sent) <= 3, sio.sent
     assert sio.sent[-1] == ("jobs_invalidate", "room:r")
+
+
+class _Paced(SocketIOEmitter):
+    HINT_INTERVAL = 0.0
+    HINT_SHARE = 0.5  # the pause: twice what sending the last copy took
+
+
+@pytest.mark.anyio
+async def test_a_hint_slow_to_send_waits_longer_before_the_next() -> None:
+    sio = _SlowNetwork()
+    emitter = _Paced(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    started = time.monotonic()
+    await emitter.emit([jobs])
+    await asyncio.sleep(0.05)  # the network takes 50 ms to send the first copy
+    sio.gate.set()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+    # The second copy waited twice the first one's sending time after its start.
+    assert time.monotonic() - started >= 0.1

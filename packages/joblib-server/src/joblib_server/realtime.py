@@ -141,11 +141,15 @@ class SocketIOEmitter:
             wait = self._hint_sent.get(emission, -math.inf) - now
             if wait <= 0:
                 kept.append(emission)
-                continue
-            held = asyncio.get_running_loop().create_task(self._later(emission, wait))
-            self._held.add(held)
-            held.add_done_callback(self._held.discard)
+            else:
+                self._hold(emission, wait)
         return kept
+
+    def _hold(self, emission: Emission, seconds: float) -> None:
+        """Queue the hint `seconds` from now (it stays in `_waiting_hints`)."""
+        held = asyncio.get_running_loop().create_task(self._later(emission, seconds))
+        self._held.add(held)
+        held.add_done_callback(self._held.discard)
 
     async def _later(self, emission: Emission, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -155,10 +159,17 @@ class SocketIOEmitter:
         while self._queue:
             for emission in self._queue.popleft():
                 hint = emission in self._waiting_hints
-                # From now on a new copy must be queued: this one may be sent
-                # before the change that asks for it has happened.
-                self._waiting_hints.discard(emission)
                 started = time.monotonic()
+                if hint:
+                    # Queued while the copy before it was being sent: its pause
+                    # is known only now.
+                    wait = self._hint_sent.get(emission, -math.inf) - started
+                    if wait > 0:
+                        self._hold(emission, wait)
+                        continue
+                    # From now on a new copy must be queued: this one may be
+                    # sent before the change that asks for it has happened.
+                    self._waiting_hints.discard(emission)
                 try:
                     await self.sio.emit(
                         emission.event.event_name(),
