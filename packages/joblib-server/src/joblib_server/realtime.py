@@ -245,7 +245,7 @@ class Realtime:
         self.connections: dict[str, Connection] = {}
         # Sockets per identity, kept as they come and go: counting them over
         # `connections` on each connect made connecting N sockets O(N²).
-        self._held: Counter[str] = Counter()
+        self._per_identity: Counter[str] = Counter()
 
     def attach(self, *, connection_handlers: bool = True) -> Realtime:
         """Register the handlers; `connection_handlers=False` keeps the host's own.
@@ -279,7 +279,7 @@ class Realtime:
                 "or auth={'token': ...}"
             )
         cap = self.joblib.settings.max_sockets_per_identity
-        held = self._held[identity.id]
+        held = self._per_identity[identity.id]
         if held >= cap:
             raise socketio.exceptions.ConnectionRefusedError(
                 f"too many connections: {identity.id!r} holds {held}, the most one "
@@ -298,15 +298,15 @@ class Realtime:
         """Remember the identity of a connection a host authenticated itself."""
         self._forget(sid)
         self.connections[sid] = Connection(identity)
-        self._held[identity.id] += 1
+        self._per_identity[identity.id] += 1
 
     def _forget(self, sid: str) -> Connection | None:
         """Drop the connection's record; what it was, if there was one."""
         connection = self.connections.pop(sid, None)
         if connection is not None:
-            self._held[connection.identity.id] -= 1
-            if self._held[connection.identity.id] <= 0:
-                del self._held[connection.identity.id]
+            self._per_identity[connection.identity.id] -= 1
+            if self._per_identity[connection.identity.id] <= 0:
+                del self._per_identity[connection.identity.id]
         return connection
 
     async def _on_connect(
