@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import socketio
 
 from joblib_protocol import job_channel, room_channel, worker_channel
@@ -106,3 +107,40 @@ def test_a_closed_socket_leaves_its_rooms_and_the_others_keep_theirs(
             watcher.sid,
             room_channel(room),
         }
+
+
+class _Server:
+    """What a manager needs of its server to emit: the packet class and sending."""
+
+    packet_class = socketio.packet.Packet
+
+    def __init__(self) -> None:
+        self.eio = self
+        self.sent: list[tuple[str, str]] = []
+
+    async def send_packet(self, eio_sid: str, pkt: Any) -> None:
+        self.sent.append((eio_sid, pkt.encode()))
+
+    async def _send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
+        await self.send_packet(eio_sid, pkt)
+
+
+@pytest.mark.anyio
+async def test_an_event_reaches_the_same_sockets_as_python_socketio_sends_it() -> None:
+    sent: list[list[tuple[str, str]]] = []
+    for manager in (socketio.AsyncManager(), IndexedManager()):
+        server = _Server()
+        manager.server = server
+        _steps(manager)
+        manager.basic_enter_room("d", "/", None, eio_sid="eio-d")
+        manager.basic_enter_room("d", "/", "room:r")
+        await manager.emit("jobs_invalidate", {}, "/", room="room:r")
+        await manager.emit("two", ("a", 1), "/", room="room:r", skip_sid="d")
+        await manager.emit("to_b", None, "/", to="b")
+        await manager.emit("nobody", {}, "/", room="room:empty")
+        sent.append(sorted(server.sent))
+    assert sent[0] == sent[1]
+    assert sent[1] == [
+        ("eio-b", '42["to_b"]'),
+        ("eio-d", '42["jobs_invalidate",{}]'),
+    ]
