@@ -408,3 +408,27 @@ async def test_a_hint_slow_to_send_waits_longer_before_the_next() -> None:
     assert sio.sent == [("jobs_invalidate", "room:r")] * 2
     # The second copy waited twice the first one's sending time after its start.
     assert time.monotonic() - started >= 0.1
+
+
+class _PerSocket(SocketIOEmitter):
+    HINT_INTERVAL = 0.0
+    HINT_SHARE = 1.0
+    SEND_SECONDS = 0.02  # so 10 sockets in the room: a pause of 0.2 s
+
+
+@pytest.mark.anyio
+async def test_a_hint_to_a_big_room_waits_by_the_sockets_in_it() -> None:
+    sio = _SlowNetwork()
+    sio.gate.set()
+    for n in range(10):
+        sio.manager.basic_enter_room(f"s{n}", "/", None, eio_sid=f"e{n}")
+        sio.manager.basic_enter_room(f"s{n}", "/", "room:r")
+    emitter = _PerSocket(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    started = time.monotonic()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+    assert time.monotonic() - started >= 0.2

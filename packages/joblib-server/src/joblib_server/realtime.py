@@ -73,12 +73,12 @@ class SocketIOEmitter:
     to a room at most once per interval: the first at once, the ones that come
     within the interval as one at its end (one still waiting is not queued twice:
     it goes out after the change that would have sent the second). The interval
-    is `HINT_INTERVAL`, or `1 / HINT_SHARE` times as long as sending the last copy
-    took, whichever is longer: sending one copy to 1,000 observers takes this
-    machine ~70 ms of CPU, so a fixed 0.1 s would still spend most of a core on
-    hints. Each worker that leaves sends its room one: 500 workers leaving a room
-    watched by 500 observers at once were 250,000 messages, and their cleanup
-    took 41 s.
+    is `HINT_INTERVAL`, or `1 / HINT_SHARE` times what the last copy cost (the
+    time it took, or `SEND_SECONDS` per socket in the room, whichever is more),
+    whichever is longer: a copy to 1,000 observers costs this machine 50-90 ms
+    of CPU, so a fixed 0.1 s would still spend most of a core on hints. Each
+    worker that leaves sends its room one: 500 workers leaving a room watched by
+    500 observers at once were 250,000 messages, and their cleanup took 41 s.
     """
 
     MAX_QUEUED: ClassVar[int] = 10_000
@@ -92,6 +92,11 @@ class SocketIOEmitter:
 
     HINT_SHARE: ClassVar[float] = 0.1
     """The most of the time one hint to one room may spend being sent."""
+
+    SEND_SECONDS: ClassVar[float] = 100e-6
+    """What one message to one socket costs the server, writing it included
+    (bench: 50-90 µs of CPU per event delivered). Sending a copy only queues it
+    for each socket's writer, so its own duration understates the cost."""
 
     def __init__(self, sio: socketio.AsyncServer) -> None:
         self.sio = sio
@@ -182,11 +187,21 @@ class SocketIOEmitter:
                 if hint:
                     self._hint_sent_at(emission, started)
 
+    def _local_sockets(self, room: str) -> int:
+        """The sockets of this process in `room` (0 if the manager hides them)."""
+        rooms = getattr(self.sio.manager, "rooms", None)
+        if not isinstance(rooms, dict):
+            return 0
+        return len(rooms.get("/", {}).get(room, ()))
+
     def _hint_sent_at(self, emission: Emission, started: float) -> None:
         now = time.monotonic()
         if len(self._hint_sent) > 1000:  # one per room and hint: forget old ones
             self._hint_sent = {e: t for e, t in self._hint_sent.items() if t > now}
-        pause = max(self.HINT_INTERVAL, (now - started) / self.HINT_SHARE)
+        cost = max(
+            now - started, self._local_sockets(emission.room) * self.SEND_SECONDS
+        )
+        pause = max(self.HINT_INTERVAL, cost / self.HINT_SHARE)
         self._hint_sent[emission] = started + pause
 
 
