@@ -1,8 +1,8 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
 Sections: floor (once), then throughput, latency, disconnect, backlog, calls,
-providers, crossprocess and batch for each database, each on a fresh server and
-database.
+providers, crossprocess, batch and connections for each database, each on a fresh
+server and database.
 A section that crashes is recorded with one error and the run goes on. The exit
 status is 1 when any error occurred (missed targets are not errors).
 """
@@ -22,6 +22,7 @@ from bench import (
     backlog,
     batch,
     calls,
+    connections,
     crossprocess,
     disconnect,
     http_floor,
@@ -42,6 +43,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "providers": providers.run,
     "crossprocess": crossprocess.run,
     "batch": batch.run,
+    "connections": connections.run,
 }
 
 

@@ -15,6 +15,7 @@ SECTIONS = (
     "providers",
     "crossprocess",
     "batch",
+    "connections",
 )
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
@@ -72,6 +73,9 @@ class Config:
     batch_tasks: int = 10_000
     batch_size: int = 1000
     single_tasks: int = 500
+    # 10. connections: half workers, half observer sockets on one server process
+    connection_counts: tuple[int, ...] = (500, 1000, 2000)
+    fanout_repeats: int = 20
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -103,4 +107,6 @@ class Config:
             batch_tasks=200,
             batch_size=100,
             single_tasks=20,
+            connection_counts=(50, 100),
+            fanout_repeats=3,
         )

@@ -373,6 +373,71 @@ def _batch_rows(config: Config) -> Iterator[Row]:
     )
 
 
+def _connections_rows(config: Config) -> Iterator[Row]:
+    for index, total in enumerate(config.connection_counts):
+
+        def at(*path: str, index: int = index) -> Value:
+            return _at("connections", "counts", index, *path)
+
+        label = f"{total:,} sockets"
+        yield Row(
+            "connections",
+            f"{label}: memory per connection",
+            at("kib_per_connection"),
+            "KiB",
+        )
+        yield Row(
+            "connections",
+            "  connect all, per connection",
+            at("connect_ms_per_connection"),
+            "ms",
+        )
+        yield Row(
+            "connections",
+            "  submit → last observer has pending",
+            at("fanout", "pending_to_observers_ms", "last"),
+            "ms",
+        )
+        yield Row(
+            "connections",
+            "  submit → observers' median",
+            at("fanout", "pending_to_observers_ms", "p50"),
+            "ms",
+        )
+        yield Row(
+            "connections",
+            "  submit → last worker has task_available",
+            at("fanout", "available_to_workers_ms", "last"),
+            "ms",
+        )
+        yield Row(
+            "connections",
+            "  cancel → last observer has cancelled",
+            at("fanout", "cancelled_to_observers_ms", "last"),
+            "ms",
+        )
+        yield Row(
+            "connections",
+            "  server CPU per event delivered",
+            at("fanout", "server_cpu_us_per_event"),
+            "µs",
+        )
+        yield Row(
+            "connections",
+            "  workers' sockets closed → all cleaned up",
+            at("workers_cleaned_up_s"),
+            "s",
+        )
+        yield Row(
+            "connections",
+            "  jobs_invalidate per observer in that storm",
+            at("jobs_invalidate_per_observer"),
+        )
+        yield Row(
+            "connections", "  observers' sockets closed", at("observers_closed_s"), "s"
+        )
+
+
 def _per_10k_below(limit: float) -> Check:
     # Judged per 10,000 tasks, so the --quick sizes are judged alike.
     def check(value: float, db: str, everything: Results) -> bool | None:
@@ -398,6 +463,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "providers": _providers_rows,
     "crossprocess": _crossprocess_rows,
     "batch": _batch_rows,
+    "connections": _connections_rows,
 }
 
 

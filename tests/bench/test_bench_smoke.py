@@ -23,6 +23,7 @@ SECTIONS = {
     "providers",
     "crossprocess",
     "batch",
+    "connections",
 }
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
@@ -38,15 +39,15 @@ CALLS_METRICS = (
 )
 
 
-@pytest.mark.slow  # about 40 s: every section of the benchmark, briefly
-@pytest.mark.timeout(90)
+@pytest.mark.slow  # about 50 s: every section of the benchmark, briefly
+@pytest.mark.timeout(120)
 def test_quick_run_on_sqlite_reports_no_errors() -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--json-only"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=75,
+        timeout=105,
         check=False,
     )
     lines = finished.stdout.strip().splitlines()
@@ -75,3 +76,9 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     batch = result["databases"]["sqlite"]["batch"]
     assert batch["tasks"] == 200, batch
     assert batch["single"]["tasks"] == 20, batch
+    connections = result["databases"]["sqlite"]["connections"]
+    assert [c["connections"] for c in connections["counts"]] == [50, 100]
+    for count in connections["counts"]:
+        assert count["workers"] + count["observers"] == count["connections"], count
+        assert count["fanout"]["rounds"] == 3, count
+        assert count["kib_per_connection"] is not None, count

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import socketio
 
-from joblib_protocol import Emission, TaskAvailable, TaskStatus, TaskStatusEvent
+from joblib_protocol import (
+    Emission,
+    JobsInvalidate,
+    ProvidersInvalidate,
+    TaskAvailable,
+    TaskStatus,
+    TaskStatusEvent,
+)
 from joblib_server import SocketIOEmitter
 from tests.support.processes import worker_process
 from tests.support.rest import rest
@@ -321,3 +328,107 @@ async def test_a_failed_emission_is_logged_and_the_rest_still_go(
     await emitter.drain()
     assert sio.sent == [("task_status_event", "room:r")]
     assert "emitting task_available failed" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_list_hint_still_waiting_in_the_queue_is_sent_once() -> None:
+    sio = _SlowNetwork()
+    emitter = SocketIOEmitter(sio)
+    task = uuid.uuid4()
+    jobs = Emission(JobsInvalidate(), "room:r")
+    # 1,000 workers leaving at once: each cleanup asks the room to fetch its jobs.
+    for _ in range(1000):
+        await emitter.emit([jobs])
+    await emitter.emit([_status(task, TaskStatus.FAILED), jobs])
+    await emitter.emit([Emission(ProvidersInvalidate(), "room:r")])
+    sio.gate.set()
+    await emitter.drain()
+    assert sio.sent == [
+        ("jobs_invalidate", "room:r"),
+        ("task_status_event", "room:r"),
+        ("providers_invalidate", "room:r"),
+    ]
+    # Once sent, the next change sends it again (after `HINT_INTERVAL`).
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent[-1] == ("jobs_invalidate", "room:r")
+    assert len(sio.sent) == 4
+
+
+@pytest.mark.anyio
+async def test_a_hint_already_being_sent_is_queued_again() -> None:
+    sio = _SlowNetwork()
+    emitter = SocketIOEmitter(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    await emitter.emit([jobs])
+    # The sender has taken it from the queue and waits for the network: a change
+    # committed now may not be in what that copy makes the observers fetch.
+    await asyncio.sleep(0)
+    await emitter.emit([jobs])
+    sio.gate.set()
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+
+
+@pytest.mark.anyio
+async def test_hints_close_together_go_out_as_the_first_and_one_more() -> None:
+    sio = _SlowNetwork()
+    sio.gate.set()
+    emitter = SocketIOEmitter(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")]  # the first at once
+    # Workers leaving one after another, each change committed and sent alone.
+    for _ in range(50):
+        await emitter.emit([jobs])
+        await asyncio.sleep(0)
+    await emitter.drain()
+    # One more at the end of the interval (two if this loop took over 0.1 s).
+    assert 2 <= len(sio.sent) <= 3, sio.sent
+    assert sio.sent[-1] == ("jobs_invalidate", "room:r")
+
+
+class _Paced(SocketIOEmitter):
+    HINT_INTERVAL = 0.0
+    HINT_SHARE = 0.5  # the pause: twice what sending the last copy took
+
+
+@pytest.mark.anyio
+async def test_a_hint_slow_to_send_waits_longer_before_the_next() -> None:
+    sio = _SlowNetwork()
+    emitter = _Paced(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    started = time.monotonic()
+    await emitter.emit([jobs])
+    await asyncio.sleep(0.05)  # the network takes 50 ms to send the first copy
+    sio.gate.set()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+    # The second copy waited twice the first one's sending time after its start.
+    assert time.monotonic() - started >= 0.1
+
+
+class _PerSocket(SocketIOEmitter):
+    HINT_INTERVAL = 0.0
+    HINT_SHARE = 1.0
+    SEND_SECONDS = 0.02  # so 10 sockets in the room: a pause of 0.2 s
+
+
+@pytest.mark.anyio
+async def test_a_hint_to_a_big_room_waits_by_the_sockets_in_it() -> None:
+    sio = _SlowNetwork()
+    sio.gate.set()
+    for n in range(10):
+        sio.manager.basic_enter_room(f"s{n}", "/", None, eio_sid=f"e{n}")
+        sio.manager.basic_enter_room(f"s{n}", "/", "room:r")
+    emitter = _PerSocket(sio)
+    jobs = Emission(JobsInvalidate(), "room:r")
+    started = time.monotonic()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    await emitter.emit([jobs])
+    await emitter.drain()
+    assert sio.sent == [("jobs_invalidate", "room:r")] * 2
+    assert time.monotonic() - started >= 0.2
