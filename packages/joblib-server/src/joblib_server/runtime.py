@@ -187,6 +187,11 @@ class JobLib:
     ) -> Outcome[T] | None:
         """Run, retry and commit one change in `session_of()`, then publish it."""
         backend = self.database.backend
+        # In autocommit the change is already committed when the operation
+        # returns: a NOTIFY sent then costs a round trip before the change is
+        # published, long enough for a claim in this process to take a new task
+        # and announce it `claimed` before its `pending`. It goes after instead.
+        autocommit = backend.writes_at_once and session_of == self.database.write_one
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 async with session_of() as session:
@@ -204,7 +209,10 @@ class JobLib:
                     # the change exactly when it commits.
                     sent = bool(wake) and (
                         was_sent_in_statement(session, wake)
-                        or await self.wake_bus.send_in(session, wake)
+                        or (
+                            not autocommit
+                            and await self.wake_bus.send_in(session, wake)
+                        )
                     )
                 break
             except (DBAPIError, OSError, SQLAlchemyTimeoutError) as exc:

@@ -264,6 +264,17 @@ class PostgresWakeBus(_Listener):
         await backend_of(session).notify(session, self.channel, message)
         return True
 
+    async def send_after(self, wake: Wake) -> bool:
+        """`pg_notify` on its own, for a change that committed by itself."""
+        try:
+            async with self.database.write_one() as session:
+                return await self.send_in(session, wake)
+        except Exception:
+            # The change is committed and published here; the other processes'
+            # re-check is the safety net for a wake-up lost with the database.
+            logger.warning("sending a wake-up failed", exc_info=True)
+            return False
+
     def stamped(self, wake: Wake) -> Wake:
         """`wake` as this bus sends it: with its origin."""
         return Wake(wake.jobs, wake.tasks, wake.workers, wake.everyone, self.origin)
