@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
 Sections: floor (once), then throughput, latency, disconnect, backlog, calls,
-providers, crossprocess and batch for each database, each on a fresh server and
+providers, crossprocess, batch and idle for each database, each on a fresh server and
 database.
 A section that crashes is recorded with one error and the run goes on. The exit
 status is 1 when any error occurred (missed targets are not errors).
@@ -25,6 +25,7 @@ from bench import (
     crossprocess,
     disconnect,
     http_floor,
+    idle,
     latency,
     providers,
     throughput,
@@ -42,6 +43,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "providers": providers.run,
     "crossprocess": crossprocess.run,
     "batch": batch.run,
+    "idle": idle.run,
 }
 
 

@@ -15,6 +15,7 @@ SECTIONS = (
     "providers",
     "crossprocess",
     "batch",
+    "idle",
 )
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
@@ -72,6 +73,14 @@ class Config:
     batch_tasks: int = 10_000
     batch_size: int = 1000
     single_tasks: int = 500
+    # 10. idle: N idle workers (socket, held claim, heartbeat); server CPU and
+    # statements/s over a window. The claim wait and the REST heartbeat are the
+    # SDK's while its socket is connected (see `bench.idle`).
+    idle_workers: tuple[int, ...] = (100, 500, 1000)
+    idle_window_seconds: float = 20.0
+    idle_settle_seconds: float = 3.0
+    idle_claim_wait: float = 2.0
+    idle_rest_heartbeat_seconds: float | None = 20.0
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -103,4 +112,7 @@ class Config:
             batch_tasks=200,
             batch_size=100,
             single_tasks=20,
+            idle_workers=(20, 50),
+            idle_window_seconds=4.0,
+            idle_settle_seconds=1.0,
         )

@@ -30,6 +30,7 @@ CANCEL_SEEN_MS = 20.0
 VALIDATION_OVERHEAD_PCT = 10.0
 CROSS_DISPATCH_MS = 20.0
 BATCH_SERVER_SECONDS = 1.0
+IDLE_CPU_PER_1000 = 0.05
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,30 @@ def _per_10k_below(limit: float) -> Check:
     return check
 
 
+def _idle_rows(config: Config) -> Iterator[Row]:
+    for index, count in enumerate(config.idle_workers):
+        level = ("idle", "levels", index)
+        yield Row(
+            "idle",
+            f"{count:,} idle workers: server CPU",
+            _at(*level, "server_cpu"),
+            "core",
+            f"< {IDLE_CPU_PER_1000:g} per 1,000",
+            _idle_cpu_below(count),
+        )
+        yield Row(
+            "idle", "  database statements", _at(*level, "statements_per_s"), "/s"
+        )
+
+
+def _idle_cpu_below(count: int) -> Check:
+    # Judged per 1,000 workers, so the --quick sizes are judged alike.
+    def check(value: float, db: str, everything: Results) -> bool | None:
+        return value * 1000 / count < IDLE_CPU_PER_1000
+
+    return check
+
+
 def _errors_row() -> Row:
     def value(db: Results, everything: Results) -> float:
         return float(sum(int(s.get("errors", 0)) for s in db.values()))
@@ -398,6 +423,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "providers": _providers_rows,
     "crossprocess": _crossprocess_rows,
     "batch": _batch_rows,
+    "idle": _idle_rows,
 }
 
 

@@ -23,6 +23,7 @@ SECTIONS = {
     "providers",
     "crossprocess",
     "batch",
+    "idle",
 }
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
@@ -75,3 +76,7 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
     batch = result["databases"]["sqlite"]["batch"]
     assert batch["tasks"] == 200, batch
     assert batch["single"]["tasks"] == 20, batch
+    idle = result["databases"]["sqlite"]["idle"]
+    assert [level["workers"] for level in idle["levels"]] == [20, 50], idle
+    for level in idle["levels"]:
+        assert level["statements_per_s"] is not None, level

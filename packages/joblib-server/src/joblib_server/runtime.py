@@ -105,6 +105,7 @@ class JobLib:
         self.metrics = Metrics()
         """This JobLib's Prometheus metrics, in a registry of its own (`/metrics`)."""
         self.metrics.watch_waiters(lambda: len(self.claims), lambda: len(self.waiters))
+        self.metrics.count_statements(database.engine)
         self.progress = ProgressThrottle(
             lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
         )
