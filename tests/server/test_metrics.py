@@ -274,7 +274,7 @@ def test_the_standalone_server_counts_worker_and_observer_sockets(
         connect_peer(live_server.url, token=ALICE) as worker,
         connect_peer(live_server.url, token=ADMIN, rooms=("room1",)),
     ):
-        assert worker.call("join_job_room", join) == {"ok": True}
+        assert worker.call("join_job_room", join)["ok"] is True
         samples = sockets()
         assert value(samples, "joblib_sockets", kind="worker") == 1
         assert value(samples, "joblib_sockets", kind="observer") == 1
