@@ -38,6 +38,8 @@ SETUP_CONCURRENCY = 16
 """Workers registering at once: enough to settle 1,000 in seconds, few enough
 not to time out a 2-core machine."""
 STATEMENTS = "joblib_db_statements_total"
+JOIN_SECONDS = 30.0
+"""How long a join's answer may take while the others are settling."""
 
 
 @dataclass
@@ -123,8 +125,16 @@ async def _start_worker(
     if worker_id is None or await api.register(JOB, worker_id) is None:
         return None
     socket = AsyncSocket(server.url, TOKEN)
-    await socket.connect()
-    ack = await socket.call("join_job_room", {"job_name": job, "worker_id": worker_id})
+    try:
+        await socket.connect()
+        join = {"job_name": job, "worker_id": worker_id}
+        ack = await socket.call("join_job_room", join, JOIN_SECONDS)
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        # A server too busy to answer (the old SDK's 2 s claims, 1,000 workers):
+        # an error counted, not a crash that loses the other levels.
+        session.error(f"join_job_room: {type(exc).__name__}: {exc}")
+        await socket.close()
+        return None
     if not isinstance(ack, dict) or ack.get("ok") is not True:
         session.error(f"join_job_room: {ack!r}")
         await socket.close()
@@ -219,8 +229,12 @@ async def run(db: str, config: Config) -> dict[str, Any]:
             joblib_on(db, settings) as (server, _url),
             BenchClient(server.url, TOKEN) as client,
         ):
-            level = await measure_idle(server, client, count, config)
-            errors += client.stats.errors + level["window_errors"]
+            try:
+                level = await measure_idle(server, client, count, config)
+            except Exception as exc:  # the next level may still be measured
+                level = {"workers": 0, "crashed": f"{type(exc).__name__}: {exc}"}
+                errors += 1
+            errors += client.stats.errors + level.get("window_errors", 0)
             samples += client.stats.error_samples
         results["levels"].append(level)
     results["errors"] = errors
