@@ -115,6 +115,6 @@ class Config:
             batch_size=100,
             single_tasks=20,
             idle_workers=(20, 50),
-            idle_window_seconds=4.0,
-            idle_settle_seconds=1.0,
+            idle_window_seconds=3.0,
+            idle_settle_seconds=0.5,
         )
