@@ -250,6 +250,12 @@ async def hold_claim(
             # `recheck_claims` is the safety net for a wake-up lost on the way.
             with anyio.move_on_after(remaining):
                 await parked.woken.wait()
+            if not parked.woken.is_set():
+                # The wait ran out unwoken: a claim now would find what the
+                # client's next claim, sent at once, finds anyway (a lost wake-up
+                # is `recheck_claims`' to catch). No await since the check, so
+                # no wake-up can slip in before the claim unparks.
+                return found
             woken_for = parked.woken_for
         if claims.closed:
             # The server is stopping: answer now, so the client comes back soon.
