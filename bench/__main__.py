@@ -1,8 +1,8 @@
 """`python -m bench`: run the benchmark, print the table and one JSON line.
 
 Sections: floor (once), then throughput, latency, disconnect, backlog, calls,
-providers, crossprocess, batch and connections for each database, each on a fresh
-server and database.
+providers, crossprocess, batch, connections and idle for each database, each on a
+fresh server and database.
 A section that crashes is recorded with one error and the run goes on. The exit
 status is 1 when any error occurred (missed targets are not errors).
 """
@@ -26,6 +26,7 @@ from bench import (
     crossprocess,
     disconnect,
     http_floor,
+    idle,
     latency,
     providers,
     throughput,
@@ -44,6 +45,7 @@ PER_DATABASE: dict[str, SectionRun] = {
     "crossprocess": crossprocess.run,
     "batch": batch.run,
     "connections": connections.run,
+    "idle": idle.run,
 }
 
 

@@ -16,6 +16,7 @@ SECTIONS = (
     "crossprocess",
     "batch",
     "connections",
+    "idle",
 )
 DATABASES = ("sqlite", "postgresql")
 WORKER_KINDS = ("long-poll", "socket")
@@ -76,6 +77,16 @@ class Config:
     # 10. connections: half workers, half observer sockets on one server process
     connection_counts: tuple[int, ...] = (500, 1000, 2000)
     fanout_repeats: int = 20
+    # 11. idle: N idle workers (socket, held claim, heartbeat); server CPU and
+    # statements/s over a window. The claim wait and the REST heartbeat are the
+    # SDK's while its socket is connected (see `bench.idle`): the claim loop of
+    # `execute` holds claims 120 s and, idle with its socket up, leaves its
+    # heartbeats to the server. Before 0.2.0: 2.0 and 20.0.
+    idle_workers: tuple[int, ...] = (100, 500, 1000)
+    idle_window_seconds: float = 20.0
+    idle_settle_seconds: float = 3.0
+    idle_claim_wait: float = 120.0
+    idle_rest_heartbeat_seconds: float | None = None
 
     def quick(self) -> Config:
         """Tiny smoke sizes: every section runs, in seconds."""
@@ -109,4 +120,7 @@ class Config:
             single_tasks=20,
             connection_counts=(50, 100),
             fanout_repeats=3,
+            idle_workers=(20, 50),
+            idle_window_seconds=3.0,
+            idle_settle_seconds=0.5,
         )

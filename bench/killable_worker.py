@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     answer = sio.call(
         "join_job_room", {"job_name": job["full_name"], "worker_id": worker_id}
     )
-    if answer != {"ok": True}:
+    if not isinstance(answer, dict) or answer.get("ok") is not True:
         print(json.dumps({"error": answer}), flush=True)
         return 1
     print(json.dumps({"worker_id": worker_id, "job": job["full_name"]}), flush=True)

@@ -30,6 +30,8 @@ CANCEL_SEEN_MS = 20.0
 VALIDATION_OVERHEAD_PCT = 10.0
 CROSS_DISPATCH_MS = 20.0
 BATCH_SERVER_SECONDS = 1.0
+IDLE_CPU = 0.05
+IDLE_WORKERS = 1000
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,25 @@ def _per_10k_below(limit: float) -> Check:
     return check
 
 
+def _idle_rows(config: Config) -> Iterator[Row]:
+    for index, count in enumerate(config.idle_workers):
+        level = ("idle", "levels", index)
+        # Judged at 1,000 only: a smaller N scaled up would count the server's
+        # fixed costs (its timers, the sweeper) a thousand times over.
+        judged = count >= IDLE_WORKERS
+        yield Row(
+            "idle",
+            f"{count:,} idle workers: server CPU",
+            _at(*level, "server_cpu"),
+            "core",
+            f"< {IDLE_CPU:g}" if judged else "",
+            _below(IDLE_CPU) if judged else None,
+        )
+        yield Row(
+            "idle", "  database statements", _at(*level, "statements_per_s"), "/s"
+        )
+
+
 def _errors_row() -> Row:
     def value(db: Results, everything: Results) -> float:
         return float(sum(int(s.get("errors", 0)) for s in db.values()))
@@ -464,6 +485,7 @@ ROW_GROUPS: dict[str, Callable[[Config], Iterator[Row]]] = {
     "crossprocess": _crossprocess_rows,
     "batch": _batch_rows,
     "connections": _connections_rows,
+    "idle": _idle_rows,
 }
 
 

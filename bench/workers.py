@@ -124,7 +124,7 @@ class SocketWorker(Worker):
         answer = await worker.socket.call(
             "join_job_room", {"job_name": worker.full_name, "worker_id": worker.id}
         )
-        if answer != {"ok": True}:
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
             await worker.close()
             raise RuntimeError(f"join_job_room refused: {answer!r}")
         return worker

@@ -24,6 +24,7 @@ SECTIONS = {
     "crossprocess",
     "batch",
     "connections",
+    "idle",
 }
 DISCONNECT_METRICS = (
     "kill_to_failed_ms",
@@ -39,15 +40,15 @@ CALLS_METRICS = (
 )
 
 
-@pytest.mark.slow  # about 50 s: every section of the benchmark, briefly
-@pytest.mark.timeout(120)
+@pytest.mark.slow  # about 80 s: every section of the benchmark, briefly
+@pytest.mark.timeout(300)
 def test_quick_run_on_sqlite_reports_no_errors() -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--json-only"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=105,
+        timeout=280,
         check=False,
     )
     lines = finished.stdout.strip().splitlines()
@@ -82,3 +83,7 @@ def test_quick_run_on_sqlite_reports_no_errors() -> None:
         assert count["workers"] + count["observers"] == count["connections"], count
         assert count["fanout"]["rounds"] == 3, count
         assert count["kib_per_connection"] is not None, count
+    idle = result["databases"]["sqlite"]["idle"]
+    assert [level["workers"] for level in idle["levels"]] == [20, 50], idle
+    for level in idle["levels"]:
+        assert level["statements_per_s"] is not None, level

@@ -22,6 +22,8 @@ EXPECTED = {
     "CancelReason", "MAX_PROGRESS_MESSAGE", "MAX_TIMEOUT_SECONDS", "TaskCancelled",
     "TaskProgress", "TaskProgressEvent", "TaskProgressRequest", "TimeoutSeconds",
     "worker_channel", "InvalidPayload", "InvalidSchema", "TaskNotRunning",
+    # idle workers (ours, issue 18 part 2): the join's answer
+    "JoinAck",
     # batch submit (ours, issue 18 part 4)
     "MAX_BATCH_SIZE", "TaskBatchRequest", "TaskBatchResponse",
     # the dashboard (ours): the rooms an identity may read

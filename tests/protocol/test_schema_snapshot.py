@@ -52,6 +52,12 @@ def test_wire_field_names_in_the_snapshot() -> None:
     }
 
 
+def test_join_acks_in_the_snapshot() -> None:
+    acks = json_schemas()["acks"]
+    assert set(acks) == {"join_job_room", "join_provider_room"}
+    assert set(acks["join_job_room"]["properties"]) == {"ok", "heartbeat_seconds"}
+
+
 def test_schema_command_prints_the_snapshot() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "joblib_protocol", "schema"],

@@ -95,7 +95,7 @@ def _joined_worker(server: LiveServer, peer: Peer, token: str, job: str) -> JSON
         "join_job_room",
         {"job_name": registered["full_name"], "worker_id": registered["worker_id"]},
     )
-    assert joined == {"ok": True}, joined
+    assert joined["ok"] is True, joined
     return registered
 
 

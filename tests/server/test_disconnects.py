@@ -551,7 +551,7 @@ async def _socket_worker(realtime: Realtime, worker_id: str) -> str:
     answer = await realtime.join_job_room(
         sid, {"job_name": full_name(), "worker_id": worker_id}
     )
-    assert answer == {"ok": True}, answer
+    assert answer["ok"] is True, answer
     return sid
 
 

@@ -26,6 +26,7 @@ from joblib_server.dispatch import (
     ClaimWaiters,
     TaskWaiters,
     hold_claim,
+    recheck_claims,
     wait_until_terminal,
 )
 from tests.support import aeventually
@@ -75,7 +76,6 @@ async def _hold(
     claims: ClaimWaiters,
     *,
     wait: float = 10,
-    recheck: float = 30,
     client_gone: Callable[[], Awaitable[bool]] = _never_gone,
     worker_id: uuid.UUID = WORKER,
 ) -> Claim | None:
@@ -84,7 +84,6 @@ async def _hold(
         claims,
         worker_id,
         wait=wait,
-        recheck=recheck,
         client_gone=client_gone,
     )
 
@@ -144,17 +143,39 @@ async def test_a_wake_for_another_job_does_not_wake_the_claim() -> None:
     assert script.calls == 1
 
 
-async def test_without_a_wake_the_claim_rechecks_then_answers_empty_at_the_cap() -> (
-    None
-):
+async def test_without_a_wake_the_claim_answers_empty_at_the_cap() -> None:
     claims = ClaimWaiters()
     claims.remember(WORKER, (JOB_A,))
     script = Script([], (JOB_A,))
-    found = await _hold(script, claims, wait=0.25, recheck=0.1)
+    found = await _hold(script, claims, wait=0.25)
     assert found == Claim(None, (JOB_A,))
-    # The first claim, two re-checks within the wait, and the last at the cap.
-    assert script.calls >= 3
+    # One claim: no timer of its own in between, and none again at the cap.
+    assert script.calls == 1
     assert len(claims) == 0
+
+
+async def test_the_recheck_wakes_only_claims_whose_jobs_have_tasks() -> None:
+    claims = ClaimWaiters()
+    other = uuid.uuid4()
+    claims.remember(WORKER, (JOB_A,))
+    claims.remember(other, (JOB_B,))
+    on_a, on_b = Script([], (JOB_A,)), Script([], (JOB_B,))
+    asked: list[set[str]] = []
+
+    async def pending() -> set[str]:
+        asked.append(claims.parked_jobs())
+        return {JOB_A, "room1:modifiers:nobody-waits"}
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(recheck_claims, claims, pending, 0.05)
+        group.start_soon(lambda: _hold(on_a, claims, wait=10))
+        group.start_soon(lambda: _hold(on_b, claims, wait=0.5, worker_id=other))
+        await aeventually(lambda: on_a.calls >= 3, what="re-checks to wake A")
+        group.cancel_scope.cancel()
+    # B's job has nothing pending: its claim only claims at the start and the cap.
+    assert on_b.calls <= 2
+    assert asked
+    assert all(jobs <= {JOB_A, JOB_B} for jobs in asked)
 
 
 async def test_a_claim_whose_client_left_hands_its_wake_up_on() -> None:

@@ -147,7 +147,7 @@ def _worker_joins_and_leaves(served: Served, token: str) -> str:
     joined = sio.call(
         "join_job_room", {"job_name": job["full_name"], "worker_id": job["worker_id"]}
     )
-    assert joined == {"ok": True}
+    assert joined["ok"] is True
     sio.disconnect()
     return str(job["worker_id"])
 

@@ -274,7 +274,7 @@ def test_the_standalone_server_counts_worker_and_observer_sockets(
         connect_peer(live_server.url, token=ALICE) as worker,
         connect_peer(live_server.url, token=ADMIN, rooms=("room1",)),
     ):
-        assert worker.call("join_job_room", join) == {"ok": True}
+        assert worker.call("join_job_room", join)["ok"] is True
         samples = sockets()
         assert value(samples, "joblib_sockets", kind="worker") == 1
         assert value(samples, "joblib_sockets", kind="observer") == 1
@@ -287,3 +287,17 @@ def test_the_standalone_server_counts_worker_and_observer_sockets(
         ),
         what="the closed sockets to be gone from the gauge",
     )
+
+
+async def test_database_statements_are_counted(
+    make_client: ClientFactory, scraper: ClientFactory
+) -> None:
+    alice = make_client(ALICE)
+    admin = scraper(ADMIN)
+    before = value(await scrape(admin), "joblib_db_statements_total")
+    worker_id, job_name = await serving_job(alice)
+    await submit(alice, job_name)
+    assert await claim(alice, worker_id) is not None
+    after = value(await scrape(admin), "joblib_db_statements_total")
+    # Registering, submitting and claiming take several statements each.
+    assert after - before >= 4

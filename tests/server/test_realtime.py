@@ -135,7 +135,7 @@ def _register_and_join(server: LiveServer, peer: Peer, room: str, name: str) -> 
     answer = peer.call(
         "join_job_room", {"job_name": job["full_name"], "worker_id": job["worker_id"]}
     )
-    assert answer == {"ok": True}, answer
+    assert answer["ok"] is True, answer
     return str(job["worker_id"])
 
 
@@ -255,7 +255,7 @@ def test_reconnected_worker_survives_its_old_socket(
                 "join_job_room",
                 {"job_name": f"{room}:{JOB}:Phoenix", "worker_id": worker_id},
             )
-            assert answer == {"ok": True}
+            assert answer["ok"] is True
         eventually(lambda: disconnect_handled(live_server, old_socket), what=DISCONNECT)
         # The old socket is gone, but the worker lives on through the new one.
         assert count_rows(database_url, "joblib_worker") == 1

@@ -33,7 +33,7 @@ def main() -> None:
     answer = sio.call(
         "join_job_room", {"job_name": job["full_name"], "worker_id": worker_id}
     )
-    assert answer == {"ok": True}, answer
+    assert answer["ok"] is True, answer
     print(json.dumps({"worker_id": worker_id}), flush=True)
     while True:
         claimed = http.post(

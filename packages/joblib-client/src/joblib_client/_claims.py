@@ -38,6 +38,11 @@ _OUTAGE_PAUSE_MAX_SECONDS = 5.0
 """Longest pause of `listen()` between failed claims (it starts at the polling
 interval and doubles); a socket that reconnects cuts it short."""
 
+SERVE_PARK_SECONDS = 120.0
+"""Longest the claim loop of `execute` asks the server to hold a claim (the
+server caps it at its `long_poll_max_wait_seconds`, 120 s by default): one claim
+per idle worker every two minutes. `close()` ends it at once."""
+
 _PARK_SECONDS = 2.0
 """Longest a `listen()` claim is held by the server: a parked claim cannot be
 interrupted, so this is also how long a set `stop_event` may take to end
@@ -176,8 +181,9 @@ class Claiming(WorkerIdentity):
         stop_event: threading.Event | None,
         polling_interval: float,
         park_claims: bool,
+        park_seconds: float = _PARK_SECONDS,
     ) -> Iterator[ClaimedTask]:
-        park = min(polling_interval, _PARK_SECONDS) if park_claims else 0.0
+        park = min(polling_interval, park_seconds) if park_claims else 0.0
         outage = Backoff(
             polling_interval, max(polling_interval, _OUTAGE_PAUSE_MAX_SECONDS)
         )
@@ -227,7 +233,10 @@ class Claiming(WorkerIdentity):
                 # answer that came sooner (a server that does not hold claims, or
                 # caps the wait at nothing) needs the pause.
                 held = time.monotonic() - started
-                if not (park and self._claims_park and held >= park / 2):
+                # A server may cap a long wait at less; a held claim at all
+                # (one second or more) tells it from one answered at once.
+                enough = min(park, _PARK_SECONDS) / 2
+                if not (park and self._claims_park and held >= enough):
                     self._sleep(polling_interval, stop, stop_event)
         finally:
             with self._lock:
@@ -239,7 +248,11 @@ class Claiming(WorkerIdentity):
         ask = None if self._claims_park is False or wait <= 0 else wait
         try:
             return self.claim(wait=ask, request_id=request_id)
-        except WorkerNotFoundError:
+        except JobLibError as exc:
+            if not isinstance(exc, WorkerNotFoundError):
+                if is_transient(exc):
+                    self._owe_beats()
+                raise
             if not self._recover(worker_id):
                 raise
             return self.claim(wait=ask)

@@ -181,9 +181,16 @@ class Signals:
 
 
 def serve_until_ended(
-    serving: Serving, close: Callable[[], None], drain_seconds: float
+    serving: Serving,
+    close: Callable[[], None],
+    drain_seconds: float,
+    idle: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Block until a signal or the end of serving, let the task in hand end, close."""
+    """Block until a signal or the end of serving, let the task in hand end, close.
+
+    With no task in hand (`idle()`), it closes at once: the claim loop may be
+    waiting in a held claim, which the close answers.
+    """
     signals = Signals()
     serving.waiting = True
     with signals.caught():
@@ -195,6 +202,8 @@ def serve_until_ended(
             serving.end(f"{name} received")
         elif serving.reason is not None:
             logger.info("stopped serving: %s", serving.reason)
-        if not serving.drain(drain_seconds, lambda: len(signals.received) > 1):
+        if not serving.drain(
+            drain_seconds, lambda: len(signals.received) > 1 or idle()
+        ):
             logger.warning("leaving with a task still running")
         close()

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Rest
 from joblib_client._providers import Providers, ServedProvider
@@ -31,7 +33,13 @@ from joblib_client.exceptions import (
     error_for_problem,
 )
 from joblib_client.extension import Extension
-from joblib_protocol import DisconnectPolicyRequest, Event, JoinJobRoom
+from joblib_protocol import (
+    DisconnectPolicyRequest,
+    Event,
+    JoinAck,
+    JoinJobRoom,
+    JoinProviderRoom,
+)
 
 logger = logging.getLogger("joblib_client")
 
@@ -66,6 +74,8 @@ class WorkerIdentity:
     _disconnected: bool
     _stopped: threading.Event
     _resume_pending: bool
+    _socket_beats: float | None
+    _beats_owed: int
     _heartbeat: Ticker | None
     _wakeup: threading.Event
     _running: RunningTasks
@@ -178,7 +188,7 @@ class WorkerIdentity:
     def _beat(self) -> None:
         with self._lock:
             worker_id = self._worker_id
-        if worker_id is None:
+        if worker_id is None or self._beat_rides_socket(worker_id):
             return
         try:
             self._heartbeat_as(worker_id)
@@ -194,6 +204,37 @@ class WorkerIdentity:
             return
         self._serving.reachable()
         self._resume_if_pending()
+
+    def _beat_rides_socket(self, worker_id: UUID) -> bool:
+        """Whether this beat may be left to the socket, the server recording it.
+
+        Only while idle: a beat that lists held tasks also learns which to stop,
+        and after a claim that got no answer the listed beats let go of a task
+        we may hold unknowingly. A rejoin still owed needs the beat as well.
+        """
+        with self._lock:
+            if self._socket_beats is None or self._resume_pending:
+                return False
+            if self._beats_owed > 0:
+                self._beats_owed -= 1
+                return False
+            if any(owner == worker_id for owner in self._held.values()):
+                return False
+        return bool(getattr(self._tsio, "connected", False))
+
+    def _owe_beats(self) -> None:
+        """A claim got no answer: send the next two beats, listing what we hold.
+
+        Two, because a heartbeat lets go only of tasks claimed longer than the
+        server's margin (10 s) ago, and the first may come sooner.
+        """
+        with self._lock:
+            self._beats_owed = 2
+
+    def _on_socket_down(self, *_args: Any) -> None:
+        """The socket dropped: heartbeat over REST until a join says otherwise."""
+        with self._lock:
+            self._socket_beats = None
 
     def _delete_worker(self, worker_id: UUID) -> None:
         try:
@@ -219,9 +260,21 @@ class WorkerIdentity:
         ack = send(self._tsio, event)
         if isinstance(ack, Mapping) and ack.get("ok") is False:
             raise error_for_problem(ack.get("error") or {})
+        if isinstance(event, JoinJobRoom | JoinProviderRoom) and isinstance(
+            ack, Mapping
+        ):
+            try:
+                beats = JoinAck.model_validate(ack).heartbeat_seconds
+            except ValidationError:
+                beats = None  # an answer we do not read: keep heartbeating
+            if beats is not None:
+                with self._lock:
+                    self._socket_beats = beats
 
     def _on_connect(self) -> None:
         """The socket (re)connected: the server forgot the rooms of the old one."""
+        with self._lock:
+            self._socket_beats = None  # until a join on this socket says so
         self._resume()
 
     def _resume_if_pending(self) -> None:

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
-from joblib_client._claims import POLLING_SECONDS, Claiming
+from joblib_client._claims import POLLING_SECONDS, SERVE_PARK_SECONDS, Claiming
 from joblib_client._heartbeat import Ticker
 from joblib_client._http import Api, ApiClient, Rest
 from joblib_client._providers import Providers
@@ -147,6 +147,13 @@ class JobManager(Claiming, ProviderServing, WorkerIdentity):
         # A reconnection whose rejoin failed for want of the server: done again
         # by the next request that gets through (a heartbeat, a claim).
         self._resume_pending = False
+        # While the socket is up and the server said it records this worker's
+        # heartbeat itself (the join's `heartbeat_seconds`), idle beats stay
+        # local; None: send them. Reset whenever the socket drops.
+        self._socket_beats: float | None = None
+        # REST beats still due after a claim that got no answer: its task may
+        # be ours without our knowing, and only a listed heartbeat lets it go.
+        self._beats_owed = 0
         self._heartbeat = (
             Ticker(heartbeat_interval, self._beat, "joblib heartbeat")
             if heartbeat_interval
@@ -173,6 +180,7 @@ class JobManager(Claiming, ProviderServing, WorkerIdentity):
         )
         if isinstance(tsio, EventSource):
             tsio.on("connect", self._on_connect)
+            tsio.on("disconnect", self._on_socket_down)
             tsio.on(TaskAvailable.event_name(), self._on_task_available)
             tsio.on(TaskCancelled.event_name(), self._running.on_task_cancelled)
             tsio.on(ProviderRequest.event_name(), self._providers.on_request)
@@ -589,14 +597,23 @@ class JobManager(Claiming, ProviderServing, WorkerIdentity):
         when the claim loop met an error no retry mends (logged); the manager is
         closed then too.
         """
-        serve_until_ended(self._serving, self.close, DRAIN_SECONDS)
+        serve_until_ended(self._serving, self.close, DRAIN_SECONDS, self._idle)
 
     def _serve_tasks(self, stop: threading.Event) -> None:
         """The claim loop of `execute`: claim, run, report, until `stop` is set."""
         execute = self._execute
         assert execute is not None
-        for task in self._listen(stop, self._polling_interval, True):
+        # Its held claims may wait long: close() answers them at once (the
+        # worker's removal), so only a `listen()` with a caller's stop event
+        # needs short ones. Long ones keep 1,000 idle workers cheap.
+        park = max(self._polling_interval, SERVE_PARK_SECONDS)
+        for task in self._listen(stop, self._polling_interval, True, park):
             self._runner.run(task, partial(execute, task))
+
+    def _idle(self) -> bool:
+        """Whether no claimed task is in hand: a drain need not wait for one."""
+        with self._lock:
+            return not self._held
 
     # leaving
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from joblib_protocol.tasks import CancelReason, ErrorCode, TaskProgress, TaskStatus
 
@@ -111,6 +111,22 @@ class JoinJobRoom(Event, event_name="join_job_room"):
 
     job_name: str
     worker_id: str
+
+
+class JoinAck(BaseModel):
+    """Ours: the answer to an accepted `join_job_room` or `join_provider_room`.
+
+    A refusal answers `{"ok": false, "error": <problem>}` instead.
+    """
+
+    ok: bool = True
+    heartbeat_seconds: float | None = Field(
+        default=None,
+        description="While this socket stays connected, the server records the "
+        "worker's heartbeat itself at least this often, so the worker needs no "
+        "REST heartbeat to stay alive (ours; absent from servers that do not: "
+        "keep heartbeating).",
+    )
 
 
 class LeaveJobRoom(Event, event_name="leave_job_room"):

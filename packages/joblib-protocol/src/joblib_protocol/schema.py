@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from joblib_protocol.events import CLIENT_EVENTS, SERVER_EVENTS
+from joblib_protocol.events import CLIENT_EVENTS, SERVER_EVENTS, JoinAck
 from joblib_protocol.jobs import JobRegisterRequest, JobResponse, JobSummary
 from joblib_protocol.pages import PaginatedResponse
 from joblib_protocol.problems import ProblemDetail
@@ -65,7 +65,11 @@ REST_MODELS: tuple[type[BaseModel], ...] = (
 
 
 def json_schemas() -> dict[str, Any]:
-    """Return `{"rest": {model: schema}, "events": {event name: schema}}`."""
+    """Return `{"rest": {model: schema}, "events": {...}, "acks": {...}}`.
+
+    `events` by event name; `acks`, the answers a server gives to client events,
+    by the event they answer.
+    """
     rest = {
         model.__name__: model.model_json_schema(by_alias=True) for model in REST_MODELS
     }
@@ -73,4 +77,6 @@ def json_schemas() -> dict[str, Any]:
         event.event_name(): event.model_json_schema(by_alias=True)
         for event in (*SERVER_EVENTS, *CLIENT_EVENTS)
     }
-    return {"rest": rest, "events": events}
+    join = JoinAck.model_json_schema(by_alias=True)
+    acks = {"join_job_room": join, "join_provider_room": join}
+    return {"rest": rest, "events": events, "acks": acks}

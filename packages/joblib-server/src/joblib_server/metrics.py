@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from joblib_protocol import Emission, TaskStatus, TaskStatusEvent, is_terminal
 from joblib_server.database import Database
@@ -257,11 +258,28 @@ class Metrics:
             "after each lost connection (every waiter then re-checks).",
             registry=self.registry,
         )
+        self.statements = Counter(
+            "joblib_db_statements",
+            "SQL statements this process sent to the database (each execute, an "
+            "executemany once; BEGIN and COMMIT the drivers send are not counted).",
+            registry=self.registry,
+        )
         self._scraped = _Scraped()
         self.registry.register(self._scraped)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def count_statements(self, engine: AsyncEngine) -> None:
+        """Count every statement `engine` sends in `joblib_db_statements_total`."""
+        counter = self.statements
+
+        def counted(*_args: object) -> None:
+            counter.inc()
+
+        # Engine events belong to the sync engine under the async one; the hook
+        # costs a counter increment, about a microsecond, per statement.
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", counted)
 
     def watch_waiters(
         self, held_claims: Callable[[], int], long_polls: Callable[[], int]

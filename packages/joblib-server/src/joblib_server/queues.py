@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from joblib_protocol import TaskStatus
-from joblib_server.tables import TASK_TABLE
+from joblib_server.tables import JOB_TABLE, TASK_TABLE, job_full_name
 
-_task = TASK_TABLE
+_task, _job = TASK_TABLE, JOB_TABLE
 
 _PENDING_HEAD = sa.select(sa.func.min(_task.c.seq)).where(
     # A parameter, not PENDING: SQLite then takes (job_id, status, seq) and reads
@@ -26,6 +26,25 @@ _PENDING_HEAD = sa.select(sa.func.min(_task.c.seq)).where(
     _task.c.job_id == sa.bindparam("b_job"),
     _task.c.status == TaskStatus.PENDING.value,
 )
+
+
+_JOBS_WITH_PENDING = sa.select(_job.c.room_id, _job.c.category, _job.c.name).where(
+    sa.exists()
+    .where(
+        _task.c.job_id == _job.c.id,
+        # A parameter, as in _PENDING_HEAD: the (job_id, status, seq) index.
+        _task.c.status == sa.bindparam("b_pending"),
+    )
+    .correlate(_job)
+)
+
+
+async def jobs_with_pending(connection: AsyncConnection) -> set[str]:
+    """The full names of the jobs that have a pending task (one index probe each)."""
+    rows = await connection.execute(
+        _JOBS_WITH_PENDING, {"b_pending": TaskStatus.PENDING.value}
+    )
+    return {job_full_name(room, category, name) for room, category, name in rows}
 
 
 async def pending_head(connection: AsyncConnection, job_id: uuid.UUID) -> int | None:

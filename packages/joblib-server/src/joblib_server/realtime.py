@@ -26,6 +26,7 @@ from joblib_protocol import (
     Forbidden,
     JobFullName,
     JobsInvalidate,
+    JoinAck,
     JoinJobRoom,
     JoinProviderRoom,
     JoinRoom,
@@ -269,6 +270,9 @@ class Realtime:
         closed, a cap on sessions, bad packets logged as one line.
         """
         SocketGuard(self.sio, self.joblib.settings).attach()
+        # The workers on our sockets are alive while connected: the process
+        # records their heartbeats, one statement for all (`liveness`).
+        self.joblib.socket_heartbeats.watch(self.socket_workers)
         if connection_handlers:
             self.sio.on("connect", self._on_connect)
             self.sio.on("disconnect", self._on_disconnect)
@@ -279,6 +283,14 @@ class Realtime:
         self.sio.on(JoinRoom.event_name(), self.join_room)
         self.sio.on(LeaveRoom.event_name(), self.leave_room)
         return self
+
+    def socket_workers(self) -> set[uuid.UUID]:
+        """The workers that joined a room through one of this process's sockets."""
+        return {w for c in self.connections.values() for w in c.workers}
+
+    def _join_ack(self) -> dict[str, Any]:
+        interval = self.joblib.socket_heartbeats.interval
+        return JoinAck(heartbeat_seconds=interval).model_dump(exclude_none=True)
 
     # connection lifecycle
 
@@ -454,7 +466,11 @@ class Realtime:
         )
 
     async def join_job_room(self, sid: str, data: Any) -> dict[str, Any]:
-        """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns."""
+        """`join_job_room`: enter `jobs:{job_name}` for a worker the caller owns.
+
+        The answer (`JoinAck`) says how often this process records the worker's
+        heartbeat while the socket stays connected.
+        """
 
         epochs: list[int] = []
 
@@ -471,7 +487,7 @@ class Realtime:
         # Where `task_cancelled` reaches the worker, whichever job it joined for.
         await self.sio.enter_room(sid, worker_channel(worker_id))
         self._joined(sid, worker_id, epochs[-1], job_name)
-        return _OK
+        return self._join_ack()
 
     async def leave_job_room(self, sid: str, data: Any) -> dict[str, Any]:
         """`leave_job_room`: leave `jobs:{job_name}` (the caller's own worker only)."""
@@ -511,7 +527,7 @@ class Realtime:
         await self.sio.enter_room(sid, provider_channel(name))
         await self.sio.enter_room(sid, worker_channel(worker_id))
         self._joined(sid, worker_id, epochs[-1], name)
-        return _OK
+        return self._join_ack()
 
     async def leave_provider_room(self, sid: str, data: Any) -> dict[str, Any]:
         """`leave_provider_room`: leave `providers:{provider_name}` (own worker)."""

@@ -21,17 +21,19 @@ from joblib_protocol import CancelReason, ErrorCode, TaskStatus, TaskStatusEvent
 from joblib_server.auth import AuthBackend
 from joblib_server.database import Database
 from joblib_server.disconnects import Cleanup, cleanups_of, grace_expired
-from joblib_server.dispatch import ClaimWaiters, TaskWaiters
+from joblib_server.dispatch import ClaimWaiters, TaskWaiters, recheck_claims
 from joblib_server.emitter import Emitter, NullEmitter, ordered
 from joblib_server.executors import Executor, Reports
 from joblib_server.expiry import TimeLimits
 from joblib_server.jobs import bind_internal_jobs, register_internal_jobs
+from joblib_server.liveness import SocketHeartbeats
 from joblib_server.metrics import Metrics
 from joblib_server.outcome import Dispatch, Outcome, is_one_statement
 from joblib_server.policy import AccessPolicy, OpenRooms
 from joblib_server.problems import EXCEPTION_HANDLERS
 from joblib_server.progress import ProgressThrottle, finished_tasks, is_progress
 from joblib_server.provider_results import MemoryResults, ResultBackend, stop_waiting
+from joblib_server.queues import jobs_with_pending
 from joblib_server.routes import RestApi
 from joblib_server.schema import ensure_schema
 from joblib_server.settings import Settings, bind_settings
@@ -110,9 +112,13 @@ class JobLib:
         ours for their changes (`wakebus`); by default as `settings.wake_bus`
         says, without Redis (`create_app` passes the Redis URL)."""
         self.time_limits = TimeLimits(self)
+        self.socket_heartbeats = SocketHeartbeats(self)
+        """Keeps the workers connected to this process's sockets alive, in one
+        statement per interval (`liveness`); `attach_joblib` feeds it."""
         self.metrics = Metrics()
         """This JobLib's Prometheus metrics, in a registry of its own (`/metrics`)."""
         self.metrics.watch_waiters(lambda: len(self.claims), lambda: len(self.waiters))
+        self.metrics.count_statements(database.engine)
         self.progress = ProgressThrottle(
             lambda batch: self.emitter.emit(batch), running=lambda: not self.stopping
         )
@@ -382,6 +388,13 @@ class JobLib:
                 if self._run_sweeper:
                     group.start_soon(run_sweeper, self)
                 group.start_soon(self.time_limits.run)
+                group.start_soon(self.socket_heartbeats.run)
+                group.start_soon(
+                    recheck_claims,
+                    self.claims,
+                    self._jobs_with_pending,
+                    self.settings.long_poll_recheck_seconds,
+                )
                 group.start_soon(
                     self.wake_bus.listen, Listening(self._woken, self._subscribed)
                 )
@@ -396,6 +409,10 @@ class JobLib:
             await self.wake_bus.aclose()
             await self.provider_results.aclose()
             await self.database.dispose()
+
+    async def _jobs_with_pending(self) -> set[str]:
+        async with self.database.read() as session:
+            return await jobs_with_pending(await session.connection())
 
     async def _start_executor(self, group: TaskGroup, executor: Executor) -> None:
         """Register the executor's jobs, fail what its predecessor left, serve it."""

@@ -201,7 +201,6 @@ class TaskRoutes(Endpoints):
             self.joblib.claims,
             body.worker_id,
             wait=wait,
-            recheck=settings.long_poll_recheck_seconds,
             client_gone=request.is_disconnected,
         )
         if held is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -75,6 +76,15 @@ _JOIN = (
     )
     .returning(_worker.c.socket_epoch)
 )
+
+_KEEP_ALIVE = (
+    sa.update(_worker)
+    .where(_worker.c.id.in_(sa.bindparam("b_workers", expanding=True)))
+    .values(last_heartbeat=sa.bindparam("b_now"))
+)
+
+_KEEP_ALIVE_BATCH = 10_000
+"""Workers per statement: far below both databases' limits on parameters."""
 
 _RETURNED = (
     sa.update(_worker)
@@ -159,6 +169,27 @@ async def heartbeat(
     """Record that the worker is alive."""
     beat = await touch_worker(session, worker_id, identity)
     return Outcome(WorkerResponse(id=worker_id, last_heartbeat=beat))
+
+
+async def keep_alive(
+    session: AsyncSession,
+    worker_ids: Collection[uuid.UUID],
+    now: datetime | None = None,
+) -> Outcome[int]:
+    """Record a heartbeat for every worker given, in one statement; how many exist.
+
+    For the workers whose sockets a server process holds: the socket is their
+    sign of life. Ids in order, so two processes never lock rows crosswise.
+    """
+    connection = await session.connection()
+    ordered, beat, touched = sorted(worker_ids), now or utcnow(), 0
+    for start in range(0, len(ordered), _KEEP_ALIVE_BATCH):
+        batch = ordered[start : start + _KEEP_ALIVE_BATCH]
+        result = await connection.execute(
+            _KEEP_ALIVE, {"b_workers": batch, "b_now": beat}
+        )
+        touched += result.rowcount
+    return Outcome(touched)
 
 
 async def mark_returned(session: AsyncSession, worker_id: uuid.UUID) -> None:
