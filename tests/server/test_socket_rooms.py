@@ -85,7 +85,7 @@ def test_a_closed_socket_leaves_its_rooms_and_the_others_keep_theirs(
             answer = worker.call(
                 "join_job_room", {"job_name": name, "worker_id": worker_id}
             )
-            assert answer == {"ok": True}, answer
+            assert answer["ok"] is True, answer
             assert worker.sid is not None
             assert set(_rooms_holding(live_server, worker.sid)) == {
                 None,
