@@ -48,7 +48,7 @@ def test_standalone_settings_read_every_joblib_variable(
     assert settings.database_url == "postgresql://db.example/joblib"
     assert settings.redis_url == "redis://cache.example:6379/0"
     assert settings.socketio_ping_interval_seconds == 3
-    assert settings.socketio_ping_timeout_seconds == 8
+    assert settings.socketio_ping_timeout_seconds == 10
     assert settings.tokens == SecretStr('{"t": {"id": "a"}}')
     assert settings.tokens_file == Path("/etc/joblib/tokens.json")
     assert settings.joblib.worker_timeout_seconds == 5
