@@ -418,8 +418,8 @@ class PostgresBackend(Backend):
     @staticmethod
     def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         """A pooled asyncpg engine that pings only connections that sat idle."""
-        kwargs.setdefault("pool_size", 10)
-        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 10)
         engine = create_async_engine(url, **kwargs)
         # pool_pre_ping pings at every checkout, and asyncpg's ping is three round
         # trips (BEGIN, a query, ROLLBACK): a third of a busy request's database
