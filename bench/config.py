@@ -80,12 +80,12 @@ class Config:
     # 11. idle: N idle workers (socket, held claim, heartbeat); server CPU and
     # statements/s over a window. The claim wait and the REST heartbeat are the
     # SDK's while its socket is connected (see `bench.idle`): the claim loop of
-    # `execute` holds claims 120 s and, idle with its socket up, leaves its
+    # `execute` holds claims 300 s and, idle with its socket up, leaves its
     # heartbeats to the server. Before 0.2.0: 2.0 and 20.0.
     idle_workers: tuple[int, ...] = (100, 500, 1000)
     idle_window_seconds: float = 20.0
     idle_settle_seconds: float = 3.0
-    idle_claim_wait: float = 120.0
+    idle_claim_wait: float = 300.0
     idle_rest_heartbeat_seconds: float | None = None
 
     def quick(self) -> Config:

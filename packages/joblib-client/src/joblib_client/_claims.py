@@ -38,10 +38,10 @@ _OUTAGE_PAUSE_MAX_SECONDS = 5.0
 """Longest pause of `listen()` between failed claims (it starts at the polling
 interval and doubles); a socket that reconnects cuts it short."""
 
-SERVE_PARK_SECONDS = 120.0
+SERVE_PARK_SECONDS = 300.0
 """Longest the claim loop of `execute` asks the server to hold a claim (the
-server caps it at its `long_poll_max_wait_seconds`, 120 s by default): one claim
-per idle worker every two minutes. `close()` ends it at once."""
+server caps it at its `long_poll_max_wait_seconds`, 300 s by default): one claim
+per idle worker every five minutes. `close()` ends it at once."""
 
 _PARK_SECONDS = 2.0
 """Longest a `listen()` claim is held by the server: a parked claim cannot be

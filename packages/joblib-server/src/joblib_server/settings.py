@@ -42,7 +42,7 @@ class Settings(BaseModel):
         default=30, gt=0, description="How often the sweeper runs."
     )
     long_poll_max_wait_seconds: float = Field(
-        default=120,
+        default=300,
         ge=0,
         description="The cap of `Prefer: wait=N` (long-polls and held claims); 0 "
         "turns held claims off.",
