@@ -107,6 +107,8 @@ def test_a_closed_socket_leaves_its_rooms_and_the_others_keep_theirs(
             watcher.sid,
             room_channel(room),
         }
+    # Its close is logged by the server's thread: within this test, not the next.
+    eventually(lambda: disconnect_handled(live_server, watcher), what="the close")
 
 
 class _Server:
