@@ -6,7 +6,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -153,12 +153,8 @@ class JobLib:
         after-commit work of its `Outcome`.
         """
         # A one-statement change needs no transaction around it (`one_statement`).
-        write = (
-            self.database.write_one
-            if is_one_statement(operation)
-            else self.database.write
-        )
-        outcome = await self._change(write, operation, args, kwargs)
+        one = is_one_statement(operation)
+        outcome = await self._change(operation, args, kwargs, one_statement=one)
         assert outcome is not None  # `operation` never declines
         return outcome.value
 
@@ -179,25 +175,27 @@ class JobLib:
         `operation` alone runs.
         """
         if self.database.backend.writes_at_once:
-            outcome = await self._change(self.database.write_one, at_once, args, kwargs)
+            outcome = await self._change(at_once, args, kwargs, one_statement=True)
             if outcome is not None:
                 return outcome.value
         return await self.execute(operation, *args, **kwargs)
 
     async def _change(
         self,
-        session_of: Callable[[], AbstractAsyncContextManager[AsyncSession]],
         operation: Callable[..., Awaitable[Outcome[T] | None]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        one_statement: bool,
     ) -> Outcome[T] | None:
-        """Run, retry and commit one change in `session_of()`, then publish it."""
+        """Run, retry and commit one change, then publish it."""
         backend = self.database.backend
+        session_of = self.database.write_one if one_statement else self.database.write
         # In autocommit the change is already committed when the operation
         # returns: a NOTIFY sent then costs a round trip before the change is
         # published, long enough for a claim in this process to take a new task
         # and announce it `claimed` before its `pending`. It goes after instead.
-        autocommit = backend.writes_at_once and session_of == self.database.write_one
+        autocommit = one_statement and backend.writes_at_once
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 async with session_of() as session:
